@@ -9,3 +9,18 @@ class GrutrainError(Exception):
     """
 
     exit_code = 1
+
+
+class TrainingInterrupted(GrutrainError):
+    """SIGINT or SIGTERM arrived and a checkpoint of the current step was written.
+
+    Exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells expect.
+    """
+
+    def __init__(self, signum: int, run_dir, step: int):
+        import signal
+
+        self.signum, self.run_dir, self.step = signum, run_dir, step
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
+                         f"continue with --resume (run dir {run_dir})")

@@ -1,0 +1,113 @@
+"""The `grutrain` command: a thin Typer layer over plain functions.
+
+No ML logic here. Functions return values or raise GrutrainError; only `main` turns errors
+into a message on stderr and an exit code (0 ok, 1 bad input, 2 bad usage, 130/143 interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Literal, Optional
+
+import typer
+from rich.console import Console
+
+from grutrain.errors import GrutrainError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Train and use GRU sequence models from a YAML config.",
+)
+out = Console(highlight=False)
+
+
+@app.command(epilog="Example: grutrain fit configs/charlm.yaml optim.lr=0.003 model.hidden_size=128 train.max_steps=500")
+def fit(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/charlm.yaml"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key=value, e.g. optim.lr=0.01"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in run.dir (or the latest runs/<name>-N) from last.pt"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete what run.dir holds and start again"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing while training"),
+) -> None:
+    """Train a model as CONFIG says, with key=value overrides."""
+    from grutrain.config import config_to_yaml, load_config
+
+    cfg = load_config(config, overrides or [])
+    if print_config:
+        sys.stdout.write(config_to_yaml(cfg))
+        return
+    from grutrain.train import fit as run_fit
+
+    summary = run_fit(cfg, resume=resume, overwrite=overwrite, progress="none" if quiet else "auto")
+    if quiet:
+        return
+    final, base = summary["final"], summary["baselines"]
+    out.print(f"\nrun: {summary['run_dir']}  ({summary['step']} steps, {summary['wall_time_s']:.0f} s)")
+    out.print(f"val perplexity {final['val/perplexity']:.2f} (bpc {final['val/bpc']:.3f});"
+              f" character bigram baseline {base['val/bigram_perplexity']:.2f}")
+    if final.get("test/perplexity") is not None:
+        out.print(f"test perplexity {final['test/perplexity']:.2f}")
+    if summary.get("sample"):
+        out.print("sample:\n" + summary["sample"], markup=False)
+
+
+@app.command("eval", epilog="Example: grutrain eval runs/charlm-1/checkpoints/best.pt --split test --json")
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),
+    split: Literal["val", "test"] = typer.Option("val", "--split", help="which held-out split"),
+    data: Optional[Path] = typer.Option(None, "--data", help="evaluate on this text file instead (all of it)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
+) -> None:
+    """Loss, perplexity and bits per character of a saved model."""
+    from grutrain.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    out.print(f"{result['checkpoint']} (step {result['step']}) on {result['split']}: {result['tokens']} tokens")
+    out.print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  bpc {result['bpc']:.4f}")
+
+
+@app.command(epilog='Example: grutrain sample runs/charlm-1/checkpoints/best.pt --prompt "Alice was" --length 300 --seed 1')
+def sample(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),
+    prompt: str = typer.Option("", "--prompt", help="text to start from"),
+    length: int = typer.Option(200, "--length", min=0, help="tokens to generate"),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0 = always the most likely token"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="sample among the k most likely tokens"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="same seed, same text"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
+) -> None:
+    """Generate text from a trained language model."""
+    from grutrain.checkpoint import load_checkpoint
+    from grutrain.model import model_from_checkpoint
+    from grutrain.data.text import Vocabulary
+    from grutrain.runtime import resolve_device
+    from grutrain.sample import generate
+
+    dev = resolve_device(device)
+    payload = load_checkpoint(checkpoint, map_location=dev)
+    model = model_from_checkpoint(payload, dev)
+    data_cfg = payload["config"]["data"]
+    text = generate(model, Vocabulary(payload["vocab"]), prompt, length, tokenizer=data_cfg["tokenizer"],
+                    lowercase=data_cfg["lowercase"], temperature=temperature, top_k=top_k, seed=seed, device=dev)
+    sys.stdout.write(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="grutrain")
+    except GrutrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,226 @@
+"""The config schema, YAML loading, dotted overrides and validation.
+
+One pydantic model per config section. Every field is checked before any work starts:
+unknown keys, wrong types and impossible values raise GrutrainError naming the key and what
+would be right.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from grutrain.errors import GrutrainError
+
+
+class Section(BaseModel):
+    # Unknown keys are errors, and assignments are validated like the YAML.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    path: str = Field("data/alice29.txt", description="UTF-8 text file to train on")
+    tokenizer: Literal["char", "word"] = "char"
+    lowercase: bool = False
+    seq_len: int = Field(64, gt=0, description="tokens per training sequence (BPTT length)")
+    sampling: Literal["random", "sequential"] = Field(
+        "random",
+        description="random: shuffled windows each epoch; sequential: consecutive windows with "
+        "the hidden state carried across batches (truncated BPTT)",
+    )
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    test_fraction: float = Field(0.10, ge=0, lt=1)
+    min_freq: int = Field(1, ge=1, description="tokens seen fewer times become <unk>")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "data.val_fraction + data.test_fraction must be below 0.9 so that training data is left"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    embedding_dim: int = Field(64, ge=0, description="0 means one-hot inputs, as d2l.ai does")
+    hidden_size: int = Field(256, gt=0)
+    num_layers: int = Field(1, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout between GRU layers and before the head")
+    reset: Literal["after", "before"] = "after"
+    backend: Literal["custom", "torch"] = "custom"
+
+    @model_validator(mode="after")
+    def _torch_backend_only_resets_after(self) -> "ModelConfig":
+        if self.backend == "torch" and self.reset == "before":
+            raise ValueError(
+                "model.backend=torch (torch.nn.GRU) only computes reset=after; "
+                "use model.backend=custom for reset=before"
+            )
+        return self
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max gradient norm; null disables")
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine: final lr = lr * min_lr_ratio")
+    step_size: int = Field(1000, gt=0, description="step schedule: decay every step_size steps")
+    gamma: float = Field(0.5, gt=0, le=1, description="step schedule: multiply lr by gamma")
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> "OptimConfig":
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+        return self
+
+
+class TrainConfig(Section):
+    max_steps: Optional[int] = Field(2000, gt=0, description="optimizer steps; or use epochs")
+    epochs: Optional[int] = Field(None, gt=0, description="passes over the training split; overrides max_steps")
+    batch_size: int = Field(64, gt=0)
+    eval_every: int = Field(250, gt=0, description="evaluate on the validation split every N steps")
+    checkpoint_every: int = Field(500, gt=0, description="write checkpoints/last.pt every N steps")
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 autocast on CUDA")
+    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
+    sample_length: int = Field(200, ge=0, description="characters sampled at each evaluation")
+    sample_prompt: str = "Alice "
+
+
+class RunConfig(Section):
+    dir: Optional[str] = Field(None, description="run directory; default runs/<name>-N, a fresh one per run")
+    name: str = Field("run", min_length=1)
+
+
+class Config(Section):
+    task: Literal["lm"] = "lm"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+
+# PyYAML follows YAML 1.1, where `3e-4` (no dot) is a string. Resolve YAML 1.2 floats too.
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GrutrainError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "it is a directory" if path.is_dir() else "no such file"
+        raise GrutrainError(f"config file {str(path)!r} not found ({hint}); give the path to a YAML file such as configs/charlm.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise GrutrainError(f"cannot read config {str(path)!r}: {exc}") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise GrutrainError(f"{path}: the config must be a mapping of sections (task, data, model, optim, train, run)")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so `0.1` is a float)."""
+    key, sep, value_text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise GrutrainError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.003)")
+    value = parse_yaml(value_text, f"override {key}") if value_text.strip() else ""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise GrutrainError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise GrutrainError(_describe(exc.errors()[0], raw)) from None
+
+
+def _describe(error: dict, raw: dict) -> str:
+    """One line naming the key and what would be right, from a pydantic error."""
+    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
+    key = ".".join(loc) or "config"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        section = Config
+        for name in parent:
+            field = section.model_fields.get(name)
+            section = field.annotation if field is not None else None
+            if not (isinstance(section, type) and issubclass(section, BaseModel)):
+                section = None
+                break
+        known = list(section.model_fields) if section is not None else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {'.'.join(parent + close)!r}?" if close else f"known keys: {', '.join(known)}"
+        return f"unknown config key {key!r}; {hint}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{key}: {error['input']!r} is not allowed; expected {expected}"
+    if kind == "value_error" and key == "config":
+        return str(error["msg"]).removeprefix("Value error, ")
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    msg = error["msg"]
+    return f"{key}: {msg} (got {error.get('input')!r})"
+
+
+def config_to_dict(config: Config) -> dict:
+    return config.model_dump(mode="json")
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -1,0 +1,207 @@
+"""Character- (or word-) level text: reading, vocabulary, splits and batches of token windows.
+
+The two sampling schemes of d2l.ai's RNN chapters:
+- random: each epoch starts at a random offset, cuts the training split into windows of
+  `seq_len` tokens and visits them in a shuffled order; batches are independent.
+- sequential: each epoch starts at a random offset, lays the split out as `batch_size` parallel
+  streams and walks them left to right, so batch k+1 continues batch k row by row and the
+  hidden state can be carried across batches (truncated BPTT).
+
+The sampler's position (epoch, batch within the epoch, generator state at the epoch's start)
+is part of every checkpoint, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grutrain.config import DataConfig
+from grutrain.errors import GrutrainError
+
+UNK = "<unk>"
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def read_text_file(path: str | Path) -> str:
+    """The file's text with universal newlines, or a GrutrainError saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise GrutrainError(f"data.path {str(path)!r} is a directory; give a UTF-8 text file")
+    if not path.exists():
+        raise GrutrainError(f"data file {str(path)!r} not found; check data.path (e.g. data/alice29.txt)")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise GrutrainError(f"data file {str(path)!r} is empty; give a UTF-8 text file with some text in it")
+    if b"\x00" in raw[:65536]:
+        raise GrutrainError(f"data file {str(path)!r} looks binary (it contains NUL bytes); give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GrutrainError(
+            f"data file {str(path)!r} is not UTF-8 (bad byte at offset {exc.start}); convert it to UTF-8"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def tokenize(text: str, tokenizer: str, lowercase: bool = False) -> list[str]:
+    if lowercase:
+        text = text.lower()
+    if tokenizer == "char":
+        return list(text)
+    return _WORD_RE.findall(text)
+
+
+def detokenize(tokens: list[str], tokenizer: str) -> str:
+    return "".join(tokens) if tokenizer == "char" else " ".join(tokens)
+
+
+class Vocabulary:
+    """Token <-> id, with id 0 reserved for tokens never seen in training."""
+
+    def __init__(self, tokens: list[str]):
+        if not tokens or tokens[0] != UNK:
+            tokens = [UNK] + [t for t in tokens if t != UNK]
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, tokens: list[str], min_freq: int = 1) -> "Vocabulary":
+        counts = Counter(tokens)
+        # Most frequent first, ties broken by the token itself, so the ids are reproducible.
+        kept = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+        return cls([UNK] + kept)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens: list[str]) -> torch.Tensor:
+        return torch.tensor([self.index.get(t, 0) for t in tokens], dtype=torch.long)
+
+    def decode(self, ids) -> list[str]:
+        return [self.tokens[int(i)] for i in ids]
+
+
+@dataclass
+class TextSplits:
+    vocab: Vocabulary
+    train: torch.Tensor  # [N_train] token ids
+    val: torch.Tensor  # [N_val]
+    test: torch.Tensor  # [N_test]
+
+
+def split_by_position(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
+    """Contiguous blocks [train | val | test], so no text leaks between them."""
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    n_train = n - n_val - n_test
+    return slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)
+
+
+def load_text_splits(cfg: DataConfig, vocab: Vocabulary | None = None, path: str | None = None) -> TextSplits:
+    """Tokenise the file and split it; the vocabulary comes from the training block unless given."""
+    text = read_text_file(path or cfg.path)
+    tokens = tokenize(text, cfg.tokenizer, cfg.lowercase)
+    train_s, val_s, test_s = split_by_position(len(tokens), cfg.val_fraction, cfg.test_fraction)
+    if vocab is None:
+        vocab = Vocabulary.build(tokens[train_s], cfg.min_freq)
+    ids = vocab.encode(tokens)
+    return TextSplits(vocab, ids[train_s], ids[val_s], ids[test_s])
+
+
+class WindowSampler:
+    """Batches of (inputs, targets), each [batch_size, seq_len], by one of d2l's two schemes.
+
+    The number of batches per epoch does not depend on the random offset, so `epochs` maps to a
+    fixed number of steps.
+    """
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, scheme: str, seed: int):
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.scheme = scheme
+        self.generator = torch.Generator().manual_seed(seed)
+        n = len(tokens)
+        if scheme == "random":
+            # Windows that fit for every offset in [0, seq_len): targets need one token more.
+            self.num_windows = (n - seq_len) // seq_len
+            self.batches_per_epoch = self.num_windows // batch_size
+        else:
+            self.stream_len = (n - seq_len) // batch_size
+            self.batches_per_epoch = self.stream_len // seq_len
+        if self.batches_per_epoch < 1:
+            need = seq_len * batch_size + seq_len + 1 if scheme == "random" else seq_len * batch_size + seq_len
+            raise GrutrainError(
+                f"the training split has {n} tokens, too few for one batch of train.batch_size={batch_size} "
+                f"x data.seq_len={seq_len} (needs about {need}); lower them or use a longer data file"
+            )
+        self.epoch = 0
+        self.position = 0  # batches already taken in this epoch
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self._epoch_start_state = self.generator.get_state()
+        offset = int(torch.randint(0, self.seq_len, (1,), generator=self.generator))
+        if self.scheme == "random":
+            starts = offset + self.seq_len * torch.arange(self.num_windows)
+            self._starts = starts[torch.randperm(self.num_windows, generator=self.generator)]
+        else:
+            length = self.stream_len * self.batch_size
+            self._inputs = self.tokens[offset : offset + length].view(self.batch_size, -1)
+            self._targets = self.tokens[offset + 1 : offset + 1 + length].view(self.batch_size, -1)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(inputs, targets, starts_epoch); starts_epoch says a carried hidden state must be reset."""
+        if self.position == self.batches_per_epoch:
+            self.epoch += 1
+            self.position = 0
+            self._start_epoch()
+        starts_epoch = self.position == 0
+        k, L, B = self.position, self.seq_len, self.batch_size
+        if self.scheme == "random":
+            starts = self._starts[k * B : (k + 1) * B]
+            idx = starts[:, None] + torch.arange(L)  # [B, L]
+            inputs, targets = self.tokens[idx], self.tokens[idx + 1]
+        else:
+            inputs = self._inputs[:, k * L : (k + 1) * L]
+            targets = self._targets[:, k * L : (k + 1) * L]
+        self.position += 1
+        return inputs, targets, starts_epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "epoch_start_rng": self._epoch_start_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self.generator.set_state(state["epoch_start_rng"])
+        self._start_epoch()
+
+
+def eval_streams(tokens: torch.Tensor, seq_len: int, max_streams: int):
+    """Yield (inputs, targets) chunks [S, <=seq_len] covering every token of a split once.
+
+    The split is laid out as S parallel streams read left to right, so the hidden state is
+    carried through each stream and every prediction has the context before it.
+    """
+    n = len(tokens) - 1
+    streams = max(1, min(max_streams, n // seq_len))
+    length = n // streams
+    inputs = tokens[: streams * length].view(streams, length)
+    targets = tokens[1 : streams * length + 1].view(streams, length)
+    for start in range(0, length, seq_len):
+        yield inputs[:, start : start + seq_len], targets[:, start : start + seq_len]
+
+
+def bigram_perplexity(train: torch.Tensor, split: torch.Tensor, vocab_size: int) -> float:
+    """Perplexity of an add-one smoothed bigram model fitted on train, scored on split."""
+    counts = torch.ones(vocab_size, vocab_size, dtype=torch.float64)
+    counts.index_put_((train[:-1], train[1:]), torch.ones(len(train) - 1, dtype=torch.float64), accumulate=True)
+    log_probs = (counts / counts.sum(1, keepdim=True)).log()
+    nll = -log_probs[split[:-1], split[1:]].mean()
+    return float(nll.exp())

@@ -1,0 +1,45 @@
+"""What a person sees while training: a rich progress bar, plain log lines, or nothing."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    """mode: "auto" (a bar on a terminal, plain lines otherwise), "bar", "plain" or "none"."""
+
+    def __init__(self, total_steps: int, start_step: int, mode: str = "auto"):
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "plain"
+        self.mode = mode
+        self.total = total_steps
+        self.console = Console()
+        self._bar = None
+        if mode == "bar":
+            self._bar = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+            )
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, loss="-", speed="-")
+            self._bar.start()
+
+    def update(self, step: int, loss: float, tokens_per_s: float, lr: float) -> None:
+        if self.mode == "bar":
+            self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", speed=f"{tokens_per_s:,.0f}")
+        elif self.mode == "plain":
+            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.3g}  {tokens_per_s:,.0f} tok/s", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.mode == "bar":
+            self._bar.console.print(text, markup=False, highlight=False)
+        elif self.mode == "plain":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
