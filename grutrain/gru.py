@@ -1,0 +1,388 @@
+"""The GRU layer, written from its equations, with torch.nn.GRU's interface and parameter layout.
+
+Two layer functions compute one direction of one layer over a whole sequence:
+
+- ``reference_gru_layer`` (here): the equations transcribed step by step, the readable
+  definition every other implementation is tested against;
+- ``fused_gru_layer`` (``grutrain.gru_fused``): the fast path, same signature and results.
+
+``GRU`` stacks them into layers and directions exactly like ``torch.nn.GRU``, so state dicts
+move between the two and both give the same outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RESETS = ("after", "before")
+IMPLS = ("fused", "reference")
+
+LayerFunction = Callable[..., tuple[Tensor, Tensor]]
+
+
+def _check_reset(reset: str) -> None:
+    if reset not in RESETS:
+        raise ValueError(f"reset must be 'after' or 'before', got {reset!r}")
+
+
+def reference_gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    reset: str = "after",
+) -> tuple[Tensor, Tensor]:
+    """Run one direction of one GRU layer over a time-major sequence, one step at a time.
+
+    Args:
+        x: input, [T, B, I].
+        h0: initial state, [B, H].
+        weight_ih: [3H, I], rows ordered r, z, n (W_ir | W_iz | W_in), as in torch.nn.GRU.
+        weight_hh: [3H, H], rows ordered r, z, n (W_hr | W_hz | W_hn).
+        bias_ih, bias_hh: [3H] (b_ir | b_iz | b_in and b_hr | b_hz | b_hn), or None for no bias.
+        reset: where the reset gate acts in the candidate n:
+            "after":  n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))   (torch.nn.GRU, cuDNN)
+            "before": n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)   (original paper, d2l.ai)
+
+    Returns:
+        (output [T, B, H], the state at every step; h_T [B, H], the last state).
+    """
+    _check_reset(reset)
+    hidden_size = weight_hh.shape[1]
+
+    # The input projections don't depend on the state, so all steps share one matmul.
+    x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
+
+    if reset == "before":
+        # r must multiply h before W_hn, so the n rows get their own matmul on r * h.
+        w_hrz, w_hn = weight_hh.split([2 * hidden_size, hidden_size])  # [2H, H], [H, H]
+        b_hrz, b_hn = (None, None) if bias_hh is None else bias_hh.split([2 * hidden_size, hidden_size])
+
+    h = h0  # [B, H]
+    outputs = []
+    # unbind gives every step its own view; indexing x_proj[t] in the loop would make each
+    # step's backward scatter into a full [T, B, 3H] buffer, O(T^2) in total.
+    for x_t in x_proj.unbind(0):  # x_t: [B, 3H]
+        x_r, x_z, x_n = x_t.chunk(3, dim=1)  # each [B, H]
+        if reset == "after":
+            h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)  # each [B, H]
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * h_n)
+        else:
+            h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)  # each [B, H]
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
+        h = z * h + (1 - z) * n  # [B, H]
+        outputs.append(h)
+    return torch.stack(outputs), h  # [T, B, H], [B, H]
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _layer_function(impl: str) -> LayerFunction:
+    """The function that runs one direction of one layer for ``impl``."""
+    if impl == "reference":
+        return reference_gru_layer
+    try:
+        # Imported here so this module (the reference) works without the fast path.
+        from grutrain.gru_fused import fused_gru_layer
+    except ModuleNotFoundError as error:
+        # Only a missing gru_fused module falls back; an error *inside* it must surface.
+        if error.name != "grutrain.gru_fused":
+            raise
+        return reference_gru_layer
+    return fused_gru_layer
+
+
+class GRU(nn.Module):
+    r"""A multi-layer gated recurrent unit (GRU) written from its equations.
+
+    A drop-in for :class:`torch.nn.GRU`: same arguments, inputs, outputs, parameter names,
+    shapes and initialisation, so ``state_dict()`` moves between the two in both directions.
+    For each element of the input sequence, each layer computes
+
+    .. math::
+        \begin{array}{ll}
+            r_t = \sigma(x_t W_{ir}^T + b_{ir} + h_{t-1} W_{hr}^T + b_{hr}) \\
+            z_t = \sigma(x_t W_{iz}^T + b_{iz} + h_{t-1} W_{hz}^T + b_{hz}) \\
+            n_t = \tanh(x_t W_{in}^T + b_{in} + r_t \odot (h_{t-1} W_{hn}^T + b_{hn}))
+                  & \text{reset="after"} \\
+            n_t = \tanh(x_t W_{in}^T + b_{in} + (r_t \odot h_{t-1}) W_{hn}^T + b_{hn})
+                  & \text{reset="before"} \\
+            h_t = z_t \odot h_{t-1} + (1 - z_t) \odot n_t
+        \end{array}
+
+    where :math:`h_t` is the hidden state at time `t`, :math:`x_t` the input at time `t`,
+    :math:`h_{-1}` the initial state, :math:`r_t`, :math:`z_t`, :math:`n_t` the reset, update
+    and candidate ("new") gates, :math:`\sigma` the sigmoid and :math:`\odot` the elementwise
+    product.
+
+    ``reset="after"`` (the default) is what torch.nn.GRU, cuDNN and Keras
+    (``reset_after=True``) compute; ``reset="before"`` is the form of the original paper
+    (Cho et al., 2014) and of d2l.ai's from-scratch GRU. The parameters are the same for
+    both, so a state dict loads into either, but the outputs differ.
+
+    In a multi-layer GRU the input of layer :math:`l \ge 1` is the output of layer
+    :math:`l - 1` (both directions concatenated when bidirectional), passed through dropout
+    with probability :attr:`dropout` in training mode.
+
+    Args:
+        input_size: The number of features in the input `x`.
+        hidden_size: The number of features in the hidden state `h`.
+        num_layers: Number of stacked recurrent layers. Default: 1
+        bias: If ``False``, the layers have no biases `b_ih`, `b_hh`. Default: ``True``
+        batch_first: If ``True``, the input and output tensors are `(batch, seq, feature)`
+            instead of `(seq, batch, feature)`. It does not apply to the hidden state, nor to
+            unbatched input. Default: ``False``
+        dropout: If non-zero, dropout with this probability on the outputs of every layer
+            except the last, in training mode only. Default: 0
+        bidirectional: If ``True``, a bidirectional GRU. Default: ``False``
+        reset: ``"after"`` or ``"before"``, where the reset gate acts (equations above).
+            Default: ``"after"``
+        impl: ``"fused"`` (the fast path, :mod:`grutrain.gru_fused`) or ``"reference"``
+            (:func:`reference_gru_layer`, the step-by-step transcription). Both compute the
+            same function. Default: ``"fused"``
+        device, dtype: where and in which dtype to create the parameters, as in torch.nn.
+
+    Inputs: input, h_0
+        * **input**: tensor of shape :math:`(L, H_{in})` for unbatched input,
+          :math:`(L, N, H_{in})` when ``batch_first=False`` or :math:`(N, L, H_{in})` when
+          ``batch_first=True``, the features of the input sequence. Packed sequences are
+          not supported.
+        * **h_0**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` for unbatched
+          input or :math:`(D * \text{num\_layers}, N, H_{out})`, the initial hidden state
+          of every layer and direction. Defaults to zeros if not given.
+
+        where
+
+        .. math::
+            \begin{aligned}
+                N ={} & \text{batch size} \\
+                L ={} & \text{sequence length} \\
+                D ={} & 2 \text{ if bidirectional=True otherwise } 1 \\
+                H_{in} ={} & \text{input\_size} \\
+                H_{out} ={} & \text{hidden\_size}
+            \end{aligned}
+
+    Outputs: output, h_n
+        * **output**: tensor of shape :math:`(L, D * H_{out})` for unbatched input,
+          :math:`(L, N, D * H_{out})` when ``batch_first=False`` or
+          :math:`(N, L, D * H_{out})` when ``batch_first=True``, the hidden state of the
+          last layer at every step (forward direction first, then backward).
+        * **h_n**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` for unbatched
+          input or :math:`(D * \text{num\_layers}, N, H_{out})`, the final hidden state of
+          every layer and direction, ordered layer by layer, forward before backward
+          (for the backward direction "final" is after reading the first element).
+
+    Attributes:
+        weight_ih_l[k]: the input-hidden weights of layer `k` (W_ir|W_iz|W_in), of shape
+            `(3*hidden_size, input_size)` for `k = 0`, otherwise
+            `(3*hidden_size, num_directions * hidden_size)`.
+        weight_hh_l[k]: the hidden-hidden weights of layer `k` (W_hr|W_hz|W_hn), of shape
+            `(3*hidden_size, hidden_size)`.
+        bias_ih_l[k]: the input-hidden bias of layer `k` (b_ir|b_iz|b_in), of shape
+            `(3*hidden_size)`.
+        bias_hh_l[k]: the hidden-hidden bias of layer `k` (b_hr|b_hz|b_hn), of shape
+            `(3*hidden_size)`.
+        The backward direction's parameters carry the suffix ``_reverse``
+        (e.g. ``weight_ih_l0_reverse``).
+
+    .. note::
+        All weights and biases are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`
+        where :math:`k = \frac{1}{\text{hidden\_size}}`, as in torch.nn.GRU.
+
+    Examples::
+
+        >>> rnn = GRU(10, 20, 2)
+        >>> input = torch.randn(5, 3, 10)
+        >>> h0 = torch.randn(2, 3, 20)
+        >>> output, hn = rnn(input, h0)
+        >>> output.shape, hn.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        reset: str = "after",
+        impl: str = "fused",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+        _check_reset(reset)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
+        if dropout > 0 and num_layers == 1:
+            # Same warning as torch.nn.GRU: the dropout would silently do nothing.
+            warnings.warn(
+                f"dropout acts between recurrent layers, so dropout={dropout} has no effect "
+                f"with num_layers=1",
+                stacklevel=2,
+            )
+
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.reset = reset
+        self.impl = impl
+
+        factory = {"device": device, "dtype": dtype}
+        gate_size = 3 * hidden_size
+        # Registration order (layer, then direction, then w_ih, w_hh, b_ih, b_hh) is
+        # torch.nn.GRU's, so state_dict() keys come out in the same order.
+        for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                names = self._parameter_names(layer, direction)
+                shapes = [(gate_size, layer_input_size), (gate_size, hidden_size)]
+                if bias:
+                    shapes += [(gate_size,), (gate_size,)]
+                for name, shape in zip(names, shapes):
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _parameter_names(self, layer: int, direction: int) -> list[str]:
+        suffix = "_reverse" if direction == 1 else ""
+        kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        return [f"{kind}_l{layer}{suffix}" for kind in kinds]
+
+    def reset_parameters(self) -> None:
+        """Draw every weight and bias from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -bound, bound)
+
+    def _check_input(self, input: Tensor, hx: Tensor | None) -> None:
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"GRU: expected input to be 2-D (unbatched, [seq, feature]) or 3-D (batched), "
+                f"got {input.dim()}-D with shape {list(input.shape)}"
+            )
+        if input.size(-1) != self.input_size:
+            raise ValueError(
+                f"GRU: input.size(-1) must equal input_size={self.input_size}, got {input.size(-1)}"
+            )
+        weight_dtype = self.weight_ih_l0.dtype
+        if input.dtype != weight_dtype and not _autocast_enabled(input.device.type):
+            raise ValueError(
+                f"GRU: input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}); "
+                f"convert the input with input.to({weight_dtype}) or the model with model.to({input.dtype})"
+            )
+        is_batched = input.dim() == 3
+        seq_len = input.size(1) if is_batched and self.batch_first else input.size(0)
+        if seq_len == 0:
+            raise ValueError("GRU: expected sequence length to be larger than 0")
+        if hx is None:
+            return
+        if hx.dim() != input.dim():
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            raise ValueError(
+                f"GRU: for {kind} input, hx should be {input.dim()}-D, got {hx.dim()}-D "
+                f"with shape {list(hx.shape)}"
+            )
+        if hx.dtype != input.dtype:
+            raise ValueError(f"GRU: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
+        states = self.num_layers * self.num_directions
+        if is_batched:
+            batch = input.size(0) if self.batch_first else input.size(1)
+            expected = (states, batch, self.hidden_size)
+        else:
+            expected = (states, self.hidden_size)
+        if tuple(hx.shape) != expected:
+            raise ValueError(
+                f"GRU: expected hx of shape {list(expected)} "
+                f"(num_layers * num_directions, {'batch, ' if is_batched else ''}hidden_size), "
+                f"got {list(hx.shape)}"
+            )
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check_input(input, hx)
+        is_batched = input.dim() == 3
+        if is_batched:
+            x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
+        else:
+            x = input.unsqueeze(1)  # [T, 1, I]; batch_first doesn't apply to unbatched input
+            hx = None if hx is None else hx.unsqueeze(1)  # [L*D, 1, H]
+        batch = x.size(1)
+        if hx is None:
+            hx = x.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size)
+
+        layer_fn = _layer_function(self.impl)
+        final_states = []  # num_layers * num_directions tensors of [B, H]
+        for layer in range(self.num_layers):
+            direction_outputs = []  # each [T, B, H]
+            for direction in range(self.num_directions):
+                weights = [getattr(self, name) for name in self._parameter_names(layer, direction)]
+                if not self.bias:
+                    weights += [None, None]
+                h0 = hx[layer * self.num_directions + direction]  # [B, H]
+                if direction == 0:
+                    out, h_last = layer_fn(x, h0, *weights, reset=self.reset)
+                else:
+                    # The backward direction is the forward recurrence on the reversed sequence;
+                    # flipping its output back lines step t up with the forward output at t.
+                    out, h_last = layer_fn(x.flip(0), h0, *weights, reset=self.reset)
+                    out = out.flip(0)
+                direction_outputs.append(out)
+                final_states.append(h_last)
+            x = torch.cat(direction_outputs, dim=2) if self.bidirectional else direction_outputs[0]  # [T, B, D*H]
+            if layer < self.num_layers - 1 and self.dropout > 0:
+                x = F.dropout(x, p=self.dropout, training=self.training)
+
+        output = x  # [T, B, D*H]
+        h_n = torch.stack(final_states)  # [L*D, B, H]
+        if not is_batched:
+            return output.squeeze(1), h_n.squeeze(1)  # [T, D*H], [L*D, H]
+        if self.batch_first:
+            output = output.transpose(0, 1)  # [B, T, D*H]
+        return output, h_n
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s + f", reset={self.reset!r}, impl={self.impl!r}"
