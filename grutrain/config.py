@@ -90,6 +90,10 @@ class TrainConfig(Section):
     batch_size: int = Field(64, gt=0)
     eval_every: int = Field(250, gt=0, description="evaluate on the validation split every N steps")
     checkpoint_every: int = Field(500, gt=0, description="write checkpoints/last.pt every N steps")
+    keep_last: int = Field(0, ge=0, description="also keep the K latest periodic checkpoints as step-N.pt")
+    max_bad_steps: int = Field(
+        10, gt=0, description="stop after this many steps in a row with a non-finite loss or gradient"
+    )
     log_every: int = Field(10, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

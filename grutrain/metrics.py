@@ -24,8 +24,7 @@ class MetricsLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where logging happens
 
@@ -54,6 +53,14 @@ class MetricsLogger:
             self.writer.flush()
             self.writer.close()
             self._file.close()
+
+
+def _step_of(line: str, default: int) -> int:
+    """The step of a metrics line; `default` for a line torn by a crash mid-write."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return default
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import signal
 import threading
 import time
@@ -22,7 +24,8 @@ from grutrain.metrics import MetricsLogger
 from grutrain.model import build_model
 from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
-from grutrain.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, resolve_run_dir
+from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, clear_run_dir, holds_run,
+                             resolve_run_dir)
 from grutrain.runtime import autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state, set_threads
 
 # Keys that may differ between a run and its resumption: how long to train and where.
@@ -72,6 +75,16 @@ def check_resumable(saved: dict, config: Config, path: Path) -> None:
                             "resume with the run's own config (its config.yaml)")
 
 
+def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, hidden):
+    """Mean next-token cross-entropy of a batch and the state after it."""
+    logits, hidden = model(inputs, hidden)  # [B, T, V]
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), hidden
+
+
+def weights_are_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progress: str = "auto") -> dict:
     """Train as the config says; return the summary that is also written to summary.json."""
     cfg = config
@@ -79,59 +92,89 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
     device = resolve_device(cfg.train.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
 
-    # Everything that can fail on bad input happens before the run directory is touched.
-    saved = None
-    if resume:
-        run_dir = resolve_run_dir(cfg.run.dir, cfg.run.name, resume=True, overwrite=False)
-        saved = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
-        check_resumable(saved["config"], cfg, run_dir / LAST_CHECKPOINT)
-    vocab = Vocabulary(saved["vocab"]) if saved else None
-    splits = load_text_splits(cfg.data, vocab=vocab)
-    vocab = splits.vocab
-    if len(splits.val) < 2:
-        raise GrutrainError(f"the validation split has {len(splits.val)} tokens; raise data.val_fraction "
-                            "or use a longer data file")
-    sampler = WindowSampler(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.data.sampling, seed=cfg.train.seed + 1)
-    total_steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.max_steps
-    if not resume:
-        run_dir = resolve_run_dir(cfg.run.dir, cfg.run.name, resume=False, overwrite=overwrite)
+    # Everything that can fail on bad input happens before an earlier run's files are touched.
+    run_dir = resolve_run_dir(cfg.run.dir, cfg.run.name, resume=resume, overwrite=overwrite)
+    fresh = not holds_run(run_dir)
+    lock = RunLock(run_dir).acquire()
+    started = False
+    try:
+        saved = None
+        if resume:
+            saved = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
+            check_resumable(saved["config"], cfg, run_dir / LAST_CHECKPOINT)
+        splits = load_text_splits(cfg.data, vocab=Vocabulary(saved["vocab"]) if saved else None)
+        if len(splits.val) < 2:
+            raise GrutrainError(f"the validation split has {len(splits.val)} tokens; raise data.val_fraction "
+                                "or use a longer data file")
+        sampler = WindowSampler(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.data.sampling,
+                                seed=cfg.train.seed + 1)
+        if overwrite:
+            clear_run_dir(run_dir)
+        started = True
+        return _train(cfg, run_dir, splits, sampler, saved, device, amp_dtype, progress)
+    finally:
+        lock.release()
+        if fresh and not started:  # bad input: leave no empty run directory behind
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
 
+
+def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: dict | None,
+           device: torch.device, amp_dtype, progress: str) -> dict:
+    vocab = splits.vocab
+    total_steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.max_steps
     seed_everything(cfg.train.seed)
     model = build_model(len(vocab), cfg.model).to(device)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    step, best_val_loss, best_step, hidden, loss_window = 0, math.inf, None, None, [0.0, 0]
+    # fp16 needs loss scaling so small gradients don't flush to zero; bf16 and fp32 don't.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    step, best_val_loss, best_step, hidden = 0, math.inf, None, None
+    loss_window, skipped, bad_in_a_row = [0.0, 0], 0, 0
     if saved:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
         sampler.load_state_dict(saved["sampler"])
         set_rng_state(saved["rng"])
         step, best_val_loss, best_step = saved["step"], saved["best_val_loss"], saved["best_step"]
         hidden = saved["hidden"].to(device) if saved["hidden"] is not None else None
-        loss_window = list(saved["loss_window"])
+        loss_window, skipped, bad_in_a_row = list(saved["loss_window"]), saved["skipped_steps"], saved["bad_in_a_row"]
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     baselines = {"val/bigram_perplexity": bigram_perplexity(splits.train, splits.val, len(vocab))}
 
-    def checkpoint_payload() -> dict:
-        return {
+    def save(name: Path) -> None:
+        if not weights_are_finite(model):
+            raise GrutrainError(f"the weights became non-finite at step {step}; {name.name} was not overwritten. "
+                                "Lower optim.lr or set optim.grad_clip, then --resume from the last good checkpoint")
+        payload = {
             "task": cfg.task, "config": config_to_dict(cfg), "vocab": vocab.tokens,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "epoch": sampler.epoch, "best_val_loss": best_val_loss, "best_step": best_step,
             "sampler": sampler.state_dict(), "hidden": hidden.detach().cpu() if hidden is not None else None,
-            "loss_window": loss_window, "rng": rng_state(),
+            "loss_window": loss_window, "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row, "rng": rng_state(),
             # The held-out splits travel with the model, so `grutrain eval` needs only this file.
             "eval_tokens": {"val": splits.val.to(torch.int32), "test": splits.test.to(torch.int32)},
         }
+        save_checkpoint(payload, run_dir / name)
+
+    def save_last() -> None:
+        save(LAST_CHECKPOINT)
+        if cfg.train.keep_last:
+            keep_periodic_copy(run_dir, step, cfg.train.keep_last)
 
     def write_summary(status: str, **extra) -> dict:
         summary = {"status": status, "task": cfg.task, "run_dir": str(run_dir), "step": step,
-                   "total_steps": total_steps, "epoch": sampler.epoch, "best": {"val/loss": best_val_loss, "step": best_step},
+                   "total_steps": total_steps, "epoch": sampler.epoch, "skipped_steps": skipped,
+                   "best": {"val/loss": best_val_loss if math.isfinite(best_val_loss) else None, "step": best_step},
                    "baselines": baselines, "wall_time_s": round(time.time() - started, 2), **extra}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    started = time.time()
+    write_summary("running", pid=os.getpid())
     metrics = MetricsLogger(run_dir, resume_step=step if saved else None)
     bar = TrainingProgress(total_steps, step, progress)
-    started = time.time()
     sequential = cfg.data.sampling == "sequential"
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     last_log_time, last_log_step = time.perf_counter(), step
@@ -142,25 +185,37 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
             while step < total_steps:
                 inputs, targets, starts_epoch = sampler.next_batch()
                 inputs, targets = inputs.to(device), targets.to(device)
-                if sequential and not starts_epoch and hidden is not None:
-                    hidden = hidden.detach()  # truncated BPTT: carry the state, not its history
-                else:
-                    hidden = None
+                # Sequential batches continue the previous ones: carry the state, not its history.
+                hidden = hidden.detach() if sequential and not starts_epoch and hidden is not None else None
                 lr = lr_at(step, cfg.optim, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits, new_hidden = model(inputs, hidden)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                    loss, new_hidden = lm_loss(model, inputs, targets, hidden)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-                optimizer.step()
-                hidden = new_hidden if sequential else None
                 step += 1
-                loss_window = [loss_window[0] + float(loss.detach()), loss_window[1] + 1]
+                # A non-finite loss or gradient never reaches the weights: the step is skipped.
+                # (fp16's scaler skips overflowing gradients by itself and lowers its scale.)
+                if torch.isfinite(loss) and (scaler.is_enabled() or torch.isfinite(grad_norm)):
+                    scaler.step(optimizer)
+                    hidden = new_hidden if sequential else None
+                    bad_in_a_row = 0
+                    loss_window = [loss_window[0] + float(loss.detach()), loss_window[1] + 1]
+                else:
+                    hidden, skipped, bad_in_a_row = None, skipped + 1, bad_in_a_row + 1
+                    bar.message(f"step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)")
+                    metrics.log(step, {"train/skipped_steps": skipped})
+                    if bad_in_a_row >= cfg.train.max_bad_steps:
+                        raise GrutrainError(
+                            f"training diverged: {bad_in_a_row} steps in a row (up to step {step}) had a non-finite "
+                            f"loss or gradient (train.max_bad_steps={cfg.train.max_bad_steps}); lower optim.lr or "
+                            f"set optim.grad_clip, then --resume from {run_dir / LAST_CHECKPOINT}")
+                scaler.update()
 
-                if step % cfg.train.log_every == 0 or step == total_steps:
+                if (step % cfg.train.log_every == 0 or step == total_steps) and loss_window[1]:
                     now = time.perf_counter()
                     tokens_per_s = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
                     last_log_time, last_log_step = now, step
@@ -179,16 +234,14 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
                     bar.message(f"step {step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
                     if val["loss"] < best_val_loss:
                         best_val_loss, best_step = val["loss"], step
-                        save_checkpoint(checkpoint_payload(), run_dir / BEST_CHECKPOINT)
+                        save(BEST_CHECKPOINT)
 
-                if step % cfg.train.checkpoint_every == 0 or step == total_steps:
-                    save_checkpoint(checkpoint_payload(), run_dir / LAST_CHECKPOINT)
-
+                if step % cfg.train.checkpoint_every == 0 or step == total_steps or stop_signals:
+                    save_last()
                 if stop_signals:
-                    save_checkpoint(checkpoint_payload(), run_dir / LAST_CHECKPOINT)
                     raise TrainingInterrupted(stop_signals[0], run_dir, step)
-    except (TrainingInterrupted, KeyboardInterrupt):
-        write_summary("interrupted")
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        write_summary("interrupted", error=str(exc) or "KeyboardInterrupt")
         raise
     except Exception as exc:
         write_summary("failed", error=str(exc) or type(exc).__name__)
@@ -199,11 +252,26 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
 
     if not val:  # resumed a run that had already reached its last step
         val = evaluate_lm(model, splits.val, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
-    test = evaluate_lm(model, splits.test, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype) if len(splits.test) > 1 else None
-    final = {"val/loss": val.get("loss"), "val/perplexity": val.get("perplexity"), "val/bpc": val.get("bpc")}
-    if test:
+    final = {"val/loss": val["loss"], "val/perplexity": val["perplexity"], "val/bpc": val["bpc"]}
+    if len(splits.test) > 1:
+        test = evaluate_lm(model, splits.test, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
         final.update({"test/loss": test["loss"], "test/perplexity": test["perplexity"], "test/bpc": test["bpc"]})
     return write_summary("finished", final=final, sample=_sample_text(model, vocab, cfg, device))
+
+
+def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:
+    """Link last.pt as step-N.pt and delete all but the `keep` latest of those."""
+    checkpoints = run_dir / LAST_CHECKPOINT.parent
+    target = checkpoints / f"step-{step:08d}.pt"
+    tmp = checkpoints / f".{target.name}.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoints / LAST_CHECKPOINT.name, tmp)  # files are replaced, never rewritten, so a link is safe
+        os.replace(tmp, target)
+    except OSError:
+        shutil.copyfile(checkpoints / LAST_CHECKPOINT.name, target)
+    for old in sorted(checkpoints.glob("step-*.pt"))[:-keep]:
+        old.unlink()
 
 
 def _sample_text(model, vocab, cfg: Config, device) -> str:
