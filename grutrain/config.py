@@ -99,6 +99,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 autocast on CUDA")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
+    dist_timeout_s: float = Field(
+        600, gt=0, description="under torchrun: how long a rank waits for the others before giving up"
+    )
     sample_length: int = Field(200, ge=0, description="characters sampled at each evaluation")
     sample_prompt: str = "Alice "
 
@@ -116,6 +119,72 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 
+    @model_validator(mode="after")
+    def _fill_run_dir_template(self) -> "Config":
+        # After overrides, so `runs/lr{optim.lr}` names the value this run really uses.
+        if self.run.dir is not None and "{" in self.run.dir:
+            self.run.dir = resolve_run_dir_template(self.run.dir, self.model_dump(mode="json"))
+        return self
+
+
+def format_config_value(value: Any) -> str:
+    """A config value as it reads in YAML: 0.003 (not 0.0030000000000000001), true, null, 0.9,0.999."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float: 0.003, 1e-05
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_config_value(v) for v in value)
+    return str(value)
+
+
+def resolve_run_dir_template(template: str, values: dict) -> str:
+    """Fill `{section.key}` (or `{section.key:spec}`, a Python format spec) in run.dir from the config's values.
+
+    The result holds no braces, so the saved config (in config.yaml and in checkpoints) validates
+    again to the same run.dir.
+    """
+    import string
+
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"run.dir {template!r}: {problem}; placeholders name config keys, "
+                          "e.g. runs/lr{optim.lr}-h{model.hidden_size}")
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise fail(f"not a valid template ({exc})") from None
+    out = []
+    for literal, field, spec, conversion in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        section, dot, key = field.partition(".")
+        node = values.get(section)
+        if dot:
+            node = node.get(key) if isinstance(node, dict) and key in node else None
+        if node is None and not _has_leaf(values, field) or isinstance(node, dict) or field in ("run.dir", ""):
+            raise fail(f"unknown placeholder {{{field}}}")
+        if conversion:
+            raise fail(f"{{{field}!{conversion}}} is not supported, write {{{field}}}")
+        try:
+            out.append(format(node, spec) if spec else format_config_value(node))
+        except (ValueError, TypeError) as exc:
+            raise fail(f"cannot format {field}={node!r} with ':{spec}' ({exc})") from None
+    resolved = "".join(out)
+    if "{" in resolved or "}" in resolved:
+        raise fail(f"the result {resolved!r} still holds a brace")
+    return resolved
+
+
+def _has_leaf(values: dict, field: str) -> bool:
+    """Whether `section.key` (or a top-level `task`) is a config key, even when its value is null."""
+    section, dot, key = field.partition(".")
+    if not dot:
+        return section in values
+    return isinstance(values.get(section), dict) and key in values[section]
 
 # PyYAML follows YAML 1.1, where `3e-4` (no dot) is a string. Resolve YAML 1.2 floats too.
 _FLOAT_RE = re.compile(

@@ -54,3 +54,93 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         raise GrutrainError(f"train.precision={precision} needs a CUDA device; use train.precision=fp32 on {device.type}")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class Distributed:
+    """This process's place in a torchrun job; a single process is rank 0 of 1.
+
+    torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; then the process group is started with NCCL
+    (one GPU per process, chosen by LOCAL_RANK) or gloo on CPU, with a timeout so a rank that
+    died never leaves the others waiting for ever.
+    """
+
+    def __init__(self):
+        import os
+
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: torch.device, timeout_s: float) -> torch.device:
+        """Join the process group; returns this rank's device."""
+        if not self.enabled:
+            return device
+        import datetime
+
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                    **({"device_id": device} if backend == "nccl" else {}))
+        return device
+
+    def stop(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Sum of each value over all ranks (the values themselves in a single process)."""
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_batch(self, tensor: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+        """Concatenate every rank's part of a batch along `dim` (rank order)."""
+        if not self.enabled or tensor is None:
+            return tensor
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim)
+
+    def gather_objects(self, obj) -> list:
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()

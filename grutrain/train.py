@@ -26,10 +26,11 @@ from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
 from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, clear_run_dir, holds_run,
                              resolve_run_dir)
-from grutrain.runtime import autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state, set_threads
+from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
+                              set_threads)
 
-# Keys that may differ between a run and its resumption: how long to train and where.
-RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir"}
+# Keys that may differ between a run and its resumption: how long, where, on what hardware.
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s"}
 
 
 @contextlib.contextmanager
@@ -66,13 +67,23 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_resumable(saved: dict, config: Config, path: Path) -> None:
-    """A run resumes only under its own config, but may be given more steps or another dir."""
-    before, now = _flatten(saved), _flatten(config_to_dict(config))
-    changed = sorted(k for k in before.keys() | now.keys() if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+def check_resumable(saved: dict, config: Config, world_size: int, path: Path) -> None:
+    """A run resumes only under its own config, but may be given more steps or another dir.
+
+    The per-process batch may change with the number of processes, as long as the global batch
+    (batch_size x processes) stays the same: then the data order is the same too.
+    """
+    before, now = _flatten(saved["config"]), _flatten(config_to_dict(config))
+    changed = sorted(k for k in before.keys() | now.keys()
+                     if k not in RESUMABLE_CHANGES | {"train.batch_size"} and before.get(k) != now.get(k))
     if changed:
         raise GrutrainError(f"cannot resume {str(path)!r}: the config differs from the run's in {', '.join(changed)}; "
                             "resume with the run's own config (its config.yaml)")
+    saved_global = saved.get("global_batch", before["train.batch_size"])
+    if config.train.batch_size * world_size != saved_global:
+        raise GrutrainError(f"cannot resume {str(path)!r}: it was trained with a global batch of {saved_global}, "
+                            f"now train.batch_size={config.train.batch_size} x {world_size} processes; "
+                            f"set train.batch_size={saved_global // world_size}")
 
 
 def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, hidden):
@@ -86,34 +97,56 @@ def weights_are_finite(model) -> bool:
 
 
 def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progress: str = "auto") -> dict:
-    """Train as the config says; return the summary that is also written to summary.json."""
+    """Train as the config says; return the summary that is also written to summary.json.
+
+    Under torchrun every process calls this; rank 0 alone writes files and shows progress.
+    """
     cfg = config
     set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    dist = Distributed()
+    device = dist.start(resolve_device(cfg.train.device), timeout_s=cfg.train.dist_timeout_s)
+    try:
+        return _fit_on_this_rank(cfg, dist, device, resume, overwrite, progress if dist.is_main else "none")
+    finally:
+        dist.stop()
 
-    # Everything that can fail on bad input happens before an earlier run's files are touched.
-    run_dir = resolve_run_dir(cfg.run.dir, cfg.run.name, resume=resume, overwrite=overwrite)
-    fresh = not holds_run(run_dir)
-    lock = RunLock(run_dir).acquire()
+
+def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, overwrite: bool, progress: str) -> dict:
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    # Rank 0 picks (and locks) the run directory; every rank learns it, or the reason there is none.
+    run_dir = lock = None
+    fresh, error = False, None
+    if dist.is_main:
+        try:
+            run_dir = resolve_run_dir(cfg.run.dir, cfg.run.name, resume=resume, overwrite=overwrite)
+            fresh = not holds_run(run_dir)
+            lock = RunLock(run_dir).acquire()
+        except GrutrainError as exc:
+            error = str(exc)
+    run_dir, error = dist.broadcast((str(run_dir) if run_dir else None, error))
+    if error:
+        raise GrutrainError(error)
+    run_dir = Path(run_dir)
     started = False
+    # Everything that can fail on bad input happens before an earlier run's files are touched.
     try:
         saved = None
         if resume:
             saved = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
-            check_resumable(saved["config"], cfg, run_dir / LAST_CHECKPOINT)
+            check_resumable(saved, cfg, dist.world_size, run_dir / LAST_CHECKPOINT)
         splits = load_text_splits(cfg.data, vocab=Vocabulary(saved["vocab"]) if saved else None)
         if len(splits.val) < 2:
             raise GrutrainError(f"the validation split has {len(splits.val)} tokens; raise data.val_fraction "
                                 "or use a longer data file")
         sampler = WindowSampler(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.data.sampling,
-                                seed=cfg.train.seed + 1)
-        if overwrite:
+                                seed=cfg.train.seed + 1, rank=dist.rank, world_size=dist.world_size)
+        if overwrite and dist.is_main:
             clear_run_dir(run_dir)
         started = True
-        return _train(cfg, run_dir, splits, sampler, saved, device, amp_dtype, progress)
+        return _train(cfg, run_dir, splits, sampler, saved, device, amp_dtype, progress, dist)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
         if fresh and not started:  # bad input: leave no empty run directory behind
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
@@ -121,11 +154,13 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
 
 
 def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: dict | None,
-           device: torch.device, amp_dtype, progress: str) -> dict:
+           device: torch.device, amp_dtype, progress: str, dist: Distributed) -> dict:
     vocab = splits.vocab
     total_steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.max_steps
     seed_everything(cfg.train.seed)
     model = build_model(len(vocab), cfg.model).to(device)
+    # DDP averages the gradients of the ranks' equal-sized batches: the gradient of the global batch.
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if dist.enabled else model
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     # fp16 needs loss scaling so small gradients don't flush to zero; bf16 and fp32 don't.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
@@ -136,47 +171,62 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         sampler.load_state_dict(saved["sampler"])
-        set_rng_state(saved["rng"])
+        rank_rngs = saved.get("rank_rng") or []
+        set_rng_state(rank_rngs[dist.rank] if len(rank_rngs) == dist.world_size else saved["rng"])
         step, best_val_loss, best_step = saved["step"], saved["best_val_loss"], saved["best_step"]
-        hidden = saved["hidden"].to(device) if saved["hidden"] is not None else None
+        # The checkpoint holds the carried state of the whole global batch; keep this rank's rows.
+        hidden = saved["hidden"][:, sampler.rows].to(device) if saved["hidden"] is not None else None
         loss_window, skipped, bad_in_a_row = list(saved["loss_window"]), saved["skipped_steps"], saved["bad_in_a_row"]
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     baselines = {"val/bigram_perplexity": bigram_perplexity(splits.train, splits.val, len(vocab))}
 
     def save(name: Path) -> None:
+        """Called on every rank (it gathers the ranks' states); rank 0 writes, the others wait."""
         if not weights_are_finite(model):
             raise GrutrainError(f"the weights became non-finite at step {step}; {name.name} was not overwritten. "
                                 "Lower optim.lr or set optim.grad_clip, then --resume from the last good checkpoint")
+        full_hidden = dist.gather_batch(hidden.detach() if hidden is not None else None, dim=1)
+        rank_rngs = dist.gather_objects(rng_state())
+        if not dist.is_main:
+            dist.barrier()
+            return
         payload = {
             "task": cfg.task, "config": config_to_dict(cfg), "vocab": vocab.tokens,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "epoch": sampler.epoch, "best_val_loss": best_val_loss, "best_step": best_step,
-            "sampler": sampler.state_dict(), "hidden": hidden.detach().cpu() if hidden is not None else None,
-            "loss_window": loss_window, "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row, "rng": rng_state(),
+            "sampler": sampler.state_dict(), "hidden": full_hidden.cpu() if full_hidden is not None else None,
+            "global_batch": sampler.global_batch, "world_size": dist.world_size,
+            "loss_window": loss_window, "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row,
+            "rng": rank_rngs[0], "rank_rng": rank_rngs,
             # The held-out splits travel with the model, so `grutrain eval` needs only this file.
             "eval_tokens": {"val": splits.val.to(torch.int32), "test": splits.test.to(torch.int32)},
         }
-        save_checkpoint(payload, run_dir / name)
+        try:
+            save_checkpoint(payload, run_dir / name)
+        finally:
+            dist.barrier()
 
     def save_last() -> None:
         save(LAST_CHECKPOINT)
-        if cfg.train.keep_last:
+        if cfg.train.keep_last and dist.is_main:
             keep_periodic_copy(run_dir, step, cfg.train.keep_last)
 
     def write_summary(status: str, **extra) -> dict:
-        summary = {"status": status, "task": cfg.task, "run_dir": str(run_dir), "step": step,
+        summary = {"status": status, "task": cfg.task, "processes": dist.world_size, "run_dir": str(run_dir), "step": step,
                    "total_steps": total_steps, "epoch": sampler.epoch, "skipped_steps": skipped,
                    "best": {"val/loss": best_val_loss if math.isfinite(best_val_loss) else None, "step": best_step},
                    "baselines": baselines, "wall_time_s": round(time.time() - started, 2), **extra}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if dist.is_main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     started = time.time()
     write_summary("running", pid=os.getpid())
-    metrics = MetricsLogger(run_dir, resume_step=step if saved else None)
+    metrics = MetricsLogger(run_dir, resume_step=step if saved else None, enabled=dist.is_main)
     bar = TrainingProgress(total_steps, step, progress)
     sequential = cfg.data.sampling == "sequential"
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    tokens_per_step = sampler.global_batch * cfg.data.seq_len
     last_log_time, last_log_step = time.perf_counter(), step
     val = {}
     try:
@@ -191,19 +241,23 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, new_hidden = lm_loss(model, inputs, targets, hidden)
+                    loss, new_hidden = lm_loss(train_model, inputs, targets, hidden)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
                 step += 1
+                # One collective per step: the mean loss over ranks and whether any rank got a signal,
+                # so every rank takes the same decisions (skip, stop) at the same step.
+                loss_sum, signals_seen = dist.sum([float(loss.detach()), float(len(stop_signals))], device)
+                mean_loss = loss_sum / dist.world_size
                 # A non-finite loss or gradient never reaches the weights: the step is skipped.
                 # (fp16's scaler skips overflowing gradients by itself and lowers its scale.)
-                if torch.isfinite(loss) and (scaler.is_enabled() or torch.isfinite(grad_norm)):
+                if math.isfinite(mean_loss) and (scaler.is_enabled() or torch.isfinite(grad_norm)):
                     scaler.step(optimizer)
                     hidden = new_hidden if sequential else None
                     bad_in_a_row = 0
-                    loss_window = [loss_window[0] + float(loss.detach()), loss_window[1] + 1]
+                    loss_window = [loss_window[0] + mean_loss, loss_window[1] + 1]
                 else:
                     hidden, skipped, bad_in_a_row = None, skipped + 1, bad_in_a_row + 1
                     bar.message(f"step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)")
@@ -228,7 +282,7 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
                 if step % cfg.train.eval_every == 0 or step == total_steps:
                     val = evaluate_lm(model, splits.val, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
                     metrics.log(step, {"val/loss": val["loss"], "val/perplexity": val["perplexity"], "val/bpc": val["bpc"]})
-                    sample = _sample_text(model, vocab, cfg, device)
+                    sample = _sample_text(model, vocab, cfg, device) if dist.is_main else ""
                     if sample:
                         metrics.text(step, "sample", sample)
                     bar.message(f"step {step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
@@ -236,10 +290,10 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
                         best_val_loss, best_step = val["loss"], step
                         save(BEST_CHECKPOINT)
 
-                if step % cfg.train.checkpoint_every == 0 or step == total_steps or stop_signals:
+                if step % cfg.train.checkpoint_every == 0 or step == total_steps or signals_seen:
                     save_last()
-                if stop_signals:
-                    raise TrainingInterrupted(stop_signals[0], run_dir, step)
+                if signals_seen:
+                    raise TrainingInterrupted(stop_signals[0] if stop_signals else signal.SIGTERM, run_dir, step)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         write_summary("interrupted", error=str(exc) or "KeyboardInterrupt")
         raise
@@ -256,7 +310,8 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
     if len(splits.test) > 1:
         test = evaluate_lm(model, splits.test, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
         final.update({"test/loss": test["loss"], "test/perplexity": test["perplexity"], "test/bpc": test["bpc"]})
-    return write_summary("finished", final=final, sample=_sample_text(model, vocab, cfg, device))
+    sample = _sample_text(model, vocab, cfg, device) if dist.is_main else ""
+    return write_summary("finished", final=final, sample=sample)
 
 
 def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:

@@ -120,25 +120,33 @@ class WindowSampler:
     fixed number of steps.
     """
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, scheme: str, seed: int):
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, scheme: str, seed: int,
+                 rank: int = 0, world_size: int = 1):
         self.tokens = tokens
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.scheme = scheme
+        # Under DDP every rank draws the same global batch of batch_size * world_size rows from
+        # the same generator and keeps its own slice of rows, so N processes with batch B/N see
+        # exactly what one process with batch B sees.
+        self.rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        global_batch = batch_size * world_size
+        self.global_batch = global_batch
         self.generator = torch.Generator().manual_seed(seed)
         n = len(tokens)
         if scheme == "random":
             # Windows that fit for every offset in [0, seq_len): targets need one token more.
             self.num_windows = (n - seq_len) // seq_len
-            self.batches_per_epoch = self.num_windows // batch_size
+            self.batches_per_epoch = self.num_windows // global_batch
         else:
-            self.stream_len = (n - seq_len) // batch_size
+            self.stream_len = (n - seq_len) // global_batch
             self.batches_per_epoch = self.stream_len // seq_len
         if self.batches_per_epoch < 1:
-            need = seq_len * batch_size + seq_len + 1 if scheme == "random" else seq_len * batch_size + seq_len
+            need = seq_len * global_batch + seq_len + 1
+            batch = f"train.batch_size={batch_size}" + (f" x {world_size} processes" if world_size > 1 else "")
             raise GrutrainError(
-                f"the training split has {n} tokens, too few for one batch of train.batch_size={batch_size} "
-                f"x data.seq_len={seq_len} (needs about {need}); lower them or use a longer data file"
+                f"the training split has {n} tokens, too few for one batch of {batch} x data.seq_len={seq_len} "
+                f"(needs about {need}); lower them or use a longer data file"
             )
         self.epoch = 0
         self.position = 0  # batches already taken in this epoch
@@ -151,9 +159,9 @@ class WindowSampler:
             starts = offset + self.seq_len * torch.arange(self.num_windows)
             self._starts = starts[torch.randperm(self.num_windows, generator=self.generator)]
         else:
-            length = self.stream_len * self.batch_size
-            self._inputs = self.tokens[offset : offset + length].view(self.batch_size, -1)
-            self._targets = self.tokens[offset + 1 : offset + 1 + length].view(self.batch_size, -1)
+            length = self.stream_len * self.global_batch
+            self._inputs = self.tokens[offset : offset + length].view(self.global_batch, -1)[self.rows]
+            self._targets = self.tokens[offset + 1 : offset + 1 + length].view(self.global_batch, -1)[self.rows]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(inputs, targets, starts_epoch); starts_epoch says a carried hidden state must be reset."""
@@ -162,9 +170,9 @@ class WindowSampler:
             self.position = 0
             self._start_epoch()
         starts_epoch = self.position == 0
-        k, L, B = self.position, self.seq_len, self.batch_size
+        k, L, G = self.position, self.seq_len, self.global_batch
         if self.scheme == "random":
-            starts = self._starts[k * B : (k + 1) * B]
+            starts = self._starts[k * G : (k + 1) * G][self.rows]
             idx = starts[:, None] + torch.arange(L)  # [B, L]
             inputs, targets = self.tokens[idx], self.tokens[idx + 1]
         else:
