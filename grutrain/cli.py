@@ -7,6 +7,7 @@ into a message on stderr and an exit code (0 ok, 1 bad input, 2 bad usage, 130/1
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Literal, Optional
@@ -22,8 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     help="Train and use GRU sequence models from a YAML config.",
+    epilog="Example: grutrain fit configs/charlm.yaml train.max_steps=500, then "
+    "grutrain sample runs/charlm-1/checkpoints/best.pt --prompt Alice",
 )
-out = Console(highlight=False)
+# soft_wrap: a piped log gets the lines as written, not re-wrapped at 80 columns.
+out = Console(highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: grutrain fit configs/charlm.yaml optim.lr=0.003 model.hidden_size=128 train.max_steps=500")
@@ -44,6 +48,8 @@ def fit(
         return
     from grutrain.train import fit as run_fit
 
+    # Under torchrun only rank 0 talks.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     summary = run_fit(cfg, resume=resume, overwrite=overwrite, progress="none" if quiet else "auto")
     if quiet:
         return
@@ -54,7 +60,8 @@ def fit(
     if final.get("test/perplexity") is not None:
         out.print(f"test perplexity {final['test/perplexity']:.2f}")
     if summary.get("sample"):
-        out.print("sample:\n" + summary["sample"], markup=False)
+        out.print("sample:")
+        sys.stdout.write(summary["sample"] + "\n")
 
 
 @app.command("eval", epilog="Example: grutrain eval runs/charlm-1/checkpoints/best.pt --split test --json")
@@ -100,6 +107,76 @@ def sample(
     text = generate(model, Vocabulary(payload["vocab"]), prompt, length, tokenizer=data_cfg["tokenizer"],
                     lowercase=data_cfg["lowercase"], temperature=temperature, top_k=top_k, seed=seed, device=dev)
     sys.stdout.write(text + "\n")
+
+
+def _parse_shape(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise GrutrainError(f"--shape {text!r} is not T,B,I,H (four positive integers, e.g. 35,32,28,256)")
+    return tuple(int(p) for p in parts)
+
+
+@app.command(epilog="Example: grutrain bench --shape 100,16,32,128 --repeats 30 --json")
+def bench(
+    shape: Optional[List[str]] = typer.Option(None, "--shape", help="T,B,I,H to time (repeatable); default: the standard shapes"),
+    repeats: int = typer.Option(25, "--repeats", min=1, help="timed repetitions per implementation and shape"),
+    warmup: int = typer.Option(3, "--warmup", min=0),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="also time grutrain fit against a bare PyTorch loop"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
+) -> None:
+    """Time the fast GRU, the reference loop and torch.nn.GRU side by side (training step, forward, memory)."""
+    from grutrain import bench as benchmarks
+    from grutrain.runtime import resolve_device
+
+    dev = resolve_device(device)
+    shapes = [_parse_shape(s) for s in shape] if shape else benchmarks.STANDARD_SHAPES
+    console = Console(stderr=True) if as_json else out
+    with console.status("timing GRU layers (interleaved, medians)..."):
+        layers = benchmarks.bench_layers(shapes, repeats=repeats, warmup=warmup, threads=threads, device=dev)
+    result = {"device": str(dev), "threads": threads or __import__("torch").get_num_threads(), "layers": layers}
+    if not as_json:
+        out.print(benchmarks.format_layer_table(layers))
+    if trainer:
+        with console.status("timing grutrain fit against a bare PyTorch loop..."):
+            result["trainer"] = benchmarks.bench_trainer(threads=threads, device=dev)
+        if not as_json:
+            out.print(benchmarks.format_trainer_result(result["trainer"]))
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+
+
+@app.command(epilog="Example: grutrain runs runs/sweep --sort val/perplexity   (or --json, --csv for scripts)")
+def runs(
+    dirs: Optional[List[Path]] = typer.Argument(None, metavar="DIR",
+                                                help="run directories or directories of runs [default: runs]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
+    as_csv: bool = typer.Option(False, "--csv", help="print CSV: a header line, then one line per run"),
+    sort: Optional[str] = typer.Option(None, "--sort", metavar="METRIC",
+                                       help="sort by a metric or config key, e.g. val/perplexity or optim.lr; "
+                                            "-METRIC sorts descending"),
+) -> None:
+    """Compare runs: status, the config values that differ between them, best and final metrics, steps, time."""
+    from grutrain import runs as run_table
+
+    if as_json and as_csv:
+        raise typer.BadParameter("give --json or --csv, not both")
+    table = run_table.collect_runs(dirs or [], sort=sort)
+    if as_json:
+        sys.stdout.write(run_table.runs_to_json(table))
+    elif as_csv:
+        sys.stdout.write(run_table.runs_to_csv(table))
+    else:
+        from rich.measure import Measurement
+
+        rendered = run_table.format_runs_table(table, sort=sort)
+        # Piped to a file or a log, keep the table's full width rather than folding it into 80 columns.
+        if out.is_terminal:
+            out.print(rendered)
+        else:
+            width = max(out.width, Measurement.get(out, out.options.update_width(1000), rendered).maximum)
+            Console(highlight=False, width=width).print(rendered)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,11 +19,26 @@ from grutrain.errors import GrutrainError
 
 
 class Section(BaseModel):
-    # Unknown keys are errors, and assignments are validated like the YAML.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors; inf/nan are never a sensible setting; `name: 2024` is a string.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic would quietly read `hidden_size: true` as 1.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and "bool" not in str(field.annotation):
+                    raise ValueError(f"{cls.section_name}.{key}: {value!r} is a boolean; expected {_type_name(field.annotation)}")
+        return data
+
+    section_name: ClassVar[str] = "config"
 
 
 class DataConfig(Section):
+    section_name: ClassVar[str] = "data"
     path: str = Field("data/alice29.txt", description="UTF-8 text file to train on")
     tokenizer: Literal["char", "word"] = "char"
     lowercase: bool = False
@@ -47,6 +62,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    section_name: ClassVar[str] = "model"
     embedding_dim: int = Field(64, ge=0, description="0 means one-hot inputs, as d2l.ai does")
     hidden_size: int = Field(256, gt=0)
     num_layers: int = Field(1, gt=0)
@@ -65,6 +81,7 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
+    section_name: ClassVar[str] = "optim"
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -85,6 +102,7 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
+    section_name: ClassVar[str] = "train"
     max_steps: Optional[int] = Field(2000, gt=0, description="optimizer steps; or use epochs")
     epochs: Optional[int] = Field(None, gt=0, description="passes over the training split; overrides max_steps")
     batch_size: int = Field(64, gt=0)
@@ -95,7 +113,7 @@ class TrainConfig(Section):
         10, gt=0, description="stop after this many steps in a row with a non-finite loss or gradient"
     )
     log_every: int = Field(10, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 autocast on CUDA")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
@@ -105,8 +123,15 @@ class TrainConfig(Section):
     sample_length: int = Field(200, ge=0, description="characters sampled at each evaluation")
     sample_prompt: str = "Alice "
 
+    @model_validator(mode="after")
+    def _a_length(self) -> "TrainConfig":
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("give train.max_steps or train.epochs (a positive integer) to say how long to train")
+        return self
+
 
 class RunConfig(Section):
+    section_name: ClassVar[str] = "run"
     dir: Optional[str] = Field(None, description="run directory; default runs/<name>-N, a fresh one per run")
     name: str = Field("run", min_length=1)
 
@@ -204,9 +229,16 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", text)
+
+
 def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise GrutrainError(f"{source}: the YAML is nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -242,8 +274,11 @@ def apply_override(raw: dict, item: str) -> None:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise GrutrainError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.003)")
-    value = parse_yaml(value_text, f"override {key}") if value_text.strip() else ""
     parts = key.split(".")
+    if _is_text_field(parts) and value_text.strip() not in ("null", "~"):
+        value = value_text  # `run.name=007` stays "007", not the number 7
+    else:
+        value = parse_yaml(value_text, f"override {key}") if value_text.strip() else ""
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -253,6 +288,16 @@ def apply_override(raw: dict, item: str) -> None:
             raise GrutrainError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _is_text_field(parts: list[str]) -> bool:
+    model: Any = Config
+    for part in parts:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        model = field.annotation
+    return model in (str, Optional[str])
 
 
 def validate_config(raw: dict) -> Config:

@@ -18,8 +18,9 @@ def evaluate_lm(model, tokens: torch.Tensor, seq_len: int, max_streams: int, dev
     was_training = model.training
     model.eval()
     total, count, hidden = 0.0, 0, None
-    for inputs, targets in eval_streams(tokens, seq_len, max_streams):
+    for inputs, targets, rows in eval_streams(tokens, seq_len, max_streams):
         inputs, targets = inputs.to(device), targets.to(device)
+        hidden = hidden[:, rows] if hidden is not None else None
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits, hidden = model(inputs, hidden)
         total += float(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum"))
@@ -54,5 +55,7 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
         split_name = split
     if len(tokens) < 2:
         raise GrutrainError(f"the {split_name} split has {len(tokens)} tokens; nothing to evaluate")
+    if int(tokens.min()) < 0 or int(tokens.max()) >= len(vocab):
+        raise GrutrainError(f"checkpoint {str(path)!r} is damaged: its {split} tokens are outside its vocabulary")
     metrics = evaluate_lm(model, tokens, cfg.data.seq_len, cfg.train.batch_size, dev)
     return {"checkpoint": str(path), "step": payload["step"], "split": split_name, "tokens": len(tokens) - 1, **metrics}

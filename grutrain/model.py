@@ -58,4 +58,6 @@ def model_from_checkpoint(payload: dict, device: torch.device) -> LanguageModel:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise GrutrainError(f"checkpoint weights do not fit the model its config describes: {str(exc).splitlines()[0][:200]}") from None
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise GrutrainError("checkpoint weights are not finite (NaN or inf); use an earlier checkpoint")
     return model.to(device).eval()

@@ -192,18 +192,23 @@ class WindowSampler:
 
 
 def eval_streams(tokens: torch.Tensor, seq_len: int, max_streams: int):
-    """Yield (inputs, targets) chunks [S, <=seq_len] covering every token of a split once.
+    """Yield (inputs, targets, rows) chunks covering every target token of a split exactly once.
 
     The split is laid out as S parallel streams read left to right, so the hidden state is
-    carried through each stream and every prediction has the context before it.
+    carried through each stream and every prediction has the context before it. `rows` says
+    which rows of the carried state a chunk continues: all of them, except for the few tokens
+    left over after the last stream, which continue that stream alone.
     """
-    n = len(tokens) - 1
+    n = len(tokens) - 1  # number of targets
     streams = max(1, min(max_streams, n // seq_len))
     length = n // streams
     inputs = tokens[: streams * length].view(streams, length)
     targets = tokens[1 : streams * length + 1].view(streams, length)
     for start in range(0, length, seq_len):
-        yield inputs[:, start : start + seq_len], targets[:, start : start + seq_len]
+        yield inputs[:, start : start + seq_len], targets[:, start : start + seq_len], slice(None)
+    tail = streams * length
+    if tail < n:
+        yield tokens[tail:n][None], tokens[tail + 1 : n + 1][None], slice(streams - 1, streams)
 
 
 def bigram_perplexity(train: torch.Tensor, split: torch.Tensor, vocab_size: int) -> float:
