@@ -102,13 +102,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if version > FORMAT_VERSION:
         raise GrutrainError(f"checkpoint {name!r} has format version {version}, newer than this grutrain "
                             f"understands ({FORMAT_VERSION}); upgrade grutrain")
-    expected = {"config": dict, "model": dict, "vocab": list, "step": int}
+    expected = {"config": dict, "model": dict, "step": int}
     for key, kind in expected.items():
         if key not in payload:
             raise GrutrainError(f"checkpoint {name!r} is incomplete: it has no {key!r}")
         if not isinstance(payload[key], kind):
             raise GrutrainError(f"checkpoint {name!r} is damaged: {key!r} is a {type(payload[key]).__name__}, "
                                 f"not a {kind.__name__}")
-    if not all(isinstance(t, str) for t in payload["vocab"]):
-        raise GrutrainError(f"checkpoint {name!r} is damaged: its vocabulary holds something other than strings")
     return payload

@@ -53,12 +53,13 @@ def fit(
     summary = run_fit(cfg, resume=resume, overwrite=overwrite, progress="none" if quiet else "auto")
     if quiet:
         return
-    final, base = summary["final"], summary["baselines"]
     out.print(f"\nrun: {summary['run_dir']}  ({summary['step']} steps, {summary['wall_time_s']:.0f} s)")
-    out.print(f"val perplexity {final['val/perplexity']:.2f} (bpc {final['val/bpc']:.3f});"
-              f" character bigram baseline {base['val/bigram_perplexity']:.2f}")
-    if final.get("test/perplexity") is not None:
-        out.print(f"test perplexity {final['test/perplexity']:.2f}")
+    for split in ("val", "test"):
+        values = {k.split("/", 1)[1]: v for k, v in summary["final"].items() if k.startswith(split + "/")}
+        if values:
+            out.print(f"{split}: " + "  ".join(f"{name} {value:.4g}" for name, value in values.items()))
+    if summary["baselines"]:
+        out.print("baselines: " + "  ".join(f"{k} {v:.4g}" for k, v in summary["baselines"].items()))
     if summary.get("sample"):
         out.print("sample:")
         sys.stdout.write(summary["sample"] + "\n")
@@ -95,14 +96,16 @@ def sample(
 ) -> None:
     """Generate text from a trained language model."""
     from grutrain.checkpoint import load_checkpoint
-    from grutrain.model import model_from_checkpoint
     from grutrain.data.text import Vocabulary
     from grutrain.runtime import resolve_device
     from grutrain.sample import generate
+    from grutrain.tasks import load_trained_model
 
     dev = resolve_device(device)
     payload = load_checkpoint(checkpoint, map_location=dev)
-    model = model_from_checkpoint(payload, dev)
+    model, cfg = load_trained_model(payload, dev, source=str(checkpoint))
+    if cfg.task != "lm":
+        raise GrutrainError(f"{checkpoint} is a {cfg.task} model; sample generates text from language models (task lm)")
     data_cfg = payload["config"]["data"]
     text = generate(model, Vocabulary(payload["vocab"]), prompt, length, tokenizer=data_cfg["tokenizer"],
                     lowercase=data_cfg["lowercase"], temperature=temperature, top_k=top_k, seed=seed, device=dev)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+
+from grutrain.errors import GrutrainError
 from torch.nn import functional as F
 
 from grutrain.data.text import eval_streams
-from grutrain.errors import GrutrainError
 
 
 @torch.no_grad()
@@ -31,31 +32,16 @@ def evaluate_lm(model, tokens: torch.Tensor, seq_len: int, max_streams: int, dev
 
 
 def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str = "auto") -> dict:
-    """Metrics of a checkpoint on its own data split, or on all of another text file."""
+    """Metrics of a checkpoint on a held-out split of its data, or on another data file."""
     from grutrain.checkpoint import load_checkpoint
-    from grutrain.config import validate_config
-    from grutrain.data.text import Vocabulary, load_text_splits, read_text_file, tokenize
-    from grutrain.model import model_from_checkpoint
     from grutrain.runtime import resolve_device
+    from grutrain.tasks import load_trained_model, task_module
 
     dev = resolve_device(device)
     payload = load_checkpoint(path, map_location=dev)
-    model = model_from_checkpoint(payload, dev)
-    cfg = validate_config(payload["config"])
-    vocab = Vocabulary(payload["vocab"])
-    if data_path is not None:
-        tokens = vocab.encode(tokenize(read_text_file(data_path), cfg.data.tokenizer, cfg.data.lowercase))
-        split_name = str(data_path)
-    elif "eval_tokens" in payload:
-        tokens = payload["eval_tokens"][split].long()
-        split_name = split
-    else:
-        splits = load_text_splits(cfg.data, vocab=vocab)
-        tokens = splits.val if split == "val" else splits.test
-        split_name = split
-    if len(tokens) < 2:
-        raise GrutrainError(f"the {split_name} split has {len(tokens)} tokens; nothing to evaluate")
-    if int(tokens.min()) < 0 or int(tokens.max()) >= len(vocab):
-        raise GrutrainError(f"checkpoint {str(path)!r} is damaged: its {split} tokens are outside its vocabulary")
-    metrics = evaluate_lm(model, tokens, cfg.data.seq_len, cfg.train.batch_size, dev)
-    return {"checkpoint": str(path), "step": payload["step"], "split": split_name, "tokens": len(tokens) - 1, **metrics}
+    model, cfg = load_trained_model(payload, dev, source=str(path))
+    try:
+        metrics = task_module(cfg.task).evaluate_checkpoint(payload, model, cfg, split, data_path, dev)
+    except GrutrainError as exc:
+        raise GrutrainError(f"{path}: {exc}") from None
+    return {"checkpoint": str(path), "task": cfg.task, "step": payload["step"], **metrics}

@@ -48,6 +48,13 @@ class MetricsLogger:
             # Markdown in TensorBoard's text plugin: indent to keep newlines and spacing as written.
             self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
 
+    def hparams(self, config_dict: dict) -> None:
+        """The run's config values for TensorBoard's HParams dashboard."""
+        if self.enabled:
+            from grutrain.hparams import write_hparams
+
+            write_hparams(self.writer, config_dict)
+
     def close(self) -> None:
         if self.enabled:
             self.writer.flush()

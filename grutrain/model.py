@@ -7,7 +7,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from grutrain.config import ModelConfig
-from grutrain.errors import GrutrainError
 from grutrain.gru import GRU
 
 
@@ -42,22 +41,3 @@ class LanguageModel(nn.Module):
             x = F.one_hot(tokens, self.vocab_size).to(self.head.weight.dtype)  # [B, T, V]
         output, hidden = self.gru(x, hidden)  # [B, T, H]
         return self.head(self.dropout(output)), hidden
-
-
-def build_model(vocab_size: int, cfg: ModelConfig) -> LanguageModel:
-    return LanguageModel(vocab_size, cfg)
-
-
-def model_from_checkpoint(payload: dict, device: torch.device) -> LanguageModel:
-    """Rebuild the trained model from a loaded checkpoint alone, no YAML needed."""
-    from grutrain.config import validate_config  # the checkpoint's config is checked like a YAML's
-
-    config = validate_config(payload["config"])
-    model = build_model(len(payload["vocab"]), config.model)
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise GrutrainError(f"checkpoint weights do not fit the model its config describes: {str(exc).splitlines()[0][:200]}") from None
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise GrutrainError("checkpoint weights are not finite (NaN or inf); use an earlier checkpoint")
-    return model.to(device).eval()

@@ -13,21 +13,19 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from grutrain.checkpoint import load_checkpoint, save_checkpoint
 from grutrain.config import Config, config_to_dict, config_to_yaml
-from grutrain.data.text import Vocabulary, WindowSampler, bigram_perplexity, load_text_splits
 from grutrain.errors import GrutrainError, TrainingInterrupted
-from grutrain.evaluate import evaluate_lm
+from grutrain.hparams import FINAL_PREFIX
 from grutrain.metrics import MetricsLogger
-from grutrain.model import build_model
 from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
 from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, clear_run_dir, holds_run,
                              resolve_run_dir)
 from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
                               set_threads)
+from grutrain.tasks import build_task
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s"}
@@ -86,12 +84,6 @@ def check_resumable(saved: dict, config: Config, world_size: int, path: Path) ->
                             f"set train.batch_size={saved_global // world_size}")
 
 
-def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, hidden):
-    """Mean next-token cross-entropy of a batch and the state after it."""
-    logits, hidden = model(inputs, hidden)  # [B, T, V]
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), hidden
-
-
 def weights_are_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -134,16 +126,11 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
         if resume:
             saved = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
             check_resumable(saved, cfg, dist.world_size, run_dir / LAST_CHECKPOINT)
-        splits = load_text_splits(cfg.data, vocab=Vocabulary(saved["vocab"]) if saved else None)
-        if len(splits.val) < 2:
-            raise GrutrainError(f"the validation split has {len(splits.val)} tokens; raise data.val_fraction "
-                                "or use a longer data file")
-        sampler = WindowSampler(splits.train, cfg.data.seq_len, cfg.train.batch_size, cfg.data.sampling,
-                                seed=cfg.train.seed + 1, rank=dist.rank, world_size=dist.world_size)
+        task = build_task(cfg, saved, dist.rank, dist.world_size)
         if overwrite and dist.is_main:
             clear_run_dir(run_dir)
         started = True
-        return _train(cfg, run_dir, splits, sampler, saved, device, amp_dtype, progress, dist)
+        return _train(cfg, run_dir, task, saved, device, amp_dtype, progress, dist)
     finally:
         if lock is not None:
             lock.release()
@@ -153,19 +140,19 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
                 run_dir.rmdir()
 
 
-def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: dict | None,
+def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
            device: torch.device, amp_dtype, progress: str, dist: Distributed) -> dict:
-    vocab = splits.vocab
+    sampler = task.sampler
     total_steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.max_steps
     seed_everything(cfg.train.seed)
-    model = build_model(len(vocab), cfg.model).to(device)
+    model = task.build_model().to(device)
     # DDP averages the gradients of the ranks' equal-sized batches: the gradient of the global batch.
     train_model = torch.nn.parallel.DistributedDataParallel(model) if dist.enabled else model
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     # fp16 needs loss scaling so small gradients don't flush to zero; bf16 and fp32 don't.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     step, best_val_loss, best_step, hidden = 0, math.inf, None, None
-    loss_window, skipped, bad_in_a_row = [0.0, 0], 0, 0
+    loss_window, skipped, bad_in_a_row, earlier_wall_time = [0.0, 0], 0, 0, 0.0
     if saved:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -177,9 +164,10 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
         # The checkpoint holds the carried state of the whole global batch; keep this rank's rows.
         hidden = saved["hidden"][:, sampler.rows].to(device) if saved["hidden"] is not None else None
         loss_window, skipped, bad_in_a_row = list(saved["loss_window"]), saved["skipped_steps"], saved["bad_in_a_row"]
+        earlier_wall_time = saved.get("wall_time_s", 0.0)
     if dist.is_main:
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    baselines = {"val/bigram_perplexity": bigram_perplexity(splits.train, splits.val, len(vocab))}
+    baselines = task.baselines()
 
     def save(name: Path) -> None:
         """Called on every rank (it gathers the ranks' states); rank 0 writes, the others wait."""
@@ -192,15 +180,13 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
             dist.barrier()
             return
         payload = {
-            "task": cfg.task, "config": config_to_dict(cfg), "vocab": vocab.tokens,
+            "task": cfg.task, "config": config_to_dict(cfg), **task.checkpoint_state(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "epoch": sampler.epoch, "best_val_loss": best_val_loss, "best_step": best_step,
             "sampler": sampler.state_dict(), "hidden": full_hidden.cpu() if full_hidden is not None else None,
             "global_batch": sampler.global_batch, "world_size": dist.world_size,
             "loss_window": loss_window, "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row,
-            "rng": rank_rngs[0], "rank_rng": rank_rngs,
-            # The held-out splits travel with the model, so `grutrain eval` needs only this file.
-            "eval_tokens": {"val": splits.val.to(torch.int32), "test": splits.test.to(torch.int32)},
+            "rng": rank_rngs[0], "rank_rng": rank_rngs, "wall_time_s": wall_time(),
         }
         try:
             save_checkpoint(payload, run_dir / name)
@@ -212,11 +198,14 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
         if cfg.train.keep_last and dist.is_main:
             keep_periodic_copy(run_dir, step, cfg.train.keep_last)
 
+    def wall_time() -> float:  # over every stretch of a resumed run
+        return round(earlier_wall_time + time.time() - started, 2)
+
     def write_summary(status: str, **extra) -> dict:
         summary = {"status": status, "task": cfg.task, "processes": dist.world_size, "run_dir": str(run_dir), "step": step,
                    "total_steps": total_steps, "epoch": sampler.epoch, "skipped_steps": skipped,
                    "best": {"val/loss": best_val_loss if math.isfinite(best_val_loss) else None, "step": best_step},
-                   "baselines": baselines, "wall_time_s": round(time.time() - started, 2), **extra}
+                   "baselines": baselines, "wall_time_s": wall_time(), **extra}
         if dist.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -225,23 +214,22 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
     write_summary("running", pid=os.getpid())
     metrics = MetricsLogger(run_dir, resume_step=step if saved else None, enabled=dist.is_main)
     bar = TrainingProgress(total_steps, step, progress)
-    sequential = cfg.data.sampling == "sequential"
-    tokens_per_step = sampler.global_batch * cfg.data.seq_len
+    sequential = task.carries_state
     last_log_time, last_log_step = time.perf_counter(), step
     val = {}
     try:
         with stop_on_signals() as stop_signals:
             model.train()
             while step < total_steps:
-                inputs, targets, starts_epoch = sampler.next_batch()
-                inputs, targets = inputs.to(device), targets.to(device)
+                *batch, starts_epoch = sampler.next_batch()
+                batch = [t.to(device) for t in batch]
                 # Sequential batches continue the previous ones: carry the state, not its history.
                 hidden = hidden.detach() if sequential and not starts_epoch and hidden is not None else None
                 lr = lr_at(step, cfg.optim, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, new_hidden = lm_loss(train_model, inputs, targets, hidden)
+                    loss, new_hidden = task.loss(train_model, batch, hidden)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -271,7 +259,7 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
 
                 if (step % cfg.train.log_every == 0 or step == total_steps) and loss_window[1]:
                     now = time.perf_counter()
-                    tokens_per_s = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
+                    tokens_per_s = (step - last_log_step) * task.items_per_batch / max(now - last_log_time, 1e-9)
                     last_log_time, last_log_step = now, step
                     train_loss = loss_window[0] / loss_window[1]
                     loss_window = [0.0, 0]
@@ -280,12 +268,11 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
                     bar.update(step, train_loss, tokens_per_s, lr)
 
                 if step % cfg.train.eval_every == 0 or step == total_steps:
-                    val = evaluate_lm(model, splits.val, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
-                    metrics.log(step, {"val/loss": val["loss"], "val/perplexity": val["perplexity"], "val/bpc": val["bpc"]})
-                    sample = _sample_text(model, vocab, cfg, device) if dist.is_main else ""
-                    if sample:
-                        metrics.text(step, "sample", sample)
-                    bar.message(f"step {step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
+                    val = task.evaluate(model, "val", device, amp_dtype)
+                    metrics.log(step, {f"val/{name}": value for name, value in val.items()})
+                    if dist.is_main:
+                        task.on_evaluation(model, device, step, metrics)
+                    bar.message(f"step {step}: " + ", ".join(f"val {k} {v:.4g}" for k, v in val.items()))
                     if val["loss"] < best_val_loss:
                         best_val_loss, best_step = val["loss"], step
                         save(BEST_CHECKPOINT)
@@ -294,6 +281,15 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
                     save_last()
                 if signals_seen:
                     raise TrainingInterrupted(stop_signals[0] if stop_signals else signal.SIGTERM, run_dir, step)
+
+        if not val:  # resumed a run that had already reached its last step
+            val = task.evaluate(model, "val", device, amp_dtype)
+        final = {f"val/{name}": value for name, value in val.items()}
+        if task.has_split("test"):
+            final.update({f"test/{k}": v for k, v in task.evaluate(model, "test", device, amp_dtype).items()})
+        # As scalars too: TensorBoard's HParams dashboard takes its metric columns from scalar tags.
+        metrics.log(step, {FINAL_PREFIX + tag: value for tag, value in final.items()})
+        metrics.hparams(config_to_dict(cfg))
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         write_summary("interrupted", error=str(exc) or "KeyboardInterrupt")
         raise
@@ -304,14 +300,8 @@ def _train(cfg: Config, run_dir: Path, splits, sampler: WindowSampler, saved: di
         bar.close()
         metrics.close()
 
-    if not val:  # resumed a run that had already reached its last step
-        val = evaluate_lm(model, splits.val, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
-    final = {"val/loss": val["loss"], "val/perplexity": val["perplexity"], "val/bpc": val["bpc"]}
-    if len(splits.test) > 1:
-        test = evaluate_lm(model, splits.test, cfg.data.seq_len, cfg.train.batch_size, device, amp_dtype)
-        final.update({"test/loss": test["loss"], "test/perplexity": test["perplexity"], "test/bpc": test["bpc"]})
-    sample = _sample_text(model, vocab, cfg, device) if dist.is_main else ""
-    return write_summary("finished", final=final, sample=sample)
+    extras = task.final_extras(model, device) if dist.is_main else {}
+    return write_summary("finished", final=final, **extras)
 
 
 def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:
@@ -327,12 +317,3 @@ def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:
         shutil.copyfile(checkpoints / LAST_CHECKPOINT.name, target)
     for old in sorted(checkpoints.glob("step-*.pt"))[:-keep]:
         old.unlink()
-
-
-def _sample_text(model, vocab, cfg: Config, device) -> str:
-    if cfg.train.sample_length == 0:
-        return ""
-    from grutrain.sample import generate
-
-    return generate(model, vocab, cfg.train.sample_prompt, cfg.train.sample_length, tokenizer=cfg.data.tokenizer,
-                    lowercase=cfg.data.lowercase, temperature=0.8, top_k=None, seed=cfg.train.seed, device=device)

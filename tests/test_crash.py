@@ -14,6 +14,7 @@ import yaml
 
 import grutrain.checkpoint as checkpoint_module
 import grutrain.train as train_module
+from grutrain.tasks.lm import LanguageModelTask
 from grutrain.checkpoint import load_checkpoint, save_checkpoint
 from grutrain.config import validate_config
 from grutrain.errors import GrutrainError
@@ -134,15 +135,15 @@ def test_sigkill_at_random_moments_then_resume_is_exact(long_run, tmp_path):
 
 
 def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
-    real_loss = train_module.lm_loss
+    real_loss = LanguageModelTask.loss
     calls = {"n": 0}
 
-    def nan_on_steps_3_and_4(model, inputs, targets, hidden):
+    def nan_on_steps_3_and_4(self, model, batch, hidden):
         calls["n"] += 1
-        loss, hidden = real_loss(model, inputs, targets, hidden)
+        loss, hidden = real_loss(self, model, batch, hidden)
         return (loss * float("nan"), hidden) if calls["n"] in (3, 4) else (loss, hidden)
 
-    monkeypatch.setattr(train_module, "lm_loss", nan_on_steps_3_and_4)
+    monkeypatch.setattr(LanguageModelTask, "loss", nan_on_steps_3_and_4)
     cfg = validate_config(raw_config(tmp_path, tmp_path / "run"))
     summary = fit(cfg, progress="none")
     assert summary["status"] == "finished" and summary["skipped_steps"] == 2
@@ -154,15 +155,15 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
-    real_loss = train_module.lm_loss
+    real_loss = LanguageModelTask.loss
     calls = {"n": 0}
 
-    def nan_from_step_7(model, inputs, targets, hidden):
+    def nan_from_step_7(self, model, batch, hidden):
         calls["n"] += 1
-        loss, hidden = real_loss(model, inputs, targets, hidden)
+        loss, hidden = real_loss(self, model, batch, hidden)
         return (loss * float("inf"), hidden) if calls["n"] >= 7 else (loss, hidden)
 
-    monkeypatch.setattr(train_module, "lm_loss", nan_from_step_7)
+    monkeypatch.setattr(LanguageModelTask, "loss", nan_from_step_7)
     cfg = validate_config(raw_config(tmp_path, tmp_path / "run", max_bad_steps=3, max_steps=20))
     with pytest.raises(GrutrainError, match="diverged: 3 steps in a row"):
         fit(cfg, progress="none")

@@ -107,14 +107,14 @@ def test_a_failure_on_one_rank_ends_every_rank(reference, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    import grutrain.train as t\n"
-        "    real, calls = t.lm_loss, [0]\n"
+        "    from grutrain.tasks.lm import LanguageModelTask as t\n"
+        "    real, calls = t.loss, [0]\n"
         "    def failing(*args):\n"
         "        calls[0] += 1\n"
         "        if calls[0] == 3:\n"
         "            raise RuntimeError('injected failure on rank 1')\n"
         "        return real(*args)\n"
-        "    t.lm_loss = failing\n"
+        "    t.loss = failing\n"
     )
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
