@@ -38,6 +38,8 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    """task: lm -- a text file."""
+
     section_name: ClassVar[str] = "data"
     path: str = Field("data/alice29.txt", description="UTF-8 text file to train on")
     tokenizer: Literal["char", "word"] = "char"
@@ -61,6 +63,55 @@ class DataConfig(Section):
         return self
 
 
+class ForecastDataConfig(Section):
+    """task: forecast -- a CSV of one or more series, windows of input_len steps -> the next horizon steps."""
+
+    section_name: ClassVar[str] = "data"
+    path: str = Field("data/sunspots.csv", description="CSV file with a header row")
+    target_columns: list[str] = Field(default_factory=list, description="the columns to forecast")
+    input_columns: list[str] = Field(default_factory=list, description="extra input columns (known covariates)")
+    time_column: Optional[str] = Field(None, description="sorted by it when given; otherwise file order")
+    input_len: int = Field(24, gt=0, description="time steps the model sees")
+    horizon: int = Field(1, gt=0, description="time steps it predicts, all at once (direct multi-step)")
+    season: Optional[int] = Field(None, gt=0, description="season length for the seasonal-naive baseline")
+    missing: Literal["interpolate", "drop", "error"] = Field("error", description="what to do with blank cells")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _has_targets(self) -> "ForecastDataConfig":
+        if not self.target_columns:
+            raise ValueError("data.target_columns must name at least one CSV column to forecast, e.g. [SUNACTIVITY]")
+        return self
+
+
+class ClassifyDataConfig(Section):
+    """task: classify -- examples of (sequence, label) from JSONL, CSV or UCR/UEA .ts files."""
+
+    section_name: ClassVar[str] = "data"
+    path: str = Field("data/names.jsonl", description="JSONL, CSV or .ts file of examples")
+    format: Literal["auto", "jsonl", "csv", "ts"] = Field("auto", description="auto: from the file extension")
+    label_column: str = Field("label", description="CSV: the column holding the label")
+    lowercase: bool = Field(False, description="text examples: lowercase them first")
+    max_len: Optional[int] = Field(None, gt=0, description="truncate longer sequences to this many steps")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class SyntheticDataConfig(Section):
+    """task: synthetic -- generated in memory, deterministic under train.seed."""
+
+    section_name: ClassVar[str] = "data"
+    kind: Literal["adding", "copy", "sine"] = Field("adding", description="which problem")
+    seq_len: int = Field(100, gt=1, description="length of each sequence")
+    train_size: int = Field(10000, gt=0, description="examples per training epoch")
+    val_size: int = Field(1000, gt=0)
+    test_size: int = Field(1000, gt=0)
+    num_symbols: int = Field(8, gt=1, description="copy: symbols to remember")
+    copy_len: int = Field(10, gt=0, description="copy: how many symbols to reproduce")
+    noise: float = Field(0.1, ge=0, description="sine: noise standard deviation")
+
+
 class ModelConfig(Section):
     section_name: ClassVar[str] = "model"
     embedding_dim: int = Field(64, ge=0, description="0 means one-hot inputs, as d2l.ai does")
@@ -69,6 +120,7 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout between GRU layers and before the head")
     reset: Literal["after", "before"] = "after"
     backend: Literal["custom", "torch"] = "custom"
+    bidirectional: bool = Field(False, description="classify: read sequences in both directions")
 
     @model_validator(mode="after")
     def _torch_backend_only_resets_after(self) -> "ModelConfig":
@@ -136,20 +188,61 @@ class RunConfig(Section):
     name: str = Field("run", min_length=1)
 
 
-class Config(Section):
-    task: Literal["lm"] = "lm"
-    data: DataConfig = DataConfig()
+class TaskConfig(Section):
+    """What every task's config has besides its data section."""
+
+    task: str
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
-    def _fill_run_dir_template(self) -> "Config":
+    def _fill_run_dir_template(self) -> "TaskConfig":
         # After overrides, so `runs/lr{optim.lr}` names the value this run really uses.
         if self.run.dir is not None and "{" in self.run.dir:
             self.run.dir = resolve_run_dir_template(self.run.dir, self.model_dump(mode="json"))
         return self
+
+
+class LMConfig(TaskConfig):
+    task: Literal["lm"] = "lm"
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _causal(self) -> "LMConfig":
+        if self.model.bidirectional:
+            raise ValueError("model.bidirectional=true cannot predict the next token (it would see it); "
+                             "use it with task classify")
+        return self
+
+
+class ForecastConfig(TaskConfig):
+    task: Literal["forecast"]
+    data: ForecastDataConfig
+
+
+class ClassifyConfig(TaskConfig):
+    task: Literal["classify"]
+    data: ClassifyDataConfig
+
+
+class SyntheticConfig(TaskConfig):
+    task: Literal["synthetic"]
+    data: SyntheticDataConfig = SyntheticDataConfig()
+
+
+CONFIG_CLASSES: dict[str, type[TaskConfig]] = {
+    "lm": LMConfig, "forecast": ForecastConfig, "classify": ClassifyConfig, "synthetic": SyntheticConfig,
+}
+Config = TaskConfig  # any task's config
+
+
+def config_class(raw: dict) -> type[TaskConfig]:
+    task = raw.get("task", "lm")
+    if not isinstance(task, str) or task not in CONFIG_CLASSES:
+        raise GrutrainError(f"task: {task!r} is not a task; expected one of {', '.join(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[task]
 
 
 def format_config_value(value: Any) -> str:
@@ -275,7 +368,7 @@ def apply_override(raw: dict, item: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise GrutrainError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.003)")
     parts = key.split(".")
-    if _is_text_field(parts) and value_text.strip() not in ("null", "~"):
+    if _is_text_field(parts, raw) and value_text.strip() not in ("null", "~"):
         value = value_text  # `run.name=007` stays "007", not the number 7
     else:
         value = parse_yaml(value_text, f"override {key}") if value_text.strip() else ""
@@ -290,8 +383,9 @@ def apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _is_text_field(parts: list[str]) -> bool:
-    model: Any = Config
+def _is_text_field(parts: list[str], raw: dict) -> bool:
+    task = raw.get("task", "lm")
+    model: Any = CONFIG_CLASSES.get(task, LMConfig) if isinstance(task, str) else LMConfig
     for part in parts:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
@@ -301,20 +395,21 @@ def _is_text_field(parts: list[str]) -> bool:
 
 
 def validate_config(raw: dict) -> Config:
+    cls = config_class(raw)
     try:
-        return Config.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as exc:
-        raise GrutrainError(_describe(exc.errors()[0], raw)) from None
+        raise GrutrainError(_describe(exc.errors()[0], cls)) from None
 
 
-def _describe(error: dict, raw: dict) -> str:
+def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
     """One line naming the key and what would be right, from a pydantic error."""
     loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
     key = ".".join(loc) or "config"
     kind = error["type"]
     if kind == "extra_forbidden":
         parent = loc[:-1]
-        section = Config
+        section = config_cls
         for name in parent:
             field = section.model_fields.get(name)
             section = field.annotation if field is not None else None

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grutrain.config import Config, load_config, validate_config
+from grutrain.config import Config, LMConfig, load_config, validate_config
 from grutrain.errors import GrutrainError
 
 
@@ -55,8 +55,8 @@ def test_yaml_loads_with_defaults_for_missing_keys(yaml_file):
 
 
 def test_empty_yaml_is_all_defaults(yaml_file):
-    assert load_config(yaml_file("")) == Config()
-    assert load_config(yaml_file("# only a comment\n")) == Config()
+    assert load_config(yaml_file("")) == LMConfig()
+    assert load_config(yaml_file("# only a comment\n")) == LMConfig()
 
 
 def test_yaml_scientific_notation_without_dot_is_a_float(yaml_file):
