@@ -112,6 +112,29 @@ def sample(
     sys.stdout.write(text + "\n")
 
 
+@app.command(epilog="Example: grutrain predict runs/sunspots-1/checkpoints/best.pt --input data/sunspots.csv --output forecast.csv")
+def predict(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt) of a forecast or classify model"),
+    input: Path = typer.Option(..., "--input", help="forecast: a CSV like the training data; classify: JSONL, CSV or .ts examples"),
+    output: Optional[Path] = typer.Option(None, "--output", help="write here (.csv or .jsonl) instead of stdout"),
+    fmt: Optional[Literal["csv", "jsonl"]] = typer.Option(None, "--format", help="default: from --output's extension, else jsonl"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
+) -> None:
+    """Forecasts (the horizon after the input's end, on the original scale) or class labels with probabilities."""
+    from grutrain.predict import format_rows, output_format, predict_checkpoint
+
+    rows = predict_checkpoint(checkpoint, input, device)
+    text = format_rows(rows, output_format(output, fmt))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise GrutrainError(f"cannot write --output {str(output)!r}: {exc.strerror or exc}") from None
+    out.print(f"{len(rows)} predictions written to {output}")
+
+
 def _parse_shape(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):

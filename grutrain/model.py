@@ -41,3 +41,55 @@ class LanguageModel(nn.Module):
             x = F.one_hot(tokens, self.vocab_size).to(self.head.weight.dtype)  # [B, T, V]
         output, hidden = self.gru(x, hidden)  # [B, T, H]
         return self.head(self.dropout(output)), hidden
+
+
+class SequenceModel(nn.Module):
+    """Input (token embedding, or the raw features of each step) -> GRU -> a linear head.
+
+    per_step=True puts the head on every step's output ([B, T, output_size]: copy task);
+    per_step=False on the state after each sequence's last step ([B, output_size]: forecasting,
+    classification, the adding problem). `lengths` ([B], for right-padded batches) makes the
+    last step each sequence's own, so padding never changes a prediction.
+    """
+
+    def __init__(self, cfg: ModelConfig, output_size: int, *, vocab_size: int | None = None,
+                 input_size: int | None = None, per_step: bool = False):
+        super().__init__()
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("give vocab_size (token inputs) or input_size (feature inputs)")
+        self.vocab_size, self.per_step = vocab_size, per_step
+        self.embedding = None
+        if vocab_size is not None:
+            self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim) if cfg.embedding_dim > 0 else None
+            input_size = cfg.embedding_dim or vocab_size
+        gru_args = dict(input_size=input_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, batch_first=True,
+                        bidirectional=cfg.bidirectional)
+        self.gru = nn.GRU(**gru_args) if cfg.backend == "torch" else GRU(**gru_args, reset=cfg.reset)
+        self.directions = 2 if cfg.bidirectional else 1
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden_size * self.directions, output_size)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vocab_size is None:
+            return x  # [B, T, I] features
+        if self.embedding is not None:
+            return self.embedding(x)  # [B, T, E]
+        return F.one_hot(x, self.vocab_size).to(self.head.weight.dtype)  # [B, T, V]
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
+        """x: [B, T] tokens or [B, T, I] features -> (output, hidden [L*D, B, H])."""
+        inputs = self.encode(x)
+        if lengths is None:
+            output, hidden = self.gru(inputs, hidden)  # output [B, T, D*H]
+        elif isinstance(self.gru, nn.GRU):
+            packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            output, hidden = self.gru(packed, hidden)
+            output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=inputs.shape[1])
+        else:
+            output, hidden = self.gru(inputs, hidden, lengths=lengths)
+        if self.per_step:
+            return self.head(self.dropout(output)), hidden
+        # The last layer's final state of each direction: [B, D*H]; with lengths, at each sequence's end.
+        last = torch.cat([hidden[-self.directions + d] for d in range(self.directions)], dim=-1)
+        return self.head(self.dropout(last)), hidden

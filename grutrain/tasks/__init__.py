@@ -19,8 +19,10 @@ object built by `build_task`, which has:
     final_extras(model, device) -> dict           extras for summary.json (a text sample, ...)
 
 and for `grutrain eval` / `predict` each task module has
-`model_for_checkpoint(payload, cfg)` (the untrained model a checkpoint's weights fit) and
-`evaluate_checkpoint(payload, model, cfg, split, data_path, device)`.
+`model_for_checkpoint(payload, cfg)` (the untrained model a checkpoint's weights fit),
+`evaluate_checkpoint(payload, model, cfg, split, data_path, device) -> dict` and, where the
+task predicts something for new inputs (forecast, classify),
+`predict(payload, model, cfg, input_path, device) -> list[dict]` (one row per output line).
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ import torch
 
 from grutrain.errors import GrutrainError
 
-TASK_MODULES = {"lm": "grutrain.tasks.lm"}
+TASK_MODULES = {
+    "lm": "grutrain.tasks.lm",
+    "forecast": "grutrain.tasks.forecast",
+    "classify": "grutrain.tasks.classify",
+    "synthetic": "grutrain.tasks.synthetic",
+}
 
 
 def task_module(name: str):

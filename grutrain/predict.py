@@ -1,0 +1,46 @@
+"""`grutrain predict`: a trained model's outputs for new inputs, as CSV or JSONL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from grutrain.errors import GrutrainError
+
+
+def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
+    """One dict per prediction (a forecast step, a classified example), from the task's `predict`."""
+    from grutrain.checkpoint import load_checkpoint
+    from grutrain.runtime import resolve_device
+    from grutrain.tasks import load_trained_model, task_module
+
+    dev = resolve_device(device)
+    payload = load_checkpoint(path, map_location=dev)
+    model, cfg = load_trained_model(payload, dev, source=str(path))
+    module = task_module(cfg.task)
+    if not hasattr(module, "predict"):
+        raise GrutrainError(f"{path} is a {cfg.task} model, which has no predict; "
+                            "use grutrain eval (or grutrain sample for a language model)")
+    return module.predict(payload, model, cfg, Path(input_path), dev)
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    """rows as JSONL (one object a line) or CSV (a header from the first row's keys)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(row) + "\n" for row in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def output_format(output: Path | None, requested: str | None) -> str:
+    if requested:
+        return requested
+    if output is not None and output.suffix.lower() == ".csv":
+        return "csv"
+    return "jsonl"
