@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     format_version, grutrain_version, config (resolved, as a dict), task, vocab (list of tokens),
-    model, optimizer, step, epoch, best_val_loss, sampler (data position), hidden (carried
+    model, optimizer, step, epoch, monitor (best metric, early stopping), sampler (data position), hidden (carried
     state of sequential sampling or None), rng (python, torch, cuda).
 It rebuilds the model without the YAML, and `torch.load(weights_only=True)` reads it, so an
 untrusted file cannot run code when it is loaded.

@@ -153,11 +153,27 @@ class OptimConfig(Section):
         return self
 
 
+class EarlyStoppingConfig(Section):
+    section_name: ClassVar[str] = "train.early_stopping"
+    metric: str = Field("val/loss", description="a validation metric, e.g. val/loss, val/accuracy, val/mae")
+    mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher is better")
+    patience: int = Field(5, gt=0, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="a smaller change does not count as an improvement")
+
+    @model_validator(mode="after")
+    def _validation_metric(self) -> "EarlyStoppingConfig":
+        if not self.metric.startswith("val/"):
+            raise ValueError(f"train.early_stopping.metric {self.metric!r} must be a validation metric such as val/loss")
+        return self
+
+
 class TrainConfig(Section):
     section_name: ClassVar[str] = "train"
     max_steps: Optional[int] = Field(2000, gt=0, description="optimizer steps; or use epochs")
     epochs: Optional[int] = Field(None, gt=0, description="passes over the training split; overrides max_steps")
     batch_size: int = Field(64, gt=0)
+    accumulate: int = Field(1, gt=0, description="micro-batches of batch_size per optimizer step (gradient accumulation)")
+    early_stopping: Optional[EarlyStoppingConfig] = Field(None, description="stop when a validation metric stalls")
     eval_every: int = Field(250, gt=0, description="evaluate on the validation split every N steps")
     checkpoint_every: int = Field(500, gt=0, description="write checkpoints/last.pt every N steps")
     keep_last: int = Field(0, ge=0, description="also keep the K latest periodic checkpoints as step-N.pt")

@@ -19,6 +19,7 @@ from grutrain.config import Config, config_to_dict, config_to_yaml
 from grutrain.errors import GrutrainError, TrainingInterrupted
 from grutrain.hparams import FINAL_PREFIX
 from grutrain.metrics import MetricsLogger
+from grutrain.monitor import Monitor
 from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
 from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, clear_run_dir, holds_run,
@@ -78,10 +79,34 @@ def check_resumable(saved: dict, config: Config, world_size: int, path: Path) ->
         raise GrutrainError(f"cannot resume {str(path)!r}: the config differs from the run's in {', '.join(changed)}; "
                             "resume with the run's own config (its config.yaml)")
     saved_global = saved.get("global_batch", before["train.batch_size"])
-    if config.train.batch_size * world_size != saved_global:
+    accumulate = config.train.accumulate
+    if config.train.batch_size * accumulate * world_size != saved_global:
         raise GrutrainError(f"cannot resume {str(path)!r}: it was trained with a global batch of {saved_global}, "
-                            f"now train.batch_size={config.train.batch_size} x {world_size} processes; "
-                            f"set train.batch_size={saved_global // world_size}")
+                            f"now train.batch_size={config.train.batch_size} x {accumulate} accumulated x "
+                            f"{world_size} processes; set train.batch_size={saved_global // world_size // accumulate}")
+
+
+def forward_backward(task, model, batch: list, hidden, accumulate: int, scaler, device, amp_dtype):
+    """The step's loss and gradients, computed in `accumulate` equal micro-batches.
+
+    Each micro-batch loss is a mean over its rows; scaled by 1/accumulate their sum is the mean
+    over all the step's rows. Under DDP the gradients are averaged once, after the last one.
+    Returns (mean loss, the carried state of all rows or None).
+    """
+    micro_batches = list(zip(*(t.chunk(accumulate) for t in batch)))
+    states = hidden.chunk(accumulate, dim=1) if hidden is not None else [None] * accumulate
+    total, new_states = 0.0, []
+    for i, (micro, state) in enumerate(zip(micro_batches, states)):
+        last = i == accumulate - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, new_state = task.loss(model, list(micro), state)
+            scaler.scale(loss / accumulate).backward()
+        total = total + loss.detach() / accumulate
+        new_states.append(new_state)
+    carried = torch.cat(new_states, dim=1) if task.carries_state else None
+    return total, carried
 
 
 def weights_are_finite(model) -> bool:
@@ -126,7 +151,12 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
         if resume:
             saved = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
             check_resumable(saved, cfg, dist.world_size, run_dir / LAST_CHECKPOINT)
-        task = build_task(cfg, saved, dist.rank, dist.world_size)
+        # The task draws all the rows of one optimizer step at once (batch_size x accumulate per
+        # process); the loop splits them into micro-batches, so K micro-batches of B rows see the
+        # same rows, and give the same gradient, as one batch of K*B.
+        rows_per_step = cfg.train.batch_size * cfg.train.accumulate
+        task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": rows_per_step})}),
+                          saved, dist.rank, dist.world_size)
         if overwrite and dist.is_main:
             clear_run_dir(run_dir)
         started = True
@@ -151,7 +181,7 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     # fp16 needs loss scaling so small gradients don't flush to zero; bf16 and fp32 don't.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    step, best_val_loss, best_step, hidden = 0, math.inf, None, None
+    step, hidden, monitor, stop_reason = 0, None, Monitor(cfg.train.early_stopping), None
     loss_window, skipped, bad_in_a_row, earlier_wall_time = [0.0, 0], 0, 0, 0.0
     if saved:
         model.load_state_dict(saved["model"])
@@ -160,7 +190,8 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
         sampler.load_state_dict(saved["sampler"])
         rank_rngs = saved.get("rank_rng") or []
         set_rng_state(rank_rngs[dist.rank] if len(rank_rngs) == dist.world_size else saved["rng"])
-        step, best_val_loss, best_step = saved["step"], saved["best_val_loss"], saved["best_step"]
+        step = saved["step"]
+        monitor.load_state_dict(saved["monitor"])
         # The checkpoint holds the carried state of the whole global batch; keep this rank's rows.
         hidden = saved["hidden"][:, sampler.rows].to(device) if saved["hidden"] is not None else None
         loss_window, skipped, bad_in_a_row = list(saved["loss_window"]), saved["skipped_steps"], saved["bad_in_a_row"]
@@ -182,7 +213,7 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
         payload = {
             "task": cfg.task, "config": config_to_dict(cfg), **task.checkpoint_state(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": sampler.epoch, "best_val_loss": best_val_loss, "best_step": best_step,
+            "step": step, "epoch": sampler.epoch, "monitor": monitor.state_dict(),
             "sampler": sampler.state_dict(), "hidden": full_hidden.cpu() if full_hidden is not None else None,
             "global_batch": sampler.global_batch, "world_size": dist.world_size,
             "loss_window": loss_window, "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row,
@@ -204,7 +235,7 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
     def write_summary(status: str, **extra) -> dict:
         summary = {"status": status, "task": cfg.task, "processes": dist.world_size, "run_dir": str(run_dir), "step": step,
                    "total_steps": total_steps, "epoch": sampler.epoch, "skipped_steps": skipped,
-                   "best": {"val/loss": best_val_loss if math.isfinite(best_val_loss) else None, "step": best_step},
+                   "best": {monitor.metric: monitor.best, "step": monitor.best_step},
                    "baselines": baselines, "wall_time_s": wall_time(), **extra}
         if dist.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -228,10 +259,9 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
                 lr = lr_at(step, cfg.optim, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, new_hidden = task.loss(train_model, batch, hidden)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                loss, new_hidden = forward_backward(task, train_model, batch, hidden, cfg.train.accumulate,
+                                                    scaler, device, amp_dtype)
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
                 step += 1
@@ -273,14 +303,21 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
                     if dist.is_main:
                         task.on_evaluation(model, device, step, metrics)
                     bar.message(f"step {step}: " + ", ".join(f"val {k} {v:.4g}" for k, v in val.items()))
-                    if val["loss"] < best_val_loss:
-                        best_val_loss, best_step = val["loss"], step
+                    if monitor.update(step, {f"val/{name}": value for name, value in val.items()}):
                         save(BEST_CHECKPOINT)
+                    if monitor.should_stop():
+                        stop_reason = monitor.stop_reason()
+                        bar.message(stop_reason)
 
-                if step % cfg.train.checkpoint_every == 0 or step == total_steps or signals_seen:
+                if step % cfg.train.checkpoint_every == 0 or step == total_steps or signals_seen or stop_reason:
                     save_last()
                 if signals_seen:
                     raise TrainingInterrupted(stop_signals[0] if stop_signals else signal.SIGTERM, run_dir, step)
+                if stop_reason:
+                    # As Keras' restore_best_weights: what the run hands over is best.pt's model.
+                    model.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)["model"])
+                    val = {}
+                    break
 
         if not val:  # resumed a run that had already reached its last step
             val = task.evaluate(model, "val", device, amp_dtype)
@@ -301,6 +338,8 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
         metrics.close()
 
     extras = task.final_extras(model, device) if dist.is_main else {}
+    if stop_reason:
+        extras["early_stopping"] = {"reason": stop_reason, "stopped_at_step": step, "best_step": monitor.best_step}
     return write_summary("finished", final=final, **extras)
 
 

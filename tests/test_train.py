@@ -136,7 +136,7 @@ def test_run_directory_and_checkpoint_contents(text_file, tmp_path):
     assert last["config"]["model"]["hidden_size"] == 12 and last["vocab"][0] == "<unk>"
     val_losses = dict(scalar_curve(run_dir, "val/loss"))
     assert best["step"] == min(val_losses, key=val_losses.get)  # best.pt is the best validation loss
-    assert best["best_val_loss"] == pytest.approx(min(val_losses.values()))
+    assert best["monitor"]["best"] == pytest.approx(min(val_losses.values()))
     assert summary["final"]["val/perplexity"] == pytest.approx(math.exp(summary["final"]["val/loss"]))
     # no temporary files left from the atomic writes
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
@@ -156,3 +156,39 @@ def test_backends_and_reset_variants_train(text_file, tmp_path, backend, reset):
     summary = fit(cfg, progress="none")
     curve = [v for _, v in scalar_curve(tmp_path / backend, "train/loss")]
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5  # it learns
+
+
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_accumulating_two_half_batches_equals_one_full_batch(text_file, tmp_path, sampling):
+    full = fit(tiny_config(text_file, tmp_path / "k1", data__sampling=sampling, train__batch_size=4,
+                           model__dropout=0.0), progress="none")
+    half = fit(tiny_config(text_file, tmp_path / "k2", data__sampling=sampling, train__batch_size=2,
+                           train__accumulate=2, model__dropout=0.0), progress="none")
+    assert full["step"] == half["step"] == 10
+    for (s1, a), (s2, b) in zip(scalar_curve(tmp_path / "k1", "train/loss"), scalar_curve(tmp_path / "k2", "train/loss")):
+        assert s1 == s2 and a == pytest.approx(b, abs=1e-5)
+    p1, p2 = params_of(tmp_path / "k1"), params_of(tmp_path / "k2")
+    for name in p1:
+        torch.testing.assert_close(p1[name], p2[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_early_stopping_stops_within_patience_and_hands_over_the_best_model(text_file, tmp_path):
+    # An lr so small that the validation loss cannot improve by min_delta after the first evaluation.
+    cfg = tiny_config(text_file, tmp_path / "es", optim__lr=1e-9, optim__warmup_steps=0, train__max_steps=100,
+                      train__eval_every=2, train__early_stopping={"patience": 2, "min_delta": 1e-3})
+    summary = fit(cfg, progress="none")
+    assert summary["status"] == "finished"
+    assert summary["step"] == 6  # evaluations at 2 (best), 4 and 6 (no improvement twice) -> stop
+    assert summary["early_stopping"]["best_step"] == 2 and "did not improve" in summary["early_stopping"]["reason"]
+    best = load_checkpoint(tmp_path / "es" / "checkpoints" / "best.pt")
+    assert best["step"] == 2
+    # the final metrics are those of best.pt's weights (restored, as Keras' restore_best_weights)
+    assert summary["final"]["val/loss"] == pytest.approx(dict(scalar_curve(tmp_path / "es", "val/loss"))[2], abs=1e-6)
+
+
+def test_early_stopping_on_an_unknown_metric_names_the_choices(text_file, tmp_path):
+    from grutrain.errors import GrutrainError
+
+    cfg = tiny_config(text_file, tmp_path / "bad", train__early_stopping={"metric": "val/accuracy"})
+    with pytest.raises(GrutrainError, match="val/accuracy.*val/loss"):
+        fit(cfg, progress="none")
