@@ -160,14 +160,24 @@ class GRU(nn.Module):
             same function. Default: ``"fused"``
         device, dtype: where and in which dtype to create the parameters, as in torch.nn.
 
-    Inputs: input, h_0
+    Inputs: input, h_0, lengths
         * **input**: tensor of shape :math:`(L, H_{in})` for unbatched input,
           :math:`(L, N, H_{in})` when ``batch_first=False`` or :math:`(N, L, H_{in})` when
           ``batch_first=True``, the features of the input sequence. Packed sequences are
-          not supported.
+          not supported; give ``lengths`` instead.
         * **h_0**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` for unbatched
           input or :math:`(D * \text{num\_layers}, N, H_{out})`, the initial hidden state
           of every layer and direction. Defaults to zeros if not given.
+        * **lengths** (keyword, batched input only): integer tensor of shape :math:`(N)`
+          with :math:`1 \le \text{lengths}[b] \le L`, for a right-padded batch: sequence
+          `b` is ``input[b, :lengths[b]]`` (batch-first) and the rest is padding. The result
+          is what torch.nn.GRU gives for the same batch as a packed sequence
+          (``pack_padded_sequence``): the padding never changes an output, ``h_n``, or a
+          gradient. The forward direction runs as usual and takes ``h_n`` at each
+          sequence's last valid step; the backward direction reads each sequence reversed
+          within its own length (an index gather), so it starts at the last valid step,
+          not at the padding. Output positions at or after ``lengths[b]`` are zeros, as
+          ``pad_packed_sequence`` gives them. Defaults to None: every sequence is `L` long.
 
         where
 
@@ -188,7 +198,8 @@ class GRU(nn.Module):
         * **h_n**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` for unbatched
           input or :math:`(D * \text{num\_layers}, N, H_{out})`, the final hidden state of
           every layer and direction, ordered layer by layer, forward before backward
-          (for the backward direction "final" is after reading the first element).
+          (for the backward direction "final" is after reading the first element; with
+          ``lengths``, for the forward direction it is after each sequence's last valid step).
 
     Attributes:
         weight_ih_l[k]: the input-hidden weights of layer `k` (W_ir|W_iz|W_in), of shape
@@ -215,6 +226,9 @@ class GRU(nn.Module):
         >>> output, hn = rnn(input, h0)
         >>> output.shape, hn.shape
         (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+        >>> output, hn = rnn(input, h0, lengths=torch.tensor([5, 2, 4]))  # right-padded batch
+        >>> bool(output[2:, 1].eq(0).all())  # sequence 1 ends after 2 steps: zeros after
+        True
     """
 
     def __init__(
@@ -331,17 +345,37 @@ class GRU(nn.Module):
                 f"got {list(hx.shape)}"
             )
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _check_lengths(self, lengths: Tensor, batch: int, seq_len: int) -> Tensor:
+        """lengths as a long tensor [B], checked against the batch size and sequence length."""
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.dim() != 1 or lengths.numel() != batch:
+            raise ValueError(f"GRU: lengths must be 1-D with one entry per sequence ({batch}), "
+                             f"got shape {list(lengths.shape)}")
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise ValueError(f"GRU: lengths must be integers, got {lengths.dtype}")
+        if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
+            raise ValueError(f"GRU: lengths must be between 1 and the sequence length {seq_len}, "
+                             f"got {lengths.tolist()}")
+        return lengths.long()
+
+    def forward(
+        self, input: Tensor, hx: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         self._check_input(input, hx)
         is_batched = input.dim() == 3
         if is_batched:
             x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
         else:
+            if lengths is not None:
+                raise ValueError("GRU: lengths needs batched (3-D) input; an unbatched sequence is all valid")
             x = input.unsqueeze(1)  # [T, 1, I]; batch_first doesn't apply to unbatched input
             hx = None if hx is None else hx.unsqueeze(1)  # [L*D, 1, H]
         batch = x.size(1)
         if hx is None:
             hx = x.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size)
+        if lengths is not None:
+            return self._forward_with_lengths(x, hx, self._check_lengths(lengths, batch, x.size(0)))
 
         layer_fn = _layer_function(self.impl)
         final_states = []  # num_layers * num_directions tensors of [B, H]
@@ -369,6 +403,55 @@ class GRU(nn.Module):
         h_n = torch.stack(final_states)  # [L*D, B, H]
         if not is_batched:
             return output.squeeze(1), h_n.squeeze(1)  # [T, D*H], [L*D, H]
+        if self.batch_first:
+            output = output.transpose(0, 1)  # [B, T, D*H]
+        return output, h_n
+
+    def _forward_with_lengths(self, x: Tensor, hx: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """forward() for a right-padded batch: x [T, B, I], hx [L*D, B, H], lengths [B] (long).
+
+        Only index gathers around the same per-direction layer function, so the fused path
+        stays in use. The forward recurrence never looks ahead, so the padding after a
+        sequence's end can only reach outputs that are zeroed (and so get no gradient).
+        """
+        T, batch = x.shape[:2]
+        lengths = lengths.to(x.device)
+        steps = torch.arange(T, device=x.device).unsqueeze(1)  # [T, 1]
+        valid = steps < lengths  # [T, B]
+        # The step each position reads in the backward direction: L_b-1-t inside the sequence,
+        # t (the padding, left in place) after it. The map is its own inverse.
+        reverse_index = torch.where(valid, lengths - 1 - steps, steps)  # [T, B]
+        last_step = (lengths - 1).view(1, batch, 1).expand(1, batch, self.hidden_size)  # [1, B, H]
+        keep = valid.unsqueeze(2)  # [T, B, 1]
+
+        def gather_steps(t: Tensor, index: Tensor) -> Tensor:  # t [T, B, F], index [T, B]
+            return t.gather(0, index.unsqueeze(2).expand(-1, -1, t.size(2)))
+
+        layer_fn = _layer_function(self.impl)
+        final_states = []  # num_layers * num_directions tensors of [B, H]
+        for layer in range(self.num_layers):
+            direction_outputs = []  # each [T, B, H]
+            for direction in range(self.num_directions):
+                weights = [getattr(self, name) for name in self._parameter_names(layer, direction)]
+                if not self.bias:
+                    weights += [None, None]
+                h0 = hx[layer * self.num_directions + direction]  # [B, H]
+                if direction == 0:
+                    out, _ = layer_fn(x, h0, *weights, reset=self.reset)  # [T, B, H]
+                    h_last = out.gather(0, last_step).squeeze(0)  # [B, H], at each sequence's end
+                else:
+                    out, _ = layer_fn(gather_steps(x, reverse_index), h0, *weights, reset=self.reset)
+                    # The reversed run ends (has read step 0) at position L_b-1.
+                    h_last = out.gather(0, last_step).squeeze(0)  # [B, H]
+                    out = gather_steps(out, reverse_index)  # back in input order
+                direction_outputs.append(torch.where(keep, out, out.new_zeros(())))  # zeros after each end
+                final_states.append(h_last)
+            x = torch.cat(direction_outputs, dim=2) if self.bidirectional else direction_outputs[0]  # [T, B, D*H]
+            if layer < self.num_layers - 1 and self.dropout > 0:
+                x = F.dropout(x, p=self.dropout, training=self.training)
+
+        output = x  # [T, B, D*H]
+        h_n = torch.stack(final_states)  # [L*D, B, H]
         if self.batch_first:
             output = output.transpose(0, 1)  # [B, T, D*H]
         return output, h_n
