@@ -6,6 +6,7 @@ into a message on stderr and an exit code (0 ok, 1 bad input, 2 bad usage, 130/1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -69,19 +70,37 @@ def fit(
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),
     split: Literal["val", "test"] = typer.Option("val", "--split", help="which held-out split"),
-    data: Optional[Path] = typer.Option(None, "--data", help="evaluate on this text file instead (all of it)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="evaluate on all of this data file instead (text for lm; CSV for forecast; JSONL/CSV/.ts for classify)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the task's figure to this file (.png): "
+                                        "lm loss by position, forecasts vs actual, classify confusion matrix"),
 ) -> None:
-    """Loss, perplexity and bits per character of a saved model."""
+    """Metrics of a saved model on a held-out split or another data file (lm: loss, perplexity, bits per character)."""
     from grutrain.evaluate import evaluate_checkpoint
 
+    if plot is not None:
+        from grutrain.plots import require_matplotlib
+
+        require_matplotlib()  # before the evaluation, not after it
     result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device)
+    if plot is not None:
+        from grutrain.plots import plot_checkpoint, save_figure
+
+        save_figure(plot_checkpoint(checkpoint, split=split, data_path=data, device=device), plot)
+        result["plot"] = str(plot)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    out.print(f"{result['checkpoint']} (step {result['step']}) on {result['split']}: {result['tokens']} tokens")
-    out.print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  bpc {result['bpc']:.4f}")
+    counted = next((f"{result[k]} {k}" for k in ("tokens", "examples", "windows") if k in result), None)
+    out.print(f"{result['checkpoint']} (step {result['step']}) on {result['split']}" + (f": {counted}" if counted else ""))
+    scores = {k: v for k, v in result.items() if isinstance(v, float)}
+    is_baseline = lambda k: k.startswith(("naive_", "seasonal_naive_", "baseline/"))  # noqa: E731
+    out.print("  ".join(f"{k} {v:.4f}" for k, v in scores.items() if not is_baseline(k)))
+    if any(is_baseline(k) for k in scores):
+        out.print("baselines: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if is_baseline(k)))
+    if plot is not None:
+        out.print(f"plot written to {plot}")
 
 
 @app.command(epilog='Example: grutrain sample runs/charlm-1/checkpoints/best.pt --prompt "Alice was" --length 300 --seed 1')
@@ -203,6 +222,83 @@ def runs(
         else:
             width = max(out.width, Measurement.get(out, out.options.update_width(1000), rendered).maximum)
             Console(highlight=False, width=width).print(rendered)
+
+
+@app.command("lr-find", epilog="Example: grutrain lr-find configs/charlm.yaml --steps 200   "
+                               "(writes lr-find/charlm-1/lr_find.csv, .png and .json)")
+def lr_find(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/charlm.yaml"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key=value, e.g. train.batch_size=32"),
+    start: float = typer.Option(1e-7, "--start", help="the first learning rate"),
+    end: float = typer.Option(10.0, "--end", help="the last learning rate"),
+    steps: int = typer.Option(200, "--steps", help="training steps from --start to --end"),
+    smoothing: float = typer.Option(0.98, "--smoothing", help="beta of the loss's moving average (fastai's 0.98)"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="where the CSV, PNG and JSON go "
+                                              "[default: a fresh lr-find/<run.name>-N]; never inside runs/"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps [default: train.device]"),
+) -> None:
+    """Learning-rate range test: train a throwaway model with the lr growing exponentially, suggest an lr."""
+    from grutrain import lr_find as finder
+    from grutrain.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    finder.check_sweep(start, end, steps, smoothing)
+    directory = finder.output_dir(cfg, output_dir)
+    with out.status(f"lr-find: {steps} steps from {start:g} to {end:g}...") as status:
+        def progress(step: int, lr: float, loss: float) -> None:
+            status.update(f"lr-find: step {step}/{steps}  lr {lr:.2e}  loss {loss:.4f}")
+
+        try:
+            result = finder.range_test(cfg, start, end, steps, smoothing=smoothing, device=device, progress=progress)
+        except BaseException:
+            if output_dir is None:  # leave no empty lr-find/<name>-N behind
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
+    written = finder.write_results(result, directory, configured_lr=cfg.optim.lr)
+    for line in finder.explain(result, configured_lr=cfg.optim.lr):
+        out.print(line)
+    out.print("wrote " + ", ".join(str(p) for p in written.values()))
+    if "png" not in written:
+        from grutrain.plots import PLOT_EXTRA_MESSAGE
+
+        print(f"note: no PNG: {PLOT_EXTRA_MESSAGE}", file=sys.stderr)
+
+
+@app.command(epilog="Example: grutrain export runs/charlm-1/checkpoints/best.pt --format onnx --output charlm.onnx")
+def export(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),
+    output: Path = typer.Option(..., "--output", "-o", help="the file to write; <output>.json goes beside it"),
+    fmt: Optional[Literal["onnx", "pt2", "state-dict"]] = typer.Option(
+        None, "--format", help="onnx (onnxruntime), pt2 (torch.export) or state-dict (torch.nn.GRU-based "
+                               "models); default: from --output's extension (.onnx, .pt2, .pt)"),
+) -> None:
+    """Export a trained model for use outside grutrain, checked against grutrain's own outputs."""
+    from grutrain.export import export_checkpoint, metadata_path
+
+    meta = export_checkpoint(checkpoint, output, fmt)
+    out.print(f"wrote {output} ({meta['format']}) and {metadata_path(output)}")
+    for kind in ("inputs", "outputs"):
+        out.print(f"{kind}: " + ", ".join(f"{item['name']} {item['shape']}" for item in meta[kind]))
+    out.print(f"checked: max |exported - grutrain| = {meta['check']['max_abs_difference']:.3g} "
+              f"(batch {meta['check']['batch']}, sequence {meta['check']['sequence']})")
+
+
+@app.command(epilog="Example: grutrain init lm --output my-charlm.yaml, then grutrain fit my-charlm.yaml")
+def init(
+    task: Literal["lm", "forecast", "classify", "synthetic"] = typer.Argument(..., help="lm, forecast, classify or synthetic"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="the file to write [default: <task>.yaml]; "
+                                          "an existing file is never overwritten"),
+) -> None:
+    """Write a commented starter config for a task; it trains as written on the data shipped with grutrain."""
+    from grutrain.templates import missing_data, write_starter
+
+    path = write_starter(task, output)
+    out.print(f"wrote {path}; train with: grutrain fit {path}")
+    missing = missing_data(path)
+    if missing:
+        print(f"note: its data.path {missing!r} is not here; run from the grutrain checkout or edit data.path",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -191,7 +191,7 @@ def test_eval_plain_output(trained, run_cli):
     code, out, err = run_cli(["eval", trained["best"]])
     assert code == 0, err
     result = eval_json(run_cli, trained["best"])
-    assert f"perplexity {result['perplexity']:.3f}" in out
+    assert f"perplexity {result['perplexity']:.4f}" in out
     assert f"loss {result['loss']:.4f}" in out
 
 

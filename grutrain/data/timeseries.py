@@ -1,0 +1,441 @@
+"""Time series from a CSV for task forecast: reading, missing values, the time axis, splits,
+windows, normalisation, error metrics and the naive baselines.
+
+A CSV has a header row. The columns a config names are read (targets, extra inputs, an optional
+time column); every other column is ignored. Rows are sorted by the time column when there is one.
+
+Windows. A window is known by `start`, the row of its first target: the model reads rows
+[start - input_len, start) (targets and extra inputs) and predicts the targets of rows
+[start, start + horizon). The rows are cut into contiguous blocks [train | val | test]. A training
+window lies wholly inside the training block; a val (test) window has all its targets inside the
+val (test) block, and may read inputs from the rows just before the block, so that the block's
+first rows are predicted too. Targets never cross a block boundary, and interpolation of blanks
+never reaches across one either.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from grutrain.errors import GrutrainError
+
+# Cells read as missing (case-insensitive), besides empty ones: what pandas and R write for NaN/NA.
+MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
+
+_YYYYMMDD_RE = re.compile(r"^\d{8}$")
+# Tried in order on the first time value; every other value must then parse the same way.
+_DATE_FORMATS = [
+    ("%Y%m%d", "YYYYMMDD"),
+    ("%Y-%m-%d", "YYYY-MM-DD"),
+    ("%Y-%m-%d %H:%M:%S", "YYYY-MM-DD HH:MM:SS"),
+    ("%Y-%m-%dT%H:%M:%S", "YYYY-MM-DDTHH:MM:SS"),
+    ("%Y-%m-%d %H:%M", "YYYY-MM-DD HH:MM"),
+    ("%Y-%m-%dT%H:%M", "YYYY-MM-DDTHH:MM"),
+    ("%Y-%m", "YYYY-MM"),
+    ("%Y/%m/%d", "YYYY/MM/DD"),
+]
+
+
+# --------------------------------------------------------------------------- the time axis
+
+
+@dataclass
+class TimeAxis:
+    """How a time column's text reads as values that sort and step.
+
+    kind "number": numbers (years, seconds, ...), written back as integers when they all are;
+    kind "date": dates in the strftime format `fmt` (8-digit integers such as 19580329 that are
+    valid dates read as YYYYMMDD dates, so that steps are calendar steps).
+    """
+
+    kind: str
+    fmt: str | None = None
+    label: str = "a number"
+    integral: bool = False
+
+    @classmethod
+    def candidates(cls, first: str) -> list["TimeAxis"]:
+        """The readings of the first value, most specific first."""
+        text = first.strip()
+        found = []
+        if _YYYYMMDD_RE.match(text) and _try_strptime(text, "%Y%m%d") is not None:
+            found.append(cls("date", "%Y%m%d", "a date YYYYMMDD"))
+        if _parse_number(text) is not None:
+            found.append(cls("number"))
+        for fmt, label in _DATE_FORMATS[1:]:
+            if _try_strptime(text, fmt) is not None:
+                found.append(cls("date", fmt, f"a date {label}"))
+        return found
+
+    def parse(self, text: str):
+        """float or datetime, or None when `text` is not of this axis' kind."""
+        text = text.strip()
+        if self.kind == "date":
+            return _try_strptime(text, self.fmt)
+        return _parse_number(text)
+
+    def format(self, value):
+        if self.kind == "date":
+            text = value.strftime(self.fmt)
+            return int(text) if self.fmt == "%Y%m%d" else text
+        if self.integral and float(value).is_integer():
+            return int(value)
+        return float(f"{value:.12g}")  # 2000.1 + 3 * 0.1 prints as 2000.4, not 2000.4000000000001
+
+    def next_values(self, values: list, horizon: int) -> list | None:
+        """The `horizon` times after the last of `values`: last + k * the typical (median) spacing.
+
+        Dates that all fall on the same day of the month (monthly, quarterly, yearly data) step by
+        whole calendar months. None when no positive spacing can be inferred (one row, duplicates).
+        """
+        if len(values) < 2:
+            return None
+        if self.kind != "date":
+            step = float(np.median(np.diff(np.asarray(values, dtype=np.float64))))
+            if not step > 0:
+                return None
+            return [self.format(values[-1] + k * step) for k in range(1, horizon + 1)]
+        same_day = len({(v.day, v.time()) for v in values}) == 1
+        if same_day:
+            months = np.diff([v.year * 12 + v.month for v in values])
+            step_months = int(np.median(months))
+            if step_months > 0 and np.all(months > 0):
+                return [self.format(_add_months(values[-1], k * step_months)) for k in range(1, horizon + 1)]
+        seconds = float(np.median([(b - a).total_seconds() for a, b in zip(values[:-1], values[1:])]))
+        if not seconds > 0:
+            return None
+        step = timedelta(seconds=seconds)
+        return [self.format(values[-1] + k * step) for k in range(1, horizon + 1)]
+
+
+def _try_strptime(text: str, fmt: str):
+    try:
+        return datetime.strptime(text, fmt)
+    except ValueError:
+        return None
+
+
+def _add_months(when: datetime, months: int) -> datetime:
+    index = when.year * 12 + when.month - 1 + months
+    year, month = divmod(index, 12)
+    day = min(when.day, calendar.monthrange(year, month + 1)[1])
+    return when.replace(year=year, month=month + 1, day=day)
+
+
+def _parse_number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _is_missing(text: str) -> bool:
+    return text.strip().lower() in MISSING_TOKENS
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class SeriesTable:
+    """The columns a forecast reads, one row per time step, sorted by time when there is a time column.
+
+    values [N, F] float64 in feature order (targets, then extra inputs): NaN where the file had a
+    blank until `fill_missing` fills them; observed [N, F] bool: False where the file had a blank.
+    """
+
+    source: str
+    columns: list[str]
+    values: np.ndarray
+    observed: np.ndarray
+    lines: np.ndarray  # [N] the file line of each row, for messages
+    time_column: str | None = None
+    time_axis: TimeAxis | None = None
+    times: list = field(default_factory=list)  # parsed time values, one per row
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def take(self, rows) -> "SeriesTable":
+        rows = np.asarray(rows)
+        times = [self.times[i] for i in rows] if self.times else []
+        return SeriesTable(self.source, self.columns, self.values[rows], self.observed[rows], self.lines[rows],
+                           self.time_column, self.time_axis, times)
+
+
+def read_series_csv(path: str | Path, columns: list[str], time_column: str | None, missing: str,
+                    source: str | None = None, role: str = "data.path") -> SeriesTable:
+    """Read `columns` (and `time_column`) of a CSV as numbers; sort by time; blanks stay NaN.
+
+    `role` names where the file came from in messages (data.path, --input, --data). Rows with a
+    blank time are dropped under missing=drop and refused otherwise.
+    """
+    path = Path(path)
+    source = source or str(path)
+    text = _read_csv_text(path, source, role)
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise GrutrainError(f"{source}: not a readable CSV ({exc})") from None
+    if header is None or not any(h.strip() for h in header):
+        raise GrutrainError(f"{source} is empty; a forecast CSV needs a header row and one row per time step")
+    header = [h.strip() for h in header]
+    wanted = list(columns) + ([time_column] if time_column else [])
+    absent = [c for c in wanted if c not in header]
+    if absent:
+        which = "columns" if len(absent) > 1 else "column"
+        raise GrutrainError(f"{source} has no {which} {', '.join(repr(c) for c in absent)}; "
+                            f"the columns present are {', '.join(header)}")
+    duplicated = sorted({h for h in header if header.count(h) > 1 and h in wanted})
+    if duplicated:
+        raise GrutrainError(f"{source}: the header names column {duplicated[0]!r} more than once; rename one of them")
+    index = [header.index(c) for c in columns]
+    time_index = header.index(time_column) if time_column else None
+
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                if len(header) > 1:
+                    continue  # a blank line
+                row = [""]  # one column: a blank line is a blank cell (trailing ones are dropped below)
+            if len(row) != len(header):
+                raise GrutrainError(f"{source} line {reader.line_num}: {len(row)} fields, but the header has "
+                                    f"{len(header)}; every row needs one value per column")
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise GrutrainError(f"{source} line {reader.line_num}: not a readable CSV row ({exc})") from None
+    while rows and len(header) == 1 and not rows[-1][0].strip():
+        rows.pop()
+        lines.pop()
+    if not rows:
+        raise GrutrainError(f"{source} has a header but no data rows; it needs one row per time step")
+
+    values = np.full((len(rows), len(columns)), np.nan)
+    for r, (row, line) in enumerate(zip(rows, lines)):
+        for f, (name, i) in enumerate(zip(columns, index)):
+            cell = row[i]
+            if _is_missing(cell):
+                continue
+            value = _parse_number(cell.strip())
+            if value is None:
+                raise GrutrainError(f"{source} line {line}, column {name!r}: {cell.strip()!r} is not a number; "
+                                    "fix the cell or leave it blank and set data.missing")
+            values[r, f] = value
+    table = SeriesTable(source, list(columns), values, ~np.isnan(values), np.asarray(lines, dtype=np.int64))
+    if time_column is None:
+        return table
+
+    cells = [row[time_index] for row in rows]
+    blank = [i for i, c in enumerate(cells) if _is_missing(c)]
+    if blank:
+        if missing != "drop":
+            raise GrutrainError(f"{source} line {lines[blank[0]]}: the time column {time_column!r} is blank "
+                                f"({len(blank)} blank in all); fill it in, or set data.missing=drop to drop those rows")
+        keep = np.setdiff1d(np.arange(len(rows)), blank)
+        if len(keep) == 0:
+            raise GrutrainError(f"{source}: the time column {time_column!r} is blank in every row")
+        table = table.take(keep)
+        cells = [cells[i] for i in keep]
+    axis, times = _parse_times(cells, table.lines, source, time_column)
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    for a, b in zip(order[:-1], order[1:]):
+        if times[a] == times[b]:
+            raise GrutrainError(f"{source}: the time {cells[a].strip()!r} appears twice (lines {table.lines[a]} and "
+                                f"{table.lines[b]}); each time step needs one row")
+    table = table.take(order)
+    table.time_column, table.time_axis, table.times = time_column, axis, [times[i] for i in order]
+    return table
+
+
+def _parse_times(cells: list[str], lines, source: str, time_column: str) -> tuple[TimeAxis, list]:
+    """The first reading of the first cell under which every cell parses, and the parsed values."""
+    candidates = TimeAxis.candidates(cells[0])
+    if not candidates:
+        raise GrutrainError(f"{source} line {lines[0]}, time column {time_column!r}: {cells[0].strip()!r} is "
+                            "neither a number nor a date (YYYY-MM-DD, YYYYMMDD, YYYY-MM, ...)")
+    failure = None
+    for axis in candidates:
+        times = [axis.parse(cell) for cell in cells]
+        bad = next((i for i, t in enumerate(times) if t is None), None)
+        if bad is None:
+            axis.integral = axis.kind == "number" and all(float(t).is_integer() for t in times)
+            return axis, times
+        failure = failure or (axis, bad)
+    axis, bad = failure
+    raise GrutrainError(f"{source} line {lines[bad]}, time column {time_column!r}: {cells[bad].strip()!r} is not "
+                        f"{axis.label} like the first value {cells[0].strip()!r}")
+
+
+def _read_csv_text(path: Path, source: str, role: str) -> str:
+    if path.is_dir():
+        raise GrutrainError(f"{role} {source!r} is a directory; give a CSV file")
+    if not path.exists():
+        raise GrutrainError(f"{role} {source!r} not found; give the path to a CSV file (e.g. data/sunspots.csv)")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise GrutrainError(f"{source} looks binary (it contains NUL bytes); give a CSV text file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GrutrainError(f"{source} is not UTF-8 (bad byte at offset {exc.start}); convert it to UTF-8") from None
+    if not text.strip():
+        raise GrutrainError(f"{source} is empty; a forecast CSV needs a header row and one row per time step")
+    return text
+
+
+# --------------------------------------------------------------------------- missing values
+
+
+def fill_missing(table: SeriesTable, missing: str, blocks: list[slice] | None = None) -> SeriesTable:
+    """Apply data.missing: `error` refuses blanks, `drop` drops their rows, `interpolate` fills them.
+
+    Interpolation is linear between the nearest observed values of the same column, and a run of
+    blanks at an edge takes the nearest observed value. It works inside each of `blocks` (the
+    train/val/test blocks) separately, so a filled value never borrows from another split.
+    """
+    blank = ~table.observed
+    if not blank.any():
+        return table
+    if missing == "error":
+        col = int(np.argmin([np.flatnonzero(blank[:, f])[0] if blank[:, f].any() else len(table)
+                             for f in range(blank.shape[1])]))
+        lines = sorted(int(x) for x in table.lines[blank[:, col]])
+        more = int(blank.sum()) - len(lines)
+        others = f", and {more} in other columns" if more else ""
+        raise GrutrainError(
+            f"{table.source}: column {table.columns[col]!r} has {len(lines)} blank cell{'s' if len(lines) > 1 else ''} "
+            f"(first at line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''})"
+            f"{others}; set data.missing=interpolate or data.missing=drop, or fill them in")
+    if missing == "drop":
+        return table.take(np.flatnonzero(~blank.any(axis=1)))
+    values = table.values.copy()
+    for block in blocks or [slice(0, len(table))]:
+        part = values[block]
+        for f in range(part.shape[1]):
+            seen = ~np.isnan(part[:, f])
+            if seen.all():
+                continue
+            if not seen.any():
+                what = "the file" if blocks is None or len(blocks) == 1 else "a whole split (train, val or test)"
+                raise GrutrainError(f"{table.source}: column {table.columns[f]!r} is blank throughout {what}; "
+                                    "nothing to interpolate from")
+            positions = np.arange(len(part))
+            part[:, f] = np.interp(positions, positions[seen], part[seen, f])  # edges: nearest value
+        values[block] = part
+    return SeriesTable(table.source, table.columns, values, table.observed, table.lines, table.time_column,
+                       table.time_axis, table.times)
+
+
+def split_blocks(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
+    """Contiguous [train | val | test] blocks of rows, the last ones held out (as for text)."""
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    n_train = n - n_val - n_test
+    return slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)
+
+
+def load_series(cfg, path: str | Path | None = None, role: str = "data.path", split: bool = True):
+    """(table with blanks handled, (train, val, test) row blocks) for a ForecastDataConfig.
+
+    With split=False the whole file is one block (eval --data, predict).
+    """
+    columns = list(cfg.target_columns) + list(cfg.input_columns)
+    check_columns(cfg)
+    table = read_series_csv(path or cfg.path, columns, cfg.time_column, cfg.missing, role=role)
+    if cfg.missing != "interpolate":
+        table = fill_missing(table, cfg.missing)  # drop changes the row count: split after it
+    blocks = split_blocks(len(table), cfg.val_fraction, cfg.test_fraction) if split else None
+    table = fill_missing(table, cfg.missing, list(blocks) if blocks else None)
+    return table, blocks
+
+
+def check_columns(cfg) -> None:
+    targets, inputs = list(cfg.target_columns), list(cfg.input_columns)
+    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs)):
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:
+            raise GrutrainError(f"{name} names {repeated[0]!r} twice; list each column once")
+    both = [c for c in inputs if c in targets]
+    if both:
+        raise GrutrainError(f"data.input_columns repeats the target column {both[0]!r}; targets are inputs already, "
+                            "drop it from data.input_columns")
+    if cfg.time_column is not None and cfg.time_column in targets + inputs:
+        raise GrutrainError(f"data.time_column {cfg.time_column!r} is also a target or input column; "
+                            "the time column only orders the rows")
+
+
+# --------------------------------------------------------------------------- windows and normalisation
+
+
+def window_starts(lo: int, hi: int, input_len: int, horizon: int, history: int = 0) -> np.ndarray:
+    """Starts (first target rows) of the windows whose targets lie in rows [lo, hi).
+
+    A window reads input_len rows before its start, and `history` rows back for a baseline (the
+    seasonal-naive forecast looks one season back); windows without those rows are left out.
+    """
+    first = max(lo, input_len, history)
+    return np.arange(first, hi - horizon + 1, dtype=np.int64)
+
+
+def fit_normalisation(values: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-column mean and standard deviation of the training rows (a constant column keeps std 1)."""
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    std = np.where(np.isfinite(std) & (std > 1e-12 * np.maximum(np.abs(mean), 1.0)), std, 1.0)
+    return [float(x) for x in mean], [float(x) for x in std]
+
+
+def gather_windows(array, starts, offsets):
+    """array[starts[:, None] + offsets]: [W, len(offsets), F] (numpy or torch)."""
+    return array[starts[:, None] + offsets]
+
+
+# --------------------------------------------------------------------------- metrics and baselines
+
+
+def forecast_errors(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """MAE, RMSE and sMAPE of `forecast` against `actual` (same shape, original scale) over `mask`'s cells.
+
+    sMAPE, symmetric mean absolute percentage error, in percent (0 to 200):
+        sMAPE = 100 / N * sum |F - A| / ((|A| + |F|) / 2)
+    over the N forecast cells, each cell's term 0 where A = F = 0. It is scale-free, so it
+    compares series of different units; a forecast of F for an actual of 0 scores 200.
+    """
+    if mask is None:
+        mask = np.ones(actual.shape, dtype=bool)
+    f, a = forecast[mask].astype(np.float64), actual[mask].astype(np.float64)
+    if f.size == 0:
+        return {"mae": math.nan, "rmse": math.nan, "smape": math.nan}
+    err = f - a
+    denom = (np.abs(a) + np.abs(f)) / 2
+    terms = np.divide(np.abs(err), denom, out=np.zeros_like(err), where=denom > 0)
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "smape": float(100 * terms.mean())}
+
+
+def naive_forecast(values: np.ndarray, starts: np.ndarray, horizon: int, n_targets: int) -> np.ndarray:
+    """The last observed value repeated: [W, horizon, n_targets]."""
+    last = values[starts - 1, :n_targets]  # [W, T]
+    return np.repeat(last[:, None, :], horizon, axis=1)
+
+
+def seasonal_naive_forecast(values: np.ndarray, starts: np.ndarray, horizon: int, n_targets: int,
+                            season: int) -> np.ndarray:
+    """Each step's value one season earlier (whole seasons back past the window's start when
+    horizon > season, so only values before the start are used): [W, horizon, n_targets]."""
+    k = np.arange(horizon)
+    back = season * (k // season + 1)  # [H]
+    return values[starts[:, None] + k - back][:, :, :n_targets]
