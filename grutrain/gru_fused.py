@@ -1,0 +1,534 @@
+"""The fast path of the GRU: one direction of one layer as a single autograd node.
+
+``fused_gru_layer`` computes what ``grutrain.gru.reference_gru_layer`` computes (same signature,
+torch.nn.GRU's gate layout: rows of ``weight_ih``/``weight_hh`` ordered r, z, n) with forward and
+backward written by hand over the whole sequence:
+
+- forward: the input projections of all steps are computed before the time loop (per time chunk,
+  see below), the biases folded into the GEMM; each step of ``reset="after"`` is one
+  ``[B, H] x [H, 3H]`` matmul accumulated in place into a preallocated gate buffer, one
+  ``sigmoid_`` for r and z together, ``addcmul_`` + ``tanh_`` for n and one ``lerp`` for
+  h' = z h + (1 - z) n, written straight into the output: 5 ATen calls, no allocation
+  (``reset="before"``: two matmuls, 6 calls);
+- backward: everything that does not depend on the incoming gradient (the sigmoid and tanh
+  derivatives and their products) is computed for a block of steps at once, so each step is one
+  broadcast multiply writing all gate gradients, one ``addcmul`` and one matmul for dh
+  (``reset="after"``); dW_hh, dW_ih and dx are then ONE matmul each over the stacked
+  ``[T*B, .]`` gate gradients and the bias gradients one sum (per chunk for very long inputs);
+- no grad needed: no autograd node; nothing is kept but the output.
+
+Measured on a 2-core CPU (``grutrain.bench``), a training step takes 0.5-0.75x torch.nn.GRU's time:
+its CPU path records ~15 autograd nodes per step and accumulates the weight gradients as T small
+matmuls. Where the time went and what each choice bought is noted at the code that makes it.
+
+Buffers (per step t, rows of B; chosen so every matmul operand and output is a plain strided
+window, never a copy):
+
+- ``N[t]`` [B, H]: x W_in^T + b_in, turned into n in place (contiguous: ``tanh_`` is 2-5x slower
+  on a strided view, MKL's VML path).
+- ``S[t]`` [B, 3H]: ``reset="after"``: [r | z | hn] with hn = h W_hn^T + b_hn, the whole row being
+  the step's matmul target (weight_hh's r, z, n order); ``reset="before"``: [r | z | r*h].
+- ``Y`` [T+1, B, H]: h0 then the output; Y[:-1] is the stacked previous states for dW_hh.
+- backward, ``reset="after"``: [da_n | da_r | da_z | dhn]; columns 0:3H are the input-side
+  gradients (weight_ih's rows rotated to n, r, z), H:4H the hidden-side ones (r, z, n).
+  ``reset="before"``: [da_r | da_z | da_n].
+
+Autocast: the recurrence is precision-sensitive (rounding errors compound over T steps and the
+per-step matmuls are latency-bound anyway), so under ``torch.autocast`` the layer casts its
+floating inputs to float32, runs with autocast disabled and returns float32, the way autocast
+itself treats its "fp32" ops. Gradients flow back through the casts to low-precision leaves.
+Without autocast the layer runs in its inputs' dtype (float64 for gradcheck, bf16 if asked).
+
+Device-agnostic: plain ATen ops only; the one CPU-specific piece (MKL's packed GEMM) is taken
+only for CPU float32 tensors in MKL builds and falls back to ``addmm_`` otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["fused_gru_layer"]
+
+RESETS = ("after", "before")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
+def _rotate_rows(w: Tensor, hidden: int) -> Tensor:
+    """Rows (r, z, n) -> (n, r, z) along dim 0; a small copy of a weight or bias."""
+    return torch.cat((w[2 * hidden :], w[: 2 * hidden]))
+
+
+# --------------------------------------------------------------------------------------------
+# Time chunks. Each per-step buffer is split along time into chunks of at most _CHUNK_BYTES:
+# glibc serves allocations >= 32 MiB with a fresh mmap every time, and first-touching those pages
+# costs ~0.3 ms per MiB here (a 32 MiB gate buffer: ~10 ms, ~10% of a training step at
+# (T,B,I,H) = (128,32,32,512)), while smaller blocks are recycled from the heap. It also bounds
+# the backward's extra memory: one chunk-sized gradient buffer is reused for every chunk.
+# Each chunk's weight gradients are still one large matmul (one in total below the cap).
+# --------------------------------------------------------------------------------------------
+_CHUNK_BYTES = 16 * 2**20
+
+
+def _chunks(T: int, row_bytes: int) -> list[tuple[int, int]]:
+    steps = max(1, min(T, _CHUNK_BYTES // max(1, row_bytes)))
+    return [(t0, min(T, t0 + steps)) for t0 in range(0, T, steps)]
+
+
+_BLOCK_BYTES = 2**20
+
+
+def _blocks(L: int, row_bytes: int) -> list[tuple[int, int]]:
+    """Sub-blocks of a chunk's L steps, ~_BLOCK_BYTES of gradient buffer each (L2-resident)."""
+    steps = max(1, min(L, _BLOCK_BYTES // max(1, row_bytes)))
+    return [(b0, min(L, b0 + steps)) for b0 in range(0, L, steps)]
+
+
+def _bounds(saved: tuple[Tensor, ...]) -> list[tuple[int, int]]:
+    """(t0, t1) of each saved chunk, from their lengths."""
+    bounds, t0 = [], 0
+    for S in saved:
+        bounds.append((t0, t0 + S.shape[0]))
+        t0 += S.shape[0]
+    return bounds
+
+
+# --------------------------------------------------------------------------------------------
+# The per-step hidden matmul on CPU. MKL's packed GEMM (the weight reordered once per sequence
+# with cblas_sgemm_pack, exposed by PyTorch as torch.ops.mkl._mkl_linear and used by Inductor's
+# frozen linears) skips re-packing the weight on every step: measured here 15-30% faster per step
+# for batch <= 64 and H >= 256 ([32,512]x[512,1536]: 612 -> 438 us), no gain below. It is an
+# internal op, so it is used only where it exists (MKL builds, float32, CPU) and any failure falls
+# back to addmm for good; CUDA and other dtypes always take the plain addmm path.
+# --------------------------------------------------------------------------------------------
+_PACKED_MIN_HIDDEN = 256
+_PACKED_MAX_BATCH = 64
+_packed_ok = True
+
+
+def _step_matmul(weight: Tensor, batch: int, max_packed_bytes: float = float("inf")):
+    """A function ``(acc, h) -> acc += h @ weight.T`` (in place, returns acc) for the time loop.
+
+    weight: [N, K]; h: [batch, K]; acc: [batch, N] (may be a strided view). The packed weight
+    is a buffer of its own (~8 MiB + the weight, MKL's size), so it is used only when that is at
+    most ``max_packed_bytes``: the training forward passes the size of the gradient buffer its
+    backward will allocate anyway, so packing never raises a training step's peak memory.
+    """
+    global _packed_ok
+    N, K = weight.shape
+    if (
+        _packed_ok
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and K >= _PACKED_MIN_HIDDEN
+        and batch <= _PACKED_MAX_BATCH
+        and torch.backends.mkl.is_available()
+    ):
+        try:
+            w = weight.contiguous()
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
+            linear = torch.ops.mkl._mkl_linear
+        except (AttributeError, RuntimeError):  # op missing or unsupported in this build
+            _packed_ok = False
+        else:
+            if packed.numel() * packed.element_size() <= max_packed_bytes:
+
+                def packed_step(acc: Tensor, h: Tensor) -> Tensor:
+                    return acc.add_(linear(h, packed, w, None, batch))
+
+                return packed_step
+            del packed
+
+    weight_t = weight.t()  # a view: BLAS reads it transposed
+
+    def plain_step(acc: Tensor, h: Tensor) -> Tensor:
+        return acc.addmm_(h, weight_t)
+
+    return plain_step
+
+
+_FOLD_BIAS = True
+
+
+def _project(x2: Tensor, targets) -> None:
+    """For each (weight, bias, out) in targets: out = x2 @ weight.T + bias, one GEMM each.
+
+    The biases are folded into the GEMMs as a column of ones appended to x2 (built once, [T*B,
+    I+1]): addmm(bias, ...) would first copy the broadcast bias into out and then have the GEMM
+    read it back, and with a small input size the projection is bound by writing its output, so
+    those two extra passes cost more than the arithmetic (measured: [4096,64]x[64,384] 2.27 ms
+    with addmm, 1.83 ms folded, single thread).
+    """
+    x_aug = None
+    for weight, bias, out in targets:
+        if bias is None:
+            torch.mm(x2, weight.t(), out=out)
+        elif _FOLD_BIAS:
+            if x_aug is None:
+                x_aug = x2.new_empty((x2.shape[0], x2.shape[1] + 1))
+                x_aug[:, :-1].copy_(x2)
+                x_aug[:, -1].fill_(1)
+            torch.mm(x_aug, torch.cat((weight, bias.unsqueeze(1)), 1).t(), out=out)
+        else:
+            torch.addmm(bias, x2, weight.t(), out=out)
+
+
+# --------------------------------------------------------------------------------------------
+# forward kernels -> (saved chunks, Y) with Y[0] = h0 and Y[1:] the output. Per chunk of steps:
+#   N [L, B, H]   x W_in^T + b_in (+ b_hn for "before"), turned into n in place; contiguous
+#                 per step, because tanh_ runs 2-5x slower on a strided view (MKL VML path).
+#   S [L, B, 3H]  "after":  [r | z | hn]   (the whole row is the step's hidden-matmul target)
+#                 "before": [r | z | r*h]
+# keep=False (no autograd): one chunk buffer is reused and only Y is returned.
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_after(x, h0, w_ih, w_hh, b_ih, b_hh, keep):
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    w_rz, w_n = w_ih[: 2 * H], w_ih[2 * H :]
+    # b_hr and b_hz sit outside the reset gate, so they fold into the input projection; b_hn is
+    # inside it: the hn block starts as b_hn and each step's matmul adds h W_hn^T onto it.
+    b_rz = b_n = b_hn = None
+    if b_ih is not None:
+        b_rz, b_n = b_ih[: 2 * H], b_ih[2 * H :]
+    if b_hh is not None:
+        b_rz = b_hh[: 2 * H] if b_rz is None else b_rz + b_hh[: 2 * H]
+        b_hn = b_hh[2 * H :]
+    chunks = _chunks(T, B * 3 * H * x.element_size())
+    # The backward's gradient buffer: [steps of the longest chunk, B, 4H].
+    grad_buffer_bytes = (chunks[0][1] * B * 4 * H * x.element_size()) if keep else float("inf")
+    hidden_mm = _step_matmul(w_hh, B, grad_buffer_bytes)  # acc += h W_hh^T
+
+    Y = x.new_empty((T + 1, B, H))
+    Y[0].copy_(h0)
+    saved_S, saved_N = [], []
+    S_buf = N_buf = None
+    for t0, t1 in chunks:
+        L = t1 - t0
+        if keep or S_buf is None:
+            S_buf, N_buf = x.new_empty((L, B, 3 * H)), x.new_empty((L, B, H))
+        S, N = S_buf[:L], N_buf[:L]
+        x2 = x[t0:t1].reshape(L * B, I)
+        _project(x2, [(w_n, b_n, N.view(L * B, H)), (w_rz, b_rz, S.view(L * B, 3 * H)[:, : 2 * H])])
+        if b_hn is None:
+            S[..., 2 * H :].zero_()
+        else:
+            S[..., 2 * H :].copy_(b_hn.expand(L, B, H))
+        # Per-step views made once: slicing in the loop would cost as much as the math at small H.
+        steps = zip(
+            S.unbind(0),  # [B, 3H] a_r | a_z | hn: gets h W_hh^T
+            S[..., : 2 * H].unbind(0),  # [B, 2H] r | z
+            S[..., :H].unbind(0),  # r
+            S[..., H : 2 * H].unbind(0),  # z
+            S[..., 2 * H :].unbind(0),  # hn
+            N.unbind(0),  # [B, H] x_n -> n
+            Y[t0 + 1 : t1 + 1].unbind(0),  # h_t, the output
+        )
+        h = Y[t0]
+        for s, rz, r, z, hn, n, h_out in steps:
+            hidden_mm(s, h)  # [a_r | a_z | hn] += h W_hh^T
+            rz.sigmoid_()  # r and z in one op
+            n.addcmul_(r, hn).tanh_()  # n = tanh(x_n + r * hn)
+            h = torch.lerp(n, h, z, out=h_out)  # h' = n + z (h - n) = z h + (1 - z) n
+        if keep:
+            saved_S.append(S)
+            saved_N.append(N)
+    return saved_S, saved_N, Y
+
+
+def _forward_before(x, h0, w_ih, w_hh, b_ih, b_hh, keep):
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    w_rz, w_n = w_ih[: 2 * H], w_ih[2 * H :]
+    # Every bias sits outside the reset gate here, so both fold into the input projection.
+    bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    b_rz, b_n = (None, None) if bias is None else (bias[: 2 * H], bias[2 * H :])
+    chunks = _chunks(T, B * 3 * H * x.element_size())
+    # Half each of the backward's gradient buffer [steps of the longest chunk, B, 3H].
+    budget = (chunks[0][1] * B * 3 * H * x.element_size() / 2) if keep else float("inf")
+    hidden_rz_mm = _step_matmul(w_hh[: 2 * H], B, budget)  # acc += h W_{hr,hz}^T
+    hidden_n_mm = _step_matmul(w_hh[2 * H :], B, budget)  # acc += (r*h) W_hn^T
+
+    Y = x.new_empty((T + 1, B, H))
+    Y[0].copy_(h0)
+    saved_S, saved_N = [], []
+    S_buf = N_buf = None
+    for t0, t1 in chunks:
+        L = t1 - t0
+        if keep or S_buf is None:
+            S_buf, N_buf = x.new_empty((L, B, 3 * H)), x.new_empty((L, B, H))
+        S, N = S_buf[:L], N_buf[:L]
+        x2 = x[t0:t1].reshape(L * B, I)
+        _project(x2, [(w_n, b_n, N.view(L * B, H)), (w_rz, b_rz, S.view(L * B, 3 * H)[:, : 2 * H])])
+        steps = zip(
+            S[..., : 2 * H].unbind(0),  # [B, 2H] r | z
+            S[..., :H].unbind(0),  # r
+            S[..., H : 2 * H].unbind(0),  # z
+            S[..., 2 * H :].unbind(0),  # r * h
+            N.unbind(0),  # x_n -> n
+            Y[t0 + 1 : t1 + 1].unbind(0),
+        )
+        h = Y[t0]
+        for rz, r, z, rh, n, h_out in steps:
+            hidden_rz_mm(rz, h).sigmoid_()
+            torch.mul(r, h, out=rh)
+            hidden_n_mm(n, rh).tanh_()  # n = tanh(x_n + (r*h) W_hn^T)
+            h = torch.lerp(n, h, z, out=h_out)
+        if keep:
+            saved_S.append(S)
+            saved_N.append(N)
+    return saved_S, saved_N, Y
+
+
+# --------------------------------------------------------------------------------------------
+# backward kernels, walking the chunks (and the steps in each) backwards in time
+# --------------------------------------------------------------------------------------------
+
+
+def _accumulate_mm(acc, a, b):
+    """acc + a @ b, or a @ b when acc is None (first chunk)."""
+    return torch.mm(a, b) if acc is None else acc.addmm_(a, b)
+
+
+def _backward_after(saved_S, saved_N, Y, x, w_ih, w_hh, grad_out, grad_hT, needs):
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
+    steps_max = saved_S[0].shape[0]
+    K_buf = Y.new_empty((steps_max, B, 4 * H))
+    tmp_buf = Y.new_empty((_blocks(steps_max, B * 4 * H * Y.element_size())[0][1], B, H))
+    one = Y.new_ones(())
+    w_roll = _rotate_rows(w_ih, H) if need_x else None  # [3H, I] rows n, r, z
+    dx = x.new_empty((T, B, I)) if need_x else None
+    dw_hh = dw_roll = db = None
+    ping, pong = torch.empty_like(Y[0]), torch.empty_like(Y[0])
+    gos = grad_out.unbind(0)
+    dh = gos[T - 1] + grad_hT
+
+    for (t0, t1), S, N in zip(reversed(_bounds(saved_S)), reversed(saved_S), reversed(saved_N)):
+        L = t1 - t0
+        K = K_buf[:L]
+        # dL/d(pre-activations) = dh_t * K_t with K independent of dh, so K is computed for a
+        # block of steps at once (a few vectorised ops instead of ~10 small ones per step):
+        #   da_n = dh (1-z)(1-n^2)          dhn  = da_n r           (hn = h W_hn^T + b_hn)
+        #   da_z = dh (h-n) z(1-z)          da_r = da_n hn r(1-r)
+        # Columns [da_n | da_r | da_z | dhn]: 0:3H are the input-side gate gradients (rows of
+        # weight_ih rotated to n, r, z), H:4H the hidden-side ones (weight_hh's r, z, n).
+        # Blocks of ~1 MiB keep K in L2 between being computed and being scaled by dh.
+        for b0, b1 in reversed(_blocks(L, B * 4 * H * K.element_size())):
+            Kb, Sb, nb, h_prev = K[b0:b1], S[b0:b1], N[b0:b1], Y[t0 + b0 : t0 + b1]
+            r, z, hn = Sb[..., :H], Sb[..., H : 2 * H], Sb[..., 2 * H :]
+            Kn, Kr, Kz, Khn = Kb[..., :H], Kb[..., H : 2 * H], Kb[..., 2 * H : 3 * H], Kb[..., 3 * H :]
+            tmp = torch.sub(one, z, out=tmp_buf[: b1 - b0])  # 1 - z
+            torch.addcmul(one, nb, nb, value=-1, out=Kn).mul_(tmp)
+            torch.sub(h_prev, nb, out=Kz).mul_(z).mul_(tmp)
+            torch.mul(Kn, r, out=Khn)
+            torch.sub(one, r, out=tmp)  # 1 - r
+            torch.mul(Khn, hn, out=Kr).mul_(tmp)
+
+            # Per step: one multiply writes all four gradient blocks, then
+            # dh_{t-1} = g_{t-1} + dh z + [da_r | da_z | dhn] W_hh: one addcmul, one addmm_.
+            K4 = Kb.view(b1 - b0, B, 4, H).unbind(0)
+            Gh = Kb[..., H:].unbind(0)  # [B, 3H] r | z | hn
+            zs = z.unbind(0)
+            for i in range(b1 - b0 - 1, -1, -1):
+                t = t0 + b0 + i
+                K4[i].mul_(dh.unsqueeze(1))
+                nxt = ping if t & 1 else pong  # never the buffer dh is in
+                if t > 0:
+                    torch.addcmul(gos[t - 1], dh, zs[i], out=nxt)
+                elif need_h0:
+                    torch.mul(dh, zs[i], out=nxt)
+                else:
+                    break
+                dh = nxt.addmm_(Gh[i], w_hh)
+
+        h_prev = Y[t0:t1]
+        G2 = K.view(L * B, 4 * H)
+        Gx = G2[:, : 3 * H]  # input-side gate gradients, columns n, r, z
+        if need_whh:
+            dw_hh = _accumulate_mm(dw_hh, G2[:, H:].t(), h_prev.reshape(L * B, H))  # [3H, H]
+        if need_wih:
+            dw_roll = _accumulate_mm(dw_roll, Gx.t(), x[t0:t1].reshape(L * B, I))  # [3H, I]
+        if need_x:
+            torch.mm(Gx, w_roll, out=dx[t0:t1].view(L * B, I))
+        if need_bih or need_bhh:
+            s = G2.sum(0)  # [4H]: da_n | da_r | da_z | dhn
+            db = s if db is None else db.add_(s)
+
+    dh0 = dh if need_h0 else None
+    dw_ih = torch.cat((dw_roll[H:], dw_roll[:H])) if need_wih else None
+    db_ih = torch.cat((db[H : 3 * H], db[:H])) if need_bih else None
+    db_hh = db[H:].clone() if need_bhh else None
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _backward_before(saved_S, saved_N, Y, x, w_ih, w_hh, grad_out, grad_hT, needs):
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    need_x, need_h0, need_wih, need_whh, need_bih, need_bhh = needs
+    steps_max = saved_S[0].shape[0]
+    K_buf = Y.new_empty((steps_max, B, 3 * H))
+    tmp_buf = Y.new_empty((_blocks(steps_max, B * 3 * H * Y.element_size())[0][1], B, H))
+    one = Y.new_ones(())
+    w_hrz = w_hh[: 2 * H]  # [2H, H]
+    w_hn = w_hh[2 * H :]  # [H, H]
+    dx = x.new_empty((T, B, I)) if need_x else None
+    dw_hrz = dw_hn = dw_ih = db = None
+    ping, pong = torch.empty_like(Y[0]), torch.empty_like(Y[0])
+    drh = torch.empty_like(Y[0])
+    gos = grad_out.unbind(0)
+    dh = gos[T - 1] + grad_hT
+
+    for (t0, t1), S, N in zip(reversed(_bounds(saved_S)), reversed(saved_S), reversed(saved_N)):
+        L = t1 - t0
+        K = K_buf[:L]  # columns [da_r | da_z | da_n]
+        #   da_n = dh (1-z)(1-n^2)     da_z = dh (h-n) z(1-z)
+        #   d(rh) = da_n W_hn          da_r = d(rh) h r(1-r)
+        for b0, b1 in reversed(_blocks(L, B * 3 * H * K.element_size())):
+            Kb, Sb, nb, h_prev = K[b0:b1], S[b0:b1], N[b0:b1], Y[t0 + b0 : t0 + b1]
+            r, z = Sb[..., :H], Sb[..., H : 2 * H]
+            Kr, Kz, Kn = Kb[..., :H], Kb[..., H : 2 * H], Kb[..., 2 * H :]
+            tmp = torch.sub(one, z, out=tmp_buf[: b1 - b0])
+            torch.addcmul(one, nb, nb, value=-1, out=Kn).mul_(tmp)
+            torch.sub(h_prev, nb, out=Kz).mul_(z).mul_(tmp)
+            torch.sub(one, r, out=tmp)
+            torch.mul(r, tmp, out=Kr).mul_(h_prev)
+
+            Kzn = Kb[..., H:].unflatten(-1, (2, H)).unbind(0)  # [B, 2, H] da_z | da_n
+            Krz = Kb[..., : 2 * H].unbind(0)  # [B, 2H]
+            Kns, Krs, zs, rs = Kn.unbind(0), Kr.unbind(0), z.unbind(0), r.unbind(0)
+            for i in range(b1 - b0 - 1, -1, -1):
+                t = t0 + b0 + i
+                Kzn[i].mul_(dh.unsqueeze(1))
+                torch.mm(Kns[i], w_hn, out=drh)  # d(r*h)
+                Krs[i].mul_(drh)  # da_r
+                nxt = ping if t & 1 else pong
+                if t > 0:
+                    torch.addcmul(gos[t - 1], dh, zs[i], out=nxt)
+                elif need_h0:
+                    torch.mul(dh, zs[i], out=nxt)
+                else:
+                    break
+                nxt.addcmul_(drh, rs[i])
+                dh = nxt.addmm_(Krz[i], w_hrz)
+
+        h_prev, rh = Y[t0:t1], S[..., 2 * H :]
+        G2 = K.view(L * B, 3 * H)
+        if need_whh:
+            # The hidden matmul is split in forward (r*h feeds W_hn), so is its gradient.
+            dw_hrz = _accumulate_mm(dw_hrz, G2[:, : 2 * H].t(), h_prev.reshape(L * B, H))
+            dw_hn = _accumulate_mm(dw_hn, G2[:, 2 * H :].t(), rh.reshape(L * B, H))
+        if need_wih:
+            dw_ih = _accumulate_mm(dw_ih, G2.t(), x[t0:t1].reshape(L * B, I))
+        if need_x:
+            torch.mm(G2, w_ih, out=dx[t0:t1].view(L * B, I))
+        if need_bih or need_bhh:
+            s = G2.sum(0)  # both biases enter the same pre-activations
+            db = s if db is None else db.add_(s)
+
+    dh0 = dh if need_h0 else None
+    dw_hh = torch.cat((dw_hrz, dw_hn)) if need_whh else None
+    db_ih = db if need_bih else None
+    db_hh = (db.clone() if need_bih else db) if need_bhh else None
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+_FORWARD = {"after": _forward_after, "before": _forward_before}
+_BACKWARD = {"after": _backward_after, "before": _backward_before}
+
+
+class _FusedGRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, reset):
+        saved_S, saved_N, Y = _FORWARD[reset](x, h0, w_ih, w_hh, b_ih, b_hh, keep=True)
+        ctx.reset = reset
+        ctx.save_for_backward(Y, x, w_ih, w_hh, *saved_S, *saved_N)
+        # detach(): plain tensors to autograd, not views (a custom Function's view outputs may not
+        # be modified in place at all); they still share Y's version counter, so an in-place
+        # change of either makes backward raise instead of using a modified Y.
+        return Y[1:].detach(), Y[x.shape[0]].detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_hT):
+        Y, x, w_ih, w_hh, *chunks = ctx.saved_tensors
+        half = len(chunks) // 2
+        saved_S, saved_N = chunks[:half], chunks[half:]
+        needs = ctx.needs_input_grad[:6]
+        with torch.autocast(Y.device.type, enabled=False):
+            grads = _BACKWARD[ctx.reset](saved_S, saved_N, Y, x, w_ih, w_hh, grad_out, grad_hT, needs)
+        return (*grads, None)
+
+
+def fused_gru_layer(
+    x: Tensor,
+    h0: Tensor | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    reset: str = "after",
+) -> tuple[Tensor, Tensor]:
+    """One direction of one GRU layer over a time-major sequence, forward and backward fused.
+
+    Args:
+        x: input, [T, B, I].
+        h0: initial state, [B, H], or None for zeros.
+        weight_ih: [3H, I], rows ordered r, z, n (torch.nn.GRU's ``weight_ih_l{k}``).
+        weight_hh: [3H, H], rows ordered r, z, n.
+        bias_ih, bias_hh: [3H] each, or None.
+        reset: "after" (torch.nn.GRU, cuDNN: n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)))
+            or "before" (original paper, d2l.ai: n = tanh(x W_in^T + b_in + (r*h) W_hn^T + b_hn)).
+
+    Returns:
+        (output [T, B, H], the state after every step; h_T [B, H], the last state). They share
+        one buffer with the states kept for backward: modifying either in place before backward
+        makes backward raise.
+
+    Under torch.autocast the layer runs in float32 and returns float32 (see the module docstring).
+    Backward is first-order only (``once_differentiable``).
+    """
+    if reset not in RESETS:
+        raise ValueError(f"reset must be 'after' or 'before', got {reset!r}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be [T, B, I], got shape {tuple(x.shape)}")
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    if T == 0:
+        raise ValueError("x must have at least one time step")
+    if h0 is None:
+        h0 = x.new_zeros((B, H))
+
+    device_type = x.device.type
+    if _autocast_enabled(device_type):
+        # Casts are recorded by autograd, so low-precision leaves still get gradients.
+        def f32(t):
+            return t if t is None or t.dtype == torch.float32 else t.float()
+
+        x, h0, weight_ih, weight_hh, bias_ih, bias_hh = map(
+            f32, (x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+        )
+        with torch.autocast(device_type, enabled=False):
+            return _run(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset)
+    return _run(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset)
+
+
+def _run(x, h0, w_ih, w_hh, b_ih, b_hh, reset):
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
+    ):
+        return _FusedGRU.apply(x, h0, w_ih, w_hh, b_ih, b_hh, reset)
+    # No graph to build: run the kernel directly, keep nothing for backward.
+    _, _, Y = _FORWARD[reset](x, h0, w_ih, w_hh, b_ih, b_hh, keep=False)
+    return Y[1:], Y[x.shape[0]]
