@@ -447,6 +447,17 @@ def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
     return f"{key}: {msg} (got {error.get('input')!r})"
 
 
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}: a config's leaves under their dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def config_to_dict(config: Config) -> dict:
     return config.model_dump(mode="json")
 

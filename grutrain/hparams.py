@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 # Bookkeeping keys, not hyperparameters: they change nothing a model learns.
 NOT_HPARAMS = {"run.dir", "train.log_every", "train.checkpoint_every", "train.keep_last", "train.sample_length",
@@ -26,17 +25,11 @@ def hparams_of(config_dict: dict) -> dict[str, bool | float | int | str]:
     null values are left out (the plugin has no null; a run without the key shows an empty cell),
     lists become text like "[0.9, 0.999]".
     """
-    flat: dict[str, Any] = {}
+    from grutrain.config import flatten_config
 
-    def walk(tree: dict, prefix: str) -> None:
-        for key, value in tree.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, name + ".")
-            elif value is not None and name not in NOT_HPARAMS:
-                flat[name] = str(list(value)) if isinstance(value, (list, tuple)) else value
-    walk(config_dict, "")
-    return flat
+    return {name: str(list(value)) if isinstance(value, (list, tuple)) else value
+            for name, value in flatten_config(config_dict).items()
+            if value is not None and name not in NOT_HPARAMS}
 
 
 def write_hparams(writer, config_dict: dict, *, status: str = "finished") -> None:

@@ -217,18 +217,10 @@ def output_dir(cfg, requested: str | Path | None) -> Path:
 
     Never inside runs/ or in (or under) a run directory, so that a range test cannot change a run.
     """
-    from grutrain.rundir import RUNS_ROOT, numbered_runs
+    from grutrain.rundir import RUNS_ROOT, claim_numbered_dir
 
     if requested is None:
-        existing = numbered_runs(cfg.run.name, OUTPUT_ROOT)
-        number = existing[-1][0] + 1 if existing else 1
-        while True:  # mkdir without exist_ok claims the number, as run directories do
-            path = OUTPUT_ROOT / f"{cfg.run.name}-{number}"
-            try:
-                path.mkdir(parents=True)
-                return path
-            except FileExistsError:
-                number += 1
+        return claim_numbered_dir(cfg.run.name, OUTPUT_ROOT)
     path = Path(requested)
     run_dirs = [RUNS_ROOT] + ([Path(cfg.run.dir)] if cfg.run.dir else [])
     hit = next((p for p in [path, *path.resolve().parents] if _looks_like_run(p)), None)

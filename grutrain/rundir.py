@@ -34,27 +34,35 @@ def numbered_runs(name: str, root: Path = RUNS_ROOT) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def claim_numbered_dir(name: str, root: Path) -> Path:
+    """A new `root/<name>-N`, N one more than the highest there, created.
+
+    mkdir without exist_ok claims the number, so parallel processes never share a directory.
+    """
+    existing = numbered_runs(name, root)
+    number = existing[-1][0] + 1 if existing else 1
+    while True:
+        path = root / f"{name}-{number}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            number += 1
+
+
 def resolve_run_dir(run_dir: str | None, name: str, *, resume: bool, overwrite: bool) -> Path:
     """The directory for this run, created; refuses to overwrite a run silently."""
     if resume and overwrite:
         raise GrutrainError("--resume and --overwrite contradict each other; give one of them")
     if run_dir is None:
-        existing = numbered_runs(name)
         if resume:
+            existing = numbered_runs(name)
             if not existing:
                 raise GrutrainError(f"--resume: no run named {name!r} under {RUNS_ROOT}/ to resume; "
                                     "set run.dir to the run to continue")
             path = existing[-1][1]
         else:
-            number = existing[-1][0] + 1 if existing else 1
-            # mkdir without exist_ok claims the number, so parallel runs never share a directory.
-            while True:
-                path = RUNS_ROOT / f"{name}-{number}"
-                try:
-                    path.mkdir(parents=True)
-                    return path
-                except FileExistsError:
-                    number += 1
+            return claim_numbered_dir(name, RUNS_ROOT)
     else:
         path = Path(run_dir)
         if path.exists() and not path.is_dir():

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from grutrain.config import format_config_value
+from grutrain.config import flatten_config, format_config_value
 from grutrain.errors import GrutrainError
 from grutrain.metrics import METRICS_FILE
 from grutrain.rundir import LAST_CHECKPOINT, LOCK_FILE, RUNS_ROOT
@@ -95,7 +95,7 @@ def natural_key(text: str) -> list:
 def read_run(path: Path) -> dict:
     """One run's record: status, steps, wall time, best and final metrics, its flattened config."""
     summary, problem = _read_json(path / SUMMARY_FILE)
-    config = flatten(_read_yaml(path / CONFIG_FILE))
+    config = flatten_config(_read_yaml(path / CONFIG_FILE))
     run: dict[str, Any] = {
         "run": str(path),
         "status": summary.get("status", "unknown"),
@@ -207,16 +207,6 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, ValueError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def varied_keys(configs: Iterable[dict]) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from grutrain.checkpoint import load_checkpoint, save_checkpoint
-from grutrain.config import Config, config_to_dict, config_to_yaml
+from grutrain.config import Config, config_to_dict, config_to_yaml, flatten_config
 from grutrain.errors import GrutrainError, TrainingInterrupted
 from grutrain.hparams import FINAL_PREFIX
 from grutrain.metrics import MetricsLogger
@@ -56,23 +56,13 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_resumable(saved: dict, config: Config, world_size: int, path: Path) -> None:
     """A run resumes only under its own config, but may be given more steps or another dir.
 
     The per-process batch may change with the number of processes, as long as the global batch
     (batch_size x processes) stays the same: then the data order is the same too.
     """
-    before, now = _flatten(saved["config"]), _flatten(config_to_dict(config))
+    before, now = flatten_config(saved["config"]), flatten_config(config_to_dict(config))
     changed = sorted(k for k in before.keys() | now.keys()
                      if k not in RESUMABLE_CHANGES | {"train.batch_size"} and before.get(k) != now.get(k))
     if changed:
