@@ -20,7 +20,10 @@ their running sum, i.e. the most memory the step held above what existed before 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -89,6 +92,20 @@ def _timed(fn, model, x, sync) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The profiler's C++ side prints a line per start and stop to file descriptor 2; not for the user."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_memory_bytes(model: nn.Module, x: Tensor) -> int:
     """The most memory one training step holds above what existed before it."""
     for p in model.parameters():
@@ -102,7 +119,7 @@ def _peak_memory_bytes(model: nn.Module, x: Tensor) -> int:
         return torch.cuda.max_memory_allocated(x.device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         _train_step(model, x)
     try:  # every allocation (+) and free (-) with its time stamp
         raw = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]

@@ -182,7 +182,8 @@ def bench(
         layers = benchmarks.bench_layers(shapes, repeats=repeats, warmup=warmup, threads=threads, device=dev)
     result = {"device": str(dev), "threads": threads or __import__("torch").get_num_threads(), "layers": layers}
     if not as_json:
-        out.print(benchmarks.format_layer_table(layers))
+        # A wide table: don't squeeze it into 80 columns when stdout is a file.
+        Console(highlight=False, width=None if out.is_terminal else 140).print(benchmarks.format_layer_table(layers))
     if trainer:
         with console.status("timing grutrain fit against a bare PyTorch loop..."):
             result["trainer"] = benchmarks.bench_trainer(threads=threads, device=dev)
