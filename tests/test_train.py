@@ -110,7 +110,7 @@ def test_tensorboard_events_hold_the_values_of_metrics_jsonl(text_file, tmp_path
 
     run_dir = tmp_path / "tb"
     fit(tiny_config(text_file, run_dir), progress="none")
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
     expected_tags = {"train/loss", "val/loss", "val/perplexity", "lr", "grad_norm", "perf/tokens_per_s"}
@@ -122,6 +122,9 @@ def test_tensorboard_events_hold_the_values_of_metrics_jsonl(text_file, tmp_path
         for (_, a), (_, b) in zip(from_events, from_jsonl):
             assert a == pytest.approx(b, rel=1e-6), tag  # events store float32
     assert "sample/text_summary" in accumulator.Tags()["tensors"]  # a text sample at each evaluation
+    # and, with the plot extra, the per-position loss figure at each evaluation
+    images = accumulator.Images("val/loss_by_position")
+    assert [e.step for e in images] == [3, 6, 9, 10] and all(e.encoded_image_string[:4] == b"\x89PNG" for e in images)
 
 
 def test_run_directory_and_checkpoint_contents(text_file, tmp_path):

@@ -78,6 +78,11 @@ class ClassifyTask:
     def on_evaluation(self, model, device, step: int, metrics) -> None:
         if "val" in self._confusion:
             metrics.text(step, "confusion_matrix", confusion_markdown(self.encoder.labels, self._confusion["val"]))
+            from grutrain import plots
+
+            if plots.have_matplotlib():  # the plot extra; without it the text table stands alone
+                figure = plots.confusion_matrix_figure(self.encoder.labels, self._confusion["val"])
+                plots.log_figure(metrics, step, "val/confusion_matrix", figure)
 
     def final_extras(self, model, device) -> dict:
         split = "test" if self.has_split("test") else "val"

@@ -190,7 +190,12 @@ class ForecastTask:
         }
 
     def on_evaluation(self, model, device, step: int, metrics) -> None:
-        pass
+        from grutrain import plots
+
+        if plots.have_matplotlib():  # the plot extra; without it TensorBoard just has no figure
+            data = plots.forecast_data(model, self.values, self.eval_starts["val"], self.mean, self.std, self.spec, device)
+            figure = plots.forecast_figure(**data, names=self.cfg.data.target_columns)
+            plots.log_figure(metrics, step, "val/forecast", figure)
 
     def final_extras(self, model, device) -> dict:
         return {}

@@ -55,6 +55,11 @@ class LanguageModelTask:
         text = self._sample(model, device)
         if text:
             metrics.text(step, "sample", text)
+        from grutrain import plots
+
+        if plots.have_matplotlib():  # the plot extra; without it TensorBoard just has no figure
+            losses = plots.position_losses(model, self.splits.val, self.cfg.data.seq_len, device)
+            plots.log_figure(metrics, step, "val/loss_by_position", plots.per_position_loss_figure(losses))
 
     def final_extras(self, model, device) -> dict:
         return {"sample": self._sample(model, device)}
