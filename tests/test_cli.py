@@ -534,3 +534,20 @@ def test_process_eval_json_and_usage_error(trained, tmp_path):
     result = grutrain_process(["eval", trained["best"], "--nope"], tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "--nope" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["torch-exploit", "pickle-exploit"])
+def test_resume_refuses_a_hostile_last_checkpoint_without_running_it(trained, tmp_path, run_cli, kind):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    hostile = _bad_checkpoint(trained, tmp_path, kind)
+    shutil.copyfile(hostile, run / "checkpoints" / "last.pt")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    cfg = yaml.safe_load(trained["config"].read_text())
+    cfg["run"]["dir"] = str(run)
+    config = tmp_path / "resume.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    code, out, err = run_cli(["fit", str(config), *FIT_OVERRIDES, "--resume"])
+    assert_one_line_error(code, out, err, "last.pt")
+    assert not (tmp_path / "PWNED").exists()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before  # run untouched
