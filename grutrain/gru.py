@@ -374,8 +374,13 @@ class GRU(nn.Module):
         batch = x.size(1)
         if hx is None:
             hx = x.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size)
+        padding = None
         if lengths is not None:
-            return self._forward_with_lengths(x, hx, self._check_lengths(lengths, batch, x.size(0)))
+            padding = _Padding(self._check_lengths(lengths, batch, x.size(0)).to(x.device), x.size(0))
+        # The backward direction is the forward recurrence on the reversed sequence (each sequence
+        # reversed within its own length when padded); reversing its output back lines step t up
+        # with the forward output at t.
+        reverse = padding.reverse if padding is not None else (lambda t: t.flip(0))
 
         layer_fn = _layer_function(self.impl)
         final_states = []  # num_layers * num_directions tensors of [B, H]
@@ -386,13 +391,13 @@ class GRU(nn.Module):
                 if not self.bias:
                     weights += [None, None]
                 h0 = hx[layer * self.num_directions + direction]  # [B, H]
-                if direction == 0:
-                    out, h_last = layer_fn(x, h0, *weights, reset=self.reset)
-                else:
-                    # The backward direction is the forward recurrence on the reversed sequence;
-                    # flipping its output back lines step t up with the forward output at t.
-                    out, h_last = layer_fn(x.flip(0), h0, *weights, reset=self.reset)
-                    out = out.flip(0)
+                out, h_last = layer_fn(x if direction == 0 else reverse(x), h0, *weights, reset=self.reset)
+                if padding is not None:
+                    h_last = padding.last_valid(out)  # each sequence's own end, not the padding's
+                if direction == 1:
+                    out = reverse(out)
+                if padding is not None:
+                    out = padding.zero_padding(out)
                 direction_outputs.append(out)
                 final_states.append(h_last)
             x = torch.cat(direction_outputs, dim=2) if self.bidirectional else direction_outputs[0]  # [T, B, D*H]
@@ -403,55 +408,6 @@ class GRU(nn.Module):
         h_n = torch.stack(final_states)  # [L*D, B, H]
         if not is_batched:
             return output.squeeze(1), h_n.squeeze(1)  # [T, D*H], [L*D, H]
-        if self.batch_first:
-            output = output.transpose(0, 1)  # [B, T, D*H]
-        return output, h_n
-
-    def _forward_with_lengths(self, x: Tensor, hx: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """forward() for a right-padded batch: x [T, B, I], hx [L*D, B, H], lengths [B] (long).
-
-        Only index gathers around the same per-direction layer function, so the fused path
-        stays in use. The forward recurrence never looks ahead, so the padding after a
-        sequence's end can only reach outputs that are zeroed (and so get no gradient).
-        """
-        T, batch = x.shape[:2]
-        lengths = lengths.to(x.device)
-        steps = torch.arange(T, device=x.device).unsqueeze(1)  # [T, 1]
-        valid = steps < lengths  # [T, B]
-        # The step each position reads in the backward direction: L_b-1-t inside the sequence,
-        # t (the padding, left in place) after it. The map is its own inverse.
-        reverse_index = torch.where(valid, lengths - 1 - steps, steps)  # [T, B]
-        last_step = (lengths - 1).view(1, batch, 1).expand(1, batch, self.hidden_size)  # [1, B, H]
-        keep = valid.unsqueeze(2)  # [T, B, 1]
-
-        def gather_steps(t: Tensor, index: Tensor) -> Tensor:  # t [T, B, F], index [T, B]
-            return t.gather(0, index.unsqueeze(2).expand(-1, -1, t.size(2)))
-
-        layer_fn = _layer_function(self.impl)
-        final_states = []  # num_layers * num_directions tensors of [B, H]
-        for layer in range(self.num_layers):
-            direction_outputs = []  # each [T, B, H]
-            for direction in range(self.num_directions):
-                weights = [getattr(self, name) for name in self._parameter_names(layer, direction)]
-                if not self.bias:
-                    weights += [None, None]
-                h0 = hx[layer * self.num_directions + direction]  # [B, H]
-                if direction == 0:
-                    out, _ = layer_fn(x, h0, *weights, reset=self.reset)  # [T, B, H]
-                    h_last = out.gather(0, last_step).squeeze(0)  # [B, H], at each sequence's end
-                else:
-                    out, _ = layer_fn(gather_steps(x, reverse_index), h0, *weights, reset=self.reset)
-                    # The reversed run ends (has read step 0) at position L_b-1.
-                    h_last = out.gather(0, last_step).squeeze(0)  # [B, H]
-                    out = gather_steps(out, reverse_index)  # back in input order
-                direction_outputs.append(torch.where(keep, out, out.new_zeros(())))  # zeros after each end
-                final_states.append(h_last)
-            x = torch.cat(direction_outputs, dim=2) if self.bidirectional else direction_outputs[0]  # [T, B, D*H]
-            if layer < self.num_layers - 1 and self.dropout > 0:
-                x = F.dropout(x, p=self.dropout, training=self.training)
-
-        output = x  # [T, B, D*H]
-        h_n = torch.stack(final_states)  # [L*D, B, H]
         if self.batch_first:
             output = output.transpose(0, 1)  # [B, T, D*H]
         return output, h_n
@@ -469,3 +425,29 @@ class GRU(nn.Module):
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
         return s + f", reset={self.reset!r}, impl={self.impl!r}"
+
+
+class _Padding:
+    """Index maps of a right-padded batch with `lengths` [B] and T steps.
+
+    Only index gathers around the per-direction layer function, so the fused path stays in use.
+    The forward recurrence never looks ahead, so the padding after a sequence's end can only
+    reach outputs that are zeroed (and so get no gradient).
+    """
+
+    def __init__(self, lengths: Tensor, T: int):
+        steps = torch.arange(T, device=lengths.device).unsqueeze(1)  # [T, 1]
+        self.valid = (steps < lengths).unsqueeze(2)  # [T, B, 1]
+        # The step each position reads in the backward direction: L_b-1-t inside the sequence,
+        # t (the padding, left in place) after it. The map is its own inverse.
+        self.reverse_index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # [T, B]
+        self.last_index = (lengths - 1).view(1, -1, 1)  # [1, B, 1]
+
+    def reverse(self, t: Tensor) -> Tensor:  # t [T, B, F]
+        return t.gather(0, self.reverse_index.unsqueeze(2).expand(-1, -1, t.size(2)))
+
+    def last_valid(self, out: Tensor) -> Tensor:  # out [T, B, H] -> [B, H] at each sequence's last step
+        return out.gather(0, self.last_index.expand(1, -1, out.size(2))).squeeze(0)
+
+    def zero_padding(self, out: Tensor) -> Tensor:
+        return torch.where(self.valid, out, out.new_zeros(()))
