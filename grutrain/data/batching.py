@@ -14,7 +14,49 @@ import torch
 from grutrain.errors import GrutrainError
 
 
-class ShuffledBatches:
+class EpochSampler:
+    """What every sampler shares: epochs of `batches_per_epoch` batches, each epoch drawn from a
+    generator of the sampler's own, and a position that a checkpoint saves and restores exactly.
+
+    Subclasses set `batches_per_epoch` and implement `_draw_epoch()` (which uses `self.generator`).
+    """
+
+    batches_per_epoch: int
+
+    def _begin(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.position = 0  # batches already taken in this epoch
+        self._start_epoch()
+
+    def _draw_epoch(self) -> None:
+        raise NotImplementedError
+
+    def _start_epoch(self) -> None:
+        self._epoch_start_state = self.generator.get_state()
+        self._draw_epoch()
+
+    def _take_position(self) -> tuple[int, bool]:
+        """(index of the next batch within its epoch, whether it starts the epoch); moves on by one."""
+        if self.position == self.batches_per_epoch:
+            self.epoch += 1
+            self.position = 0
+            self._start_epoch()
+        k = self.position
+        self.position += 1
+        return k, k == 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "epoch_start_rng": self._epoch_start_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self.generator.set_state(state["epoch_start_rng"])
+        self._start_epoch()
+
+
+class ShuffledBatches(EpochSampler):
     """`make_batch(indices) -> tuple of tensors` is called with this rank's example indices."""
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, make_batch: Callable[[torch.Tensor], tuple],
@@ -28,32 +70,14 @@ class ShuffledBatches:
             processes = f" x {world_size} processes" if world_size > 1 else ""
             raise GrutrainError(f"the training split has {num_examples} {what}, fewer than one batch of "
                                 f"train.batch_size={batch_size}{processes}; lower train.batch_size or give more data")
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch = 0
-        self.position = 0
-        self._start_epoch()
+        self._begin(seed)
 
-    def _start_epoch(self) -> None:
-        self._epoch_start_state = self.generator.get_state()
+    def _draw_epoch(self) -> None:
         self._order = torch.randperm(self.num_examples, generator=self.generator)
 
     def next_batch(self) -> tuple:
         """(*tensors of the batch, starts_epoch)."""
-        if self.position == self.batches_per_epoch:
-            self.epoch += 1
-            self.position = 0
-            self._start_epoch()
-        starts_epoch = self.position == 0
-        k, G = self.position, self.global_batch
+        k, starts_epoch = self._take_position()
+        G = self.global_batch
         indices = self._order[k * G : (k + 1) * G][self.rows]
-        self.position += 1
         return (*self.make_batch(indices), starts_epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "epoch_start_rng": self._epoch_start_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self.generator.set_state(state["epoch_start_rng"])
-        self._start_epoch()

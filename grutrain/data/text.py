@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from grutrain.config import DataConfig
+from grutrain.data.batching import EpochSampler
 from grutrain.errors import GrutrainError
 
 UNK = "<unk>"
@@ -113,7 +114,7 @@ def load_text_splits(cfg: DataConfig, vocab: Vocabulary | None = None, path: str
     return TextSplits(vocab, ids[train_s], ids[val_s], ids[test_s])
 
 
-class WindowSampler:
+class WindowSampler(EpochSampler):
     """Batches of (inputs, targets), each [batch_size, seq_len], by one of d2l's two schemes.
 
     The number of batches per epoch does not depend on the random offset, so `epochs` maps to a
@@ -132,7 +133,6 @@ class WindowSampler:
         self.rows = slice(rank * batch_size, (rank + 1) * batch_size)
         global_batch = batch_size * world_size
         self.global_batch = global_batch
-        self.generator = torch.Generator().manual_seed(seed)
         n = len(tokens)
         if scheme == "random":
             # Windows that fit for every offset in [0, seq_len): targets need one token more.
@@ -148,12 +148,9 @@ class WindowSampler:
                 f"the training split has {n} tokens, too few for one batch of {batch} x data.seq_len={seq_len} "
                 f"(needs about {need}); lower them or use a longer data file"
             )
-        self.epoch = 0
-        self.position = 0  # batches already taken in this epoch
-        self._start_epoch()
+        self._begin(seed)
 
-    def _start_epoch(self) -> None:
-        self._epoch_start_state = self.generator.get_state()
+    def _draw_epoch(self) -> None:
         offset = int(torch.randint(0, self.seq_len, (1,), generator=self.generator))
         if self.scheme == "random":
             starts = offset + self.seq_len * torch.arange(self.num_windows)
@@ -165,12 +162,8 @@ class WindowSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(inputs, targets, starts_epoch); starts_epoch says a carried hidden state must be reset."""
-        if self.position == self.batches_per_epoch:
-            self.epoch += 1
-            self.position = 0
-            self._start_epoch()
-        starts_epoch = self.position == 0
-        k, L, G = self.position, self.seq_len, self.global_batch
+        k, starts_epoch = self._take_position()
+        L, G = self.seq_len, self.global_batch
         if self.scheme == "random":
             starts = self._starts[k * G : (k + 1) * G][self.rows]
             idx = starts[:, None] + torch.arange(L)  # [B, L]
@@ -178,17 +171,7 @@ class WindowSampler:
         else:
             inputs = self._inputs[:, k * L : (k + 1) * L]
             targets = self._targets[:, k * L : (k + 1) * L]
-        self.position += 1
         return inputs, targets, starts_epoch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "epoch_start_rng": self._epoch_start_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self.generator.set_state(state["epoch_start_rng"])
-        self._start_epoch()
 
 
 def eval_streams(tokens: torch.Tensor, seq_len: int, max_streams: int):
