@@ -251,14 +251,16 @@ def _bare_loop_tokens_per_s(steps: int, warmup: int, device, backend: str = "cus
     """nanoGPT-style: the same model, data and optimizer in a plain loop with nothing around it.
 
     backend "torch" swaps in torch.nn.GRU: the loop a PyTorch user would write without grutrain."""
-    from grutrain.config import DataConfig, ModelConfig
+    from grutrain.config import ModelConfig, TextDataConfig
     from grutrain.data.text import WindowSampler, load_text_splits
-    from grutrain.model import LanguageModel
+    from grutrain.model import SequenceModel
 
-    splits = load_text_splits(DataConfig(**TRAINER_DATA))
+    splits = load_text_splits(TextDataConfig(**TRAINER_DATA))
     sampler = WindowSampler(splits.train, TRAINER_DATA["seq_len"], TRAINER_BATCH, "random", seed=1)
     torch.manual_seed(0)
-    model = LanguageModel(len(splits.vocab), ModelConfig(**TRAINER_MODEL, backend=backend)).to(device)
+    vocab_size = len(splits.vocab)
+    model = SequenceModel(ModelConfig(**TRAINER_MODEL, backend=backend), vocab_size, vocab_size=vocab_size,
+                          per_step=True).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     start = None
     for step in range(warmup + steps):
@@ -290,8 +292,9 @@ def _fit_tokens_per_s(steps: int, warmup: int, device, threads) -> float:
             "data": TRAINER_DATA, "model": TRAINER_MODEL,
             "optim": {"name": "adamw", "lr": 3e-3, "grad_clip": 1.0, "schedule": "cosine"},
             "train": {"max_steps": warmup + steps, "batch_size": TRAINER_BATCH, "log_every": warmup,
-                      "eval_every": 10**9, "checkpoint_every": 10**9, "sample_length": 0,
+                      "eval_every": 10**9, "checkpoint_every": 10**9,
                       "device": device.type, "threads": threads},
+            "sample": {"length": 0},
             "run": {"dir": f"{tmp}/run"},
         })
         started = time.perf_counter()

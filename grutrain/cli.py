@@ -79,16 +79,7 @@ def eval_command(
     """Metrics of a saved model on a held-out split or another data file (lm: loss, perplexity, bits per character)."""
     from grutrain.evaluate import evaluate_checkpoint
 
-    if plot is not None:
-        from grutrain.plots import require_matplotlib
-
-        require_matplotlib()  # before the evaluation, not after it
-    result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device)
-    if plot is not None:
-        from grutrain.plots import plot_checkpoint, save_figure
-
-        save_figure(plot_checkpoint(checkpoint, split=split, data_path=data, device=device), plot)
-        result["plot"] = str(plot)
+    result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device, plot=plot)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -114,20 +105,9 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
 ) -> None:
     """Generate text from a trained language model."""
-    from grutrain.checkpoint import load_checkpoint
-    from grutrain.data.text import Vocabulary
-    from grutrain.runtime import resolve_device
-    from grutrain.sample import generate
-    from grutrain.tasks import load_trained_model
+    from grutrain.sample import sample_checkpoint
 
-    dev = resolve_device(device)
-    payload = load_checkpoint(checkpoint, map_location=dev)
-    model, cfg = load_trained_model(payload, dev, source=str(checkpoint))
-    if cfg.task != "lm":
-        raise GrutrainError(f"{checkpoint} is a {cfg.task} model; sample generates text from language models (task lm)")
-    data_cfg = payload["config"]["data"]
-    text = generate(model, Vocabulary(payload["vocab"]), prompt, length, tokenizer=data_cfg["tokenizer"],
-                    lowercase=data_cfg["lowercase"], temperature=temperature, top_k=top_k, seed=seed, device=dev)
+    text = sample_checkpoint(checkpoint, prompt, length, temperature=temperature, top_k=top_k, seed=seed, device=device)
     sys.stdout.write(text + "\n")
 
 

@@ -37,7 +37,7 @@ class Section(BaseModel):
     section_name: ClassVar[str] = "config"
 
 
-class DataConfig(Section):
+class TextDataConfig(Section):
     """task: lm -- a text file."""
 
     section_name: ClassVar[str] = "data"
@@ -55,7 +55,7 @@ class DataConfig(Section):
     min_freq: int = Field(1, ge=1, description="tokens seen fewer times become <unk>")
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> "DataConfig":
+    def _fractions_leave_training_data(self) -> "TextDataConfig":
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 "data.val_fraction + data.test_fraction must be below 0.9 so that training data is left"
@@ -188,14 +188,19 @@ class TrainConfig(Section):
     dist_timeout_s: float = Field(
         600, gt=0, description="under torchrun: how long a rank waits for the others before giving up"
     )
-    sample_length: int = Field(200, ge=0, description="characters sampled at each evaluation")
-    sample_prompt: str = "Alice "
-
     @model_validator(mode="after")
     def _a_length(self) -> "TrainConfig":
         if self.max_steps is None and self.epochs is None:
             raise ValueError("give train.max_steps or train.epochs (a positive integer) to say how long to train")
         return self
+
+
+class SampleConfig(Section):
+    """task: lm -- the text sample shown at each evaluation and at the end of a run."""
+
+    section_name: ClassVar[str] = "sample"
+    length: int = Field(200, ge=0, description="tokens sampled at each evaluation; 0 turns sampling off")
+    prompt: str = Field("Alice ", description="the text the sample starts from")
 
 
 class RunConfig(Section):
@@ -223,7 +228,8 @@ class TaskConfig(Section):
 
 class LMConfig(TaskConfig):
     task: Literal["lm"] = "lm"
-    data: DataConfig = DataConfig()
+    data: TextDataConfig = TextDataConfig()
+    sample: SampleConfig = SampleConfig()
 
     @model_validator(mode="after")
     def _causal(self) -> "LMConfig":
@@ -418,12 +424,18 @@ def validate_config(raw: dict) -> Config:
         raise GrutrainError(_describe(exc.errors()[0], cls)) from None
 
 
+# Keys of earlier versions that live elsewhere now.
+MOVED_KEYS = {"train.sample_length": "sample.length", "train.sample_prompt": "sample.prompt"}
+
+
 def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
     """One line naming the key and what would be right, from a pydantic error."""
     loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
     key = ".".join(loc) or "config"
     kind = error["type"]
     if kind == "extra_forbidden":
+        if key in MOVED_KEYS:
+            return f"config key {key!r} has moved: write {MOVED_KEYS[key]!r} instead"
         parent = loc[:-1]
         section = config_cls
         for name in parent:

@@ -1,47 +1,46 @@
-"""Language-model metrics on a split: loss, perplexity, bits per token."""
+"""`grutrain eval`: a checkpoint's metrics on a held-out split or on another data file, and its figure."""
 
 from __future__ import annotations
 
-import math
+import contextlib
+from pathlib import Path
 
-import torch
-
+from grutrain import plots
 from grutrain.errors import GrutrainError
-from torch.nn import functional as F
-
-from grutrain.data.text import eval_streams
-
-
-@torch.no_grad()
-def evaluate_lm(model, tokens: torch.Tensor, seq_len: int, max_streams: int, device: torch.device,
-                autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Mean next-token loss over every token of `tokens`, carrying the hidden state along."""
-    was_training = model.training
-    model.eval()
-    total, count, hidden = 0.0, 0, None
-    for inputs, targets, rows in eval_streams(tokens, seq_len, max_streams):
-        inputs, targets = inputs.to(device), targets.to(device)
-        hidden = hidden[:, rows] if hidden is not None else None
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, hidden = model(inputs, hidden)
-        total += float(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum"))
-        count += targets.numel()
-    model.train(was_training)
-    loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
+from grutrain.runtime import resolve_device
+from grutrain.tasks import OpenedCheckpoint, open_checkpoint
 
 
-def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str = "auto") -> dict:
-    """Metrics of a checkpoint on a held-out split of its data, or on another data file."""
-    from grutrain.checkpoint import load_checkpoint
-    from grutrain.runtime import resolve_device
-    from grutrain.tasks import load_trained_model, task_module
-
-    dev = resolve_device(device)
-    payload = load_checkpoint(path, map_location=dev)
-    model, cfg = load_trained_model(payload, dev, source=str(path))
+@contextlib.contextmanager
+def naming_the_file(path):
+    """Prefix the checkpoint's path to a task's error: the user may have several open at once."""
     try:
-        metrics = task_module(cfg.task).evaluate_checkpoint(payload, model, cfg, split, data_path, dev)
+        yield
     except GrutrainError as exc:
         raise GrutrainError(f"{path}: {exc}") from None
-    return {"checkpoint": str(path), "task": cfg.task, "step": payload["step"], **metrics}
+
+
+def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str = "auto",
+                        plot: str | Path | None = None) -> dict:
+    """The task's report (split, size, metrics, baselines) of a checkpoint on `split` or on all of `data_path`;
+    with `plot`, the task's figure of the same data is written there too."""
+    if plot is not None:
+        plots.require_matplotlib()  # before the evaluation, not after it
+    opened = open_checkpoint(path, resolve_device(device))
+    target = Path(data_path) if data_path is not None else split
+    with naming_the_file(path):
+        report = opened.task.report(opened.model, target, opened.device)
+        result = {"checkpoint": str(path), "task": opened.cfg.task, "step": opened.step, **report}
+        if plot is not None:
+            plots.save_figure(opened.task.figure(opened.model, target, opened.device), plot)
+            result["plot"] = str(plot)
+    return result
+
+
+def checkpoint_figure(path, *, split: str = "val", data_path=None, device: str = "auto"):
+    """The task's figure of a checkpoint's model on `split` (or on all of `data_path`)."""
+    plots.require_matplotlib()
+    opened: OpenedCheckpoint = open_checkpoint(path, resolve_device(device))
+    with naming_the_file(path):
+        return opened.task.figure(opened.model, Path(data_path) if data_path is not None else split,
+                                  opened.device)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 # Bookkeeping keys, not hyperparameters: they change nothing a model learns.
-NOT_HPARAMS = {"run.dir", "train.log_every", "train.checkpoint_every", "train.keep_last", "train.sample_length",
-               "train.sample_prompt", "train.max_bad_steps"}
+NOT_HPARAMS = {"run.dir", "train.log_every", "train.checkpoint_every", "train.keep_last", "sample.length",
+               "sample.prompt", "train.max_bad_steps"}
 FINAL_PREFIX = "final/"
 
 

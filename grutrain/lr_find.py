@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grutrain import tasks
 from grutrain.errors import GrutrainError
+from grutrain.optim import build_optimizer
+from grutrain.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
+from grutrain.step import train_step
 
 OUTPUT_ROOT = Path("lr-find")
 CSV_NAME, PNG_NAME, JSON_NAME = "lr_find.csv", "lr_find.png", "lr_find.json"
@@ -112,42 +116,29 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *,
     hundred steps the smoothed curve trails the raw one; a lower beta follows it more closely.
     `progress(step, lr, loss)` is called after each step when given.
     """
-    from grutrain.optim import build_optimizer
-    from grutrain.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
-    from grutrain.tasks import build_task
-    from grutrain.train import forward_backward
-
     check_sweep(start, end, steps, smoothing)
     set_threads(cfg.train.threads)
     dev = resolve_device(device or cfg.train.device)
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
-    # As fit does: the task draws all the rows of a step; forward_backward splits them into micro-batches.
-    rows = cfg.train.batch_size * cfg.train.accumulate
-    task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": rows})}), None)
+    # As fit does: the task draws all the rows of a step; train_step splits them into micro-batches.
+    task = tasks.training_task(cfg, rows_per_step=cfg.train.batch_size * cfg.train.accumulate)
     seed_everything(cfg.train.seed)
     model = task.build_model().to(dev).train()
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
-    schedule = lr_schedule(start, end, steps)
     lrs, losses, smoothed = [], [], []
     hidden, best, avg = None, math.inf, 0.0
     stop_reason = f"reached --end {end:g} after {steps} steps"
-    for i, lr in enumerate(schedule):
+    for i, lr in enumerate(lr_schedule(start, end, steps)):
         *batch, starts_epoch = task.sampler.next_batch()
         batch = [t.to(dev) for t in batch]
         hidden = hidden.detach() if task.carries_state and not starts_epoch and hidden is not None else None
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss, hidden = forward_backward(task, model, batch, hidden, cfg.train.accumulate, scaler, dev, amp_dtype)
-        loss = float(loss)
-        if not math.isfinite(loss):
+        result = train_step(task, model, optimizer, scaler, batch, hidden, lr=lr, accumulate=cfg.train.accumulate,
+                            grad_clip=cfg.optim.grad_clip, device=dev, amp_dtype=amp_dtype)
+        if not math.isfinite(result.loss):
             stop_reason = f"the loss became non-finite at lr {lr:.3g} (step {i + 1})"
             break
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-        scaler.step(optimizer)
-        scaler.update()
+        hidden, loss = result.hidden, result.loss
         lrs.append(lr)
         losses.append(loss)
         avg = smoothing * avg + (1 - smoothing) * loss

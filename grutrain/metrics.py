@@ -48,6 +48,13 @@ class MetricsLogger:
             # Markdown in TensorBoard's text plugin: indent to keep newlines and spacing as written.
             self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
 
+    def figure(self, step: int, tag: str, figure) -> None:
+        """A matplotlib figure as an image in TensorBoard (Images tab) under `tag` at `step`."""
+        if self.enabled:
+            from grutrain.plots import figure_to_image
+
+            self.writer.add_image(tag, figure_to_image(figure), step, dataformats="HWC")
+
     def hparams(self, config_dict: dict) -> None:
         """The run's config values for TensorBoard's HParams dashboard."""
         if self.enabled:

@@ -1,16 +1,16 @@
-"""Figures where people would rather look than read: one per task for `grutrain eval --plot`, the
-lr-find curve, and the same figures as TensorBoard images.
+"""Figures where people would rather look than read: pure drawing, no task, no model.
 
 Every figure function takes plain numbers (lists or arrays) and returns a matplotlib Figure,
-drawn on the Agg canvas (no display, no pyplot state, safe in a training process).
+drawn on the Agg canvas (no display, no pyplot state, safe in a training process). The tasks
+gather the numbers (Task.figure) and show the same figures in TensorBoard.
 matplotlib is the `plot` extra: without it `require_matplotlib` raises a one-line GrutrainError.
 
-What each task's figure shows and where its numbers come from (`plot_for_checkpoint`):
-    lm        per_position_loss_figure: the mean next-token loss at each position of seq_len windows
-              read from a zero state: how much each extra token of context helps
-    forecast  forecast_figure: the one-step-ahead forecasts of the split against the actual series,
-              with the naive (last value) and, given data.season, seasonal-naive forecasts
-    classify  confusion_matrix_figure: true labels (rows) against predicted (columns)
+    per_position_loss_figure   lm: the mean next-token loss at each position of seq_len windows read
+                               from a zero state: how much each extra token of context helps
+    forecast_figure            forecast: one-step-ahead forecasts against the actual series, with the
+                               naive (last value) and seasonal-naive forecasts
+    confusion_matrix_figure    classify: true labels (rows) against predicted (columns)
+    lr_find_figure             lr-find: loss against learning rate, the suggestion marked
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from grutrain.errors import GrutrainError
 
@@ -72,17 +71,6 @@ def figure_to_image(figure) -> np.ndarray:
     """The rendered figure as an RGB array [height, width, 3] (uint8)."""
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
-
-
-def log_figure(metrics_logger, step: int, tag: str, figure) -> None:
-    """The figure as an image in TensorBoard (Images tab) under `tag` at `step`.
-
-    Call it from a task's on_evaluation, e.g. `log_figure(metrics, step, "val/confusion_matrix", fig)`;
-    it does nothing on a logger that is disabled (the other ranks under torchrun).
-    """
-    if not getattr(metrics_logger, "enabled", True) or getattr(metrics_logger, "writer", None) is None:
-        return
-    metrics_logger.writer.add_image(tag, figure_to_image(figure), step, dataformats="HWC")
 
 
 # --------------------------------------------------------------------------- the figures
@@ -188,137 +176,3 @@ def confusion_matrix_figure(labels: Sequence[str], matrix: Sequence[Sequence[int
     ax.set_title(f"{title} (accuracy {accuracy:.3f})")
     figure.colorbar(image, ax=ax, label="share of the true label's examples")
     return figure
-
-
-# --------------------------------------------------------------------------- the data behind them
-
-
-@torch.no_grad()
-def position_losses(model, tokens: torch.Tensor, seq_len: int, device, batch_size: int = 64) -> list[float]:
-    """Mean next-token loss at each position 1..seq_len of the non-overlapping windows of `tokens`,
-    every window read from a zero state (so position 1 has no context at all)."""
-    from torch.nn import functional as F
-
-    n = (len(tokens) - 1) // seq_len
-    if n < 1:
-        raise GrutrainError(f"the split has {len(tokens)} tokens, fewer than one window of data.seq_len={seq_len} + 1")
-    inputs = tokens[: n * seq_len].view(n, seq_len)
-    targets = tokens[1 : n * seq_len + 1].view(n, seq_len)
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(seq_len, dtype=torch.float64)
-    for lo in range(0, n, batch_size):
-        logits, _ = model(inputs[lo:lo + batch_size].to(device))  # [b, T, V]
-        loss = F.cross_entropy(logits.float().transpose(1, 2), targets[lo:lo + batch_size].to(device),
-                               reduction="none")  # [b, T]
-        total += loss.double().sum(dim=0).cpu()
-    model.train(was_training)
-    return (total / n).tolist()
-
-
-def _lm_figure(payload, model, cfg, split, device, data_path):
-    from grutrain.data.text import Vocabulary, read_text_file, tokenize
-    from grutrain.evaluate import evaluate_lm
-
-    vocab = Vocabulary(payload["vocab"])
-    if data_path is not None:
-        tokens = vocab.encode(tokenize(read_text_file(data_path), cfg.data.tokenizer, cfg.data.lowercase))
-        name = Path(data_path).name
-    elif "eval_tokens" in payload:
-        tokens, name = payload["eval_tokens"][split].long(), split
-    else:
-        from grutrain.data.text import load_text_splits
-
-        tokens, name = getattr(load_text_splits(cfg.data, vocab=vocab), split), split
-    per_position = position_losses(model, tokens, cfg.data.seq_len, device, cfg.train.batch_size)
-    carried = evaluate_lm(model, tokens, cfg.data.seq_len, cfg.train.batch_size, device)["loss"]
-    unit = "character" if cfg.data.tokenizer == "char" else "word"
-    return per_position_loss_figure(per_position, carried, unit=unit,
-                                    title=f"{name}: loss by position in windows of {cfg.data.seq_len} {unit}s")
-
-
-@torch.no_grad()
-def forecast_data(model, values: np.ndarray, starts: np.ndarray, mean, std, spec, device) -> dict:
-    """The one-step-ahead forecasts of the windows at `starts` (rows of `values`, original scale) with
-    the actual values and the baselines: forecast_figure's arguments.
-
-    spec: the forecast task's WindowSpec (input_len, horizon, n_targets, season); mean, std: the
-    normalisation of every column.
-    """
-    from grutrain.data.timeseries import gather_windows, naive_forecast, seasonal_naive_forecast
-    from grutrain.tasks.forecast import forecast_normalised, normalise
-
-    was_training = model.training
-    model.eval()
-    x = gather_windows(normalise(values, mean, std), torch.from_numpy(starts),
-                       torch.arange(-spec.input_len, 0)).to(device)  # [W, input_len, F]
-    T = spec.n_targets
-    predicted = forecast_normalised(model, x, spec).cpu().double().numpy()[:, 0, :]  # one step ahead: [W, T]
-    model.train(was_training)
-    seasonal = seasonal_naive_forecast(values, starts, spec.horizon, T, spec.season)[:, 0, :] if spec.season else None
-    return {"actual": values[starts, :T], "forecast": predicted * np.asarray(std[:T]) + np.asarray(mean[:T]),
-            "naive": naive_forecast(values, starts, spec.horizon, T)[:, 0, :], "seasonal_naive": seasonal,
-            "x": starts - starts[0]}
-
-
-def _forecast_figure(payload, model, cfg, split, device, data_path):
-    from grutrain.data.timeseries import load_series, window_starts
-    from grutrain.tasks.forecast import WindowSpec
-
-    spec = WindowSpec.of(cfg)
-    norm = payload.get("normalisation") or {}
-    if not {"mean", "std"} <= set(norm):
-        raise GrutrainError("the checkpoint is damaged: it has no normalisation (mean and std)")
-    if data_path is not None:
-        table, _ = load_series(cfg.data, path=data_path, role="--data", split=False)
-        values, lo, hi, name = table.values, 0, len(table), Path(data_path).name
-    else:
-        series = payload.get("eval_series") or {}
-        try:
-            values = series["values"].double().numpy()
-            lo, hi = (int(v) for v in series[split])
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise GrutrainError("the checkpoint holds no held-out series to plot; pass --data") from None
-        name = split
-    starts = window_starts(lo, hi, spec.input_len, spec.horizon, spec.history)
-    if len(starts) == 0:
-        raise GrutrainError(f"the {name} split holds no forecast window to plot")
-    data = forecast_data(model, values, starts, norm["mean"], norm["std"], spec, device)
-    ahead = f" (the first of each forecast's {spec.horizon} steps)" if spec.horizon > 1 else ""
-    return forecast_figure(**data, names=cfg.data.target_columns, title=f"{name}: one-step-ahead forecasts{ahead}")
-
-
-def _classify_figure(payload, model, cfg, split, device, data_path):
-    from grutrain.tasks import task_module
-
-    result = task_module("classify").evaluate_checkpoint(payload, model, cfg, split, data_path, device)
-    matrix = result["confusion_matrix"]
-    return confusion_matrix_figure(matrix["labels"], matrix["matrix"], title=f"{result['split']}: confusion matrix")
-
-
-FIGURES = {"lm": _lm_figure, "forecast": _forecast_figure, "classify": _classify_figure}
-
-
-def plot_for_checkpoint(payload: dict, model, cfg, split: str, device, data_path=None):
-    """The task's figure for a trained model on its held-out `split` (or on all of `data_path`)."""
-    require_matplotlib()
-    make = FIGURES.get(cfg.task)
-    if make is None:
-        raise GrutrainError(f"--plot has no figure for task {cfg.task}; it draws lm, forecast and classify models")
-    return make(payload, model, cfg, split, device, data_path)
-
-
-def plot_checkpoint(path, *, split: str = "val", data_path=None, device: str = "auto"):
-    """Load a checkpoint and draw its task's figure (see plot_for_checkpoint)."""
-    from grutrain.checkpoint import load_checkpoint
-    from grutrain.runtime import resolve_device
-    from grutrain.tasks import load_trained_model
-
-    require_matplotlib()
-    dev = resolve_device(device)
-    payload = load_checkpoint(path, map_location=dev)
-    model, cfg = load_trained_model(payload, dev, source=str(path))
-    try:
-        return plot_for_checkpoint(payload, model, cfg, split, dev, data_path)
-    except GrutrainError as exc:
-        raise GrutrainError(f"{path}: {exc}") from None

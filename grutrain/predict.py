@@ -7,23 +7,16 @@ import io
 import json
 from pathlib import Path
 
-from grutrain.errors import GrutrainError
+from grutrain.evaluate import naming_the_file
+from grutrain.runtime import resolve_device
+from grutrain.tasks import open_checkpoint
 
 
 def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     """One dict per prediction (a forecast step, a classified example), from the task's `predict`."""
-    from grutrain.checkpoint import load_checkpoint
-    from grutrain.runtime import resolve_device
-    from grutrain.tasks import load_trained_model, task_module
-
-    dev = resolve_device(device)
-    payload = load_checkpoint(path, map_location=dev)
-    model, cfg = load_trained_model(payload, dev, source=str(path))
-    module = task_module(cfg.task)
-    if not hasattr(module, "predict"):
-        raise GrutrainError(f"{path} is a {cfg.task} model, which has no predict; "
-                            "use grutrain eval (or grutrain sample for a language model)")
-    return module.predict(payload, model, cfg, Path(input_path), dev)
+    opened = open_checkpoint(path, resolve_device(device))
+    with naming_the_file(path):
+        return opened.task.predict(opened.model, Path(input_path), opened.device)
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:

@@ -1,12 +1,25 @@
-"""Seeds, devices, threads and the random-number state that checkpoints carry."""
+"""Seeds, devices, threads, eval mode and the random-number state that checkpoints carry."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import torch
 
 from grutrain.errors import GrutrainError
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """Eval mode and no gradients inside the block; the model's mode as it was after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def seed_everything(seed: int) -> None:

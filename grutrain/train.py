@@ -1,20 +1,24 @@
-"""The training loop: data, model, optimizer, evaluation, checkpoints and logs of one run."""
+"""The training loop: data, model, optimizer, evaluation, checkpoints and logs of one run.
+
+fit -> claim the run directory -> build the task -> setup (model, optimizer, restored state)
+    -> loop (steps, logs, evaluations, checkpoints) -> finish (final metrics, summary.json).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from grutrain.checkpoint import load_checkpoint, save_checkpoint
+from grutrain.checkpoint import TrainerState, check_training_state, load_checkpoint, save_checkpoint, training_payload
 from grutrain.config import Config, config_to_dict, config_to_yaml, flatten_config
 from grutrain.errors import GrutrainError, TrainingInterrupted
 from grutrain.hparams import FINAL_PREFIX
@@ -26,7 +30,8 @@ from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLoc
                              resolve_run_dir)
 from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
                               set_threads)
-from grutrain.tasks import build_task
+from grutrain.step import StepResult, train_step
+from grutrain.tasks import training_task
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s"}
@@ -60,43 +65,21 @@ def check_resumable(saved: dict, config: Config, world_size: int, path: Path) ->
     """A run resumes only under its own config, but may be given more steps or another dir.
 
     The per-process batch may change with the number of processes, as long as the global batch
-    (batch_size x processes) stays the same: then the data order is the same too.
+    (batch_size x accumulate x processes) stays the same: then the data order is the same too.
     """
+    check_training_state(saved, path)
     before, now = flatten_config(saved["config"]), flatten_config(config_to_dict(config))
     changed = sorted(k for k in before.keys() | now.keys()
                      if k not in RESUMABLE_CHANGES | {"train.batch_size"} and before.get(k) != now.get(k))
     if changed:
         raise GrutrainError(f"cannot resume {str(path)!r}: the config differs from the run's in {', '.join(changed)}; "
                             "resume with the run's own config (its config.yaml)")
-    saved_global = saved.get("global_batch", before["train.batch_size"])
+    saved_global = saved["trainer"].get("global_batch") or before["train.batch_size"]
     accumulate = config.train.accumulate
     if config.train.batch_size * accumulate * world_size != saved_global:
         raise GrutrainError(f"cannot resume {str(path)!r}: it was trained with a global batch of {saved_global}, "
                             f"now train.batch_size={config.train.batch_size} x {accumulate} accumulated x "
                             f"{world_size} processes; set train.batch_size={saved_global // world_size // accumulate}")
-
-
-def forward_backward(task, model, batch: list, hidden, accumulate: int, scaler, device, amp_dtype):
-    """The step's loss and gradients, computed in `accumulate` equal micro-batches.
-
-    Each micro-batch loss is a mean over its rows; scaled by 1/accumulate their sum is the mean
-    over all the step's rows. Under DDP the gradients are averaged once, after the last one.
-    Returns (mean loss, the carried state of all rows or None).
-    """
-    micro_batches = list(zip(*(t.chunk(accumulate) for t in batch)))
-    states = hidden.chunk(accumulate, dim=1) if hidden is not None else [None] * accumulate
-    total, new_states = 0.0, []
-    for i, (micro, state) in enumerate(zip(micro_batches, states)):
-        last = i == accumulate - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, new_state = task.loss(model, list(micro), state)
-            scaler.scale(loss / accumulate).backward()
-        total = total + loss.detach() / accumulate
-        new_states.append(new_state)
-    carried = torch.cat(new_states, dim=1) if task.carries_state else None
-    return total, carried
 
 
 def weights_are_finite(model) -> bool:
@@ -142,15 +125,15 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
             saved = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
             check_resumable(saved, cfg, dist.world_size, run_dir / LAST_CHECKPOINT)
         # The task draws all the rows of one optimizer step at once (batch_size x accumulate per
-        # process); the loop splits them into micro-batches, so K micro-batches of B rows see the
+        # process); train_step splits them into micro-batches, so K micro-batches of B rows see the
         # same rows, and give the same gradient, as one batch of K*B.
-        rows_per_step = cfg.train.batch_size * cfg.train.accumulate
-        task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": rows_per_step})}),
-                          saved, dist.rank, dist.world_size)
+        task = training_task(cfg, rows_per_step=cfg.train.batch_size * cfg.train.accumulate, saved=saved,
+                             rank=dist.rank, world_size=dist.world_size)
+        run = setup(cfg, run_dir, task, saved, device, amp_dtype, dist)
         if overwrite and dist.is_main:
             clear_run_dir(run_dir)
         started = True
-        return _train(cfg, run_dir, task, saved, device, amp_dtype, progress, dist)
+        return train(run, progress)
     finally:
         if lock is not None:
             lock.release()
@@ -160,8 +143,35 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
                 run_dir.rmdir()
 
 
-def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
-           device: torch.device, amp_dtype, progress: str, dist: Distributed) -> dict:
+@dataclass
+class Run:
+    """Everything one run's loop reads and updates."""
+
+    cfg: Config
+    run_dir: Path
+    task: object  # grutrain.tasks.base.Task
+    dist: Distributed
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    monitor: Monitor
+    state: TrainerState
+    total_steps: int
+    hidden: torch.Tensor | None = None  # carried GRU state of sequential sampling
+    baselines: dict = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    earlier_wall_time: float = 0.0  # of the stretches before a resume
+    resumed: bool = False
+
+    def wall_time(self) -> float:
+        return round(self.earlier_wall_time + time.time() - self.started_at, 2)
+
+
+def setup(cfg: Config, run_dir: Path, task, saved: dict | None, device, amp_dtype, dist: Distributed) -> Run:
+    """The model, optimizer and loop state of a fresh run, or restored from `saved` (--resume)."""
     sampler = task.sampler
     total_steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.max_steps
     seed_everything(cfg.train.seed)
@@ -171,166 +181,235 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     # fp16 needs loss scaling so small gradients don't flush to zero; bf16 and fp32 don't.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    step, hidden, monitor, stop_reason = 0, None, Monitor(cfg.train.early_stopping), None
-    loss_window, skipped, bad_in_a_row, earlier_wall_time = [0.0, 0], 0, 0, 0.0
+    run = Run(cfg, run_dir, task, dist, device, amp_dtype, model, train_model, optimizer, scaler,
+              Monitor(cfg.train.early_stopping), TrainerState(global_batch=sampler.global_batch,
+                                                              world_size=dist.world_size), total_steps)
     if saved:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        sampler.load_state_dict(saved["sampler"])
-        rank_rngs = saved.get("rank_rng") or []
-        set_rng_state(rank_rngs[dist.rank] if len(rank_rngs) == dist.world_size else saved["rng"])
-        step = saved["step"]
-        monitor.load_state_dict(saved["monitor"])
-        # The checkpoint holds the carried state of the whole global batch; keep this rank's rows.
-        hidden = saved["hidden"][:, sampler.rows].to(device) if saved["hidden"] is not None else None
-        loss_window, skipped, bad_in_a_row = list(saved["loss_window"]), saved["skipped_steps"], saved["bad_in_a_row"]
-        earlier_wall_time = saved.get("wall_time_s", 0.0)
-    if dist.is_main:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    baselines = task.baselines()
+        restore(run, saved)
+    return run
 
-    def save(name: Path) -> None:
-        """Called on every rank (it gathers the ranks' states); rank 0 writes, the others wait."""
-        if not weights_are_finite(model):
-            raise GrutrainError(f"the weights became non-finite at step {step}; {name.name} was not overwritten. "
-                                "Lower optim.lr or set optim.grad_clip, then --resume from the last good checkpoint")
-        full_hidden = dist.gather_batch(hidden.detach() if hidden is not None else None, dim=1)
-        rank_rngs = dist.gather_objects(rng_state())
-        if not dist.is_main:
-            dist.barrier()
-            return
-        payload = {
-            "task": cfg.task, "config": config_to_dict(cfg), **task.checkpoint_state(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": sampler.epoch, "monitor": monitor.state_dict(),
-            "sampler": sampler.state_dict(), "hidden": full_hidden.cpu() if full_hidden is not None else None,
-            "global_batch": sampler.global_batch, "world_size": dist.world_size,
-            "loss_window": loss_window, "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row,
-            "rng": rank_rngs[0], "rank_rng": rank_rngs, "wall_time_s": wall_time(),
-        }
-        try:
-            save_checkpoint(payload, run_dir / name)
-        finally:
-            dist.barrier()
 
-    def save_last() -> None:
-        save(LAST_CHECKPOINT)
-        if cfg.train.keep_last and dist.is_main:
-            keep_periodic_copy(run_dir, step, cfg.train.keep_last)
-
-    def wall_time() -> float:  # over every stretch of a resumed run
-        return round(earlier_wall_time + time.time() - started, 2)
-
-    def write_summary(status: str, **extra) -> dict:
-        summary = {"status": status, "task": cfg.task, "processes": dist.world_size, "run_dir": str(run_dir), "step": step,
-                   "total_steps": total_steps, "epoch": sampler.epoch, "skipped_steps": skipped,
-                   "best": {monitor.metric: monitor.best, "step": monitor.best_step},
-                   "baselines": baselines, "wall_time_s": wall_time(), **extra}
-        if dist.is_main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
-
-    started = time.time()
-    write_summary("running", pid=os.getpid())
-    metrics = MetricsLogger(run_dir, resume_step=step if saved else None, enabled=dist.is_main)
-    bar = TrainingProgress(total_steps, step, progress)
-    sequential = task.carries_state
-    last_log_time, last_log_step = time.perf_counter(), step
-    val = {}
+def restore(run: Run, saved: dict) -> None:
+    """Put a run back where its checkpoint left it; a damaged part is a one-line error."""
+    part = "model"
     try:
-        with stop_on_signals() as stop_signals:
-            model.train()
-            while step < total_steps:
-                *batch, starts_epoch = sampler.next_batch()
-                batch = [t.to(device) for t in batch]
-                # Sequential batches continue the previous ones: carry the state, not its history.
-                hidden = hidden.detach() if sequential and not starts_epoch and hidden is not None else None
-                lr = lr_at(step, cfg.optim, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                loss, new_hidden = forward_backward(task, train_model, batch, hidden, cfg.train.accumulate,
-                                                    scaler, device, amp_dtype)
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-                step += 1
-                # One collective per step: the mean loss over ranks and whether any rank got a signal,
-                # so every rank takes the same decisions (skip, stop) at the same step.
-                loss_sum, signals_seen = dist.sum([float(loss.detach()), float(len(stop_signals))], device)
-                mean_loss = loss_sum / dist.world_size
-                # A non-finite loss or gradient never reaches the weights: the step is skipped.
-                # (fp16's scaler skips overflowing gradients by itself and lowers its scale.)
-                if math.isfinite(mean_loss) and (scaler.is_enabled() or torch.isfinite(grad_norm)):
-                    scaler.step(optimizer)
-                    hidden = new_hidden if sequential else None
-                    bad_in_a_row = 0
-                    loss_window = [loss_window[0] + mean_loss, loss_window[1] + 1]
-                else:
-                    hidden, skipped, bad_in_a_row = None, skipped + 1, bad_in_a_row + 1
-                    bar.message(f"step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)")
-                    metrics.log(step, {"train/skipped_steps": skipped})
-                    if bad_in_a_row >= cfg.train.max_bad_steps:
-                        raise GrutrainError(
-                            f"training diverged: {bad_in_a_row} steps in a row (up to step {step}) had a non-finite "
-                            f"loss or gradient (train.max_bad_steps={cfg.train.max_bad_steps}); lower optim.lr or "
-                            f"set optim.grad_clip, then --resume from {run_dir / LAST_CHECKPOINT}")
-                scaler.update()
+        run.model.load_state_dict(saved["model"])
+        part = "optimizer"
+        run.optimizer.load_state_dict(saved["optimizer"])
+        part = "scaler"
+        run.scaler.load_state_dict(saved["scaler"])
+        part = "sampler"
+        run.task.sampler.load_state_dict(saved["sampler"])
+        part = "random-number"
+        rank_rngs = saved.get("rank_rng") or []
+        set_rng_state(rank_rngs[run.dist.rank] if len(rank_rngs) == run.dist.world_size else saved["rng"])
+        part = "trainer"
+        state = TrainerState.from_dict(saved["trainer"])
+        run.monitor.load_state_dict(state.monitor)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise GrutrainError(f"cannot resume: the checkpoint's {part} state is damaged ({first}); "
+                            "resume from another checkpoint or start a new run") from None
+    # Of the loop's counters only these carry over; global_batch and world_size describe this run.
+    run.state.step, run.state.loss_window = state.step, list(state.loss_window)
+    run.state.skipped_steps, run.state.bad_in_a_row = state.skipped_steps, state.bad_in_a_row
+    run.earlier_wall_time, run.resumed = state.wall_time_s, True
+    # The checkpoint holds the carried state of the whole global batch; keep this rank's rows.
+    hidden = saved["hidden"]
+    run.hidden = hidden[:, run.task.sampler.rows].to(run.device) if hidden is not None else None
 
-                if (step % cfg.train.log_every == 0 or step == total_steps) and loss_window[1]:
-                    now = time.perf_counter()
-                    tokens_per_s = (step - last_log_step) * task.items_per_batch / max(now - last_log_time, 1e-9)
-                    last_log_time, last_log_step = now, step
-                    train_loss = loss_window[0] / loss_window[1]
-                    loss_window = [0.0, 0]
-                    metrics.log(step, {"train/loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
-                                       "perf/tokens_per_s": tokens_per_s})
-                    bar.update(step, train_loss, tokens_per_s, lr)
 
-                if step % cfg.train.eval_every == 0 or step == total_steps:
-                    val = task.evaluate(model, "val", device, amp_dtype)
-                    metrics.log(step, {f"val/{name}": value for name, value in val.items()})
-                    if dist.is_main:
-                        task.on_evaluation(model, device, step, metrics)
-                    bar.message(f"step {step}: " + ", ".join(f"val {k} {v:.4g}" for k, v in val.items()))
-                    if monitor.update(step, {f"val/{name}": value for name, value in val.items()}):
-                        save(BEST_CHECKPOINT)
-                    if monitor.should_stop():
-                        stop_reason = monitor.stop_reason()
-                        bar.message(stop_reason)
-
-                if step % cfg.train.checkpoint_every == 0 or step == total_steps or signals_seen or stop_reason:
-                    save_last()
-                if signals_seen:
-                    raise TrainingInterrupted(stop_signals[0] if stop_signals else signal.SIGTERM, run_dir, step)
-                if stop_reason:
-                    # As Keras' restore_best_weights: what the run hands over is best.pt's model.
-                    model.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)["model"])
-                    val = {}
-                    break
-
-        if not val:  # resumed a run that had already reached its last step
-            val = task.evaluate(model, "val", device, amp_dtype)
-        final = {f"val/{name}": value for name, value in val.items()}
-        if task.has_split("test"):
-            final.update({f"test/{k}": v for k, v in task.evaluate(model, "test", device, amp_dtype).items()})
-        # As scalars too: TensorBoard's HParams dashboard takes its metric columns from scalar tags.
-        metrics.log(step, {FINAL_PREFIX + tag: value for tag, value in final.items()})
-        metrics.hparams(config_to_dict(cfg))
+def train(run: Run, progress: str) -> dict:
+    """Loop to the last step and finish; on any failure summary.json says so before the error propagates."""
+    cfg, dist = run.cfg, run.dist
+    if dist.is_main:
+        (run.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    run.baselines = run.task.baselines()
+    run.started_at = time.time()
+    write_summary(run, "running", pid=os.getpid())
+    metrics = MetricsLogger(run.run_dir, resume_step=run.state.step if run.resumed else None, enabled=dist.is_main)
+    bar = TrainingProgress(run.total_steps, run.state.step, progress)
+    try:
+        val, stop_reason = loop(run, metrics, bar)
+        final = finish(run, val, metrics)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
-        write_summary("interrupted", error=str(exc) or "KeyboardInterrupt")
+        write_summary(run, "interrupted", error=str(exc) or "KeyboardInterrupt")
         raise
     except Exception as exc:
-        write_summary("failed", error=str(exc) or type(exc).__name__)
+        write_summary(run, "failed", error=str(exc) or type(exc).__name__)
         raise
     finally:
         bar.close()
         metrics.close()
-
-    extras = task.final_extras(model, device) if dist.is_main else {}
+    extras = run.task.final_extras(run.model, run.device) if dist.is_main else {}
     if stop_reason:
-        extras["early_stopping"] = {"reason": stop_reason, "stopped_at_step": step, "best_step": monitor.best_step}
-    return write_summary("finished", final=final, **extras)
+        extras["early_stopping"] = {"reason": stop_reason, "stopped_at_step": run.state.step,
+                                    "best_step": run.monitor.best_step}
+    return write_summary(run, "finished", final=final, **extras)
+
+
+class StepSync:
+    """The one collective of a step: the mean loss over processes, and whether any process got a
+    signal, so every rank takes the same decisions (skip, stop) at the same step."""
+
+    def __init__(self, dist: Distributed, stop_signals: list[int], device):
+        self.dist, self.stop_signals, self.device = dist, stop_signals, device
+        self.signals_seen = 0.0
+
+    def __call__(self, loss: float) -> float:
+        loss_sum, self.signals_seen = self.dist.sum([loss, float(len(self.stop_signals))], self.device)
+        return loss_sum / self.dist.world_size
+
+
+def loop(run: Run, metrics: MetricsLogger, bar: TrainingProgress) -> tuple[dict, str | None]:
+    """Train until the last step, an early stop or a signal; returns (last validation metrics, stop reason)."""
+    cfg, task, state = run.cfg, run.task, run.state
+    val, stop_reason = {}, None
+    throughput = Throughput(state.step, task.items_per_batch)
+    with stop_on_signals() as stop_signals:
+        run.model.train()
+        while state.step < run.total_steps:
+            *batch, starts_epoch = task.sampler.next_batch()
+            batch = [t.to(run.device) for t in batch]
+            # Sequential batches continue the previous ones: carry the state, not its history.
+            carried = run.hidden.detach() if task.carries_state and not starts_epoch and run.hidden is not None else None
+            lr = lr_at(state.step, cfg.optim, run.total_steps)
+            sync = StepSync(run.dist, stop_signals, run.device)
+            result = train_step(task, run.train_model, run.optimizer, run.scaler, batch, carried, lr=lr,
+                                accumulate=cfg.train.accumulate, grad_clip=cfg.optim.grad_clip, device=run.device,
+                                amp_dtype=run.amp_dtype, mean_over_processes=sync, parameters=run.model.parameters())
+            state.step += 1
+            count_step(run, result, bar, metrics)
+            if (state.step % cfg.train.log_every == 0 or state.step == run.total_steps) and state.loss_window[1]:
+                log_training(run, lr, result, throughput, metrics, bar)
+            if state.step % cfg.train.eval_every == 0 or state.step == run.total_steps:
+                val, stop_reason = evaluate_during_fit(run, metrics, bar)
+            if state.step % cfg.train.checkpoint_every == 0 or state.step == run.total_steps or sync.signals_seen \
+                    or stop_reason:
+                save_last(run)
+            if sync.signals_seen:
+                raise TrainingInterrupted(stop_signals[0] if stop_signals else signal.SIGTERM, run.run_dir, state.step)
+            if stop_reason:
+                # As Keras' restore_best_weights: what the run hands over is best.pt's model.
+                run.model.load_state_dict(load_checkpoint(run.run_dir / BEST_CHECKPOINT, map_location=run.device)["model"])
+                return {}, stop_reason
+    return val, stop_reason
+
+
+def count_step(run: Run, result: StepResult, bar: TrainingProgress, metrics: MetricsLogger) -> None:
+    """Book a step: its loss into the window, or a skipped step (and stop after too many in a row)."""
+    state, cfg = run.state, run.cfg
+    if result.applied:
+        run.hidden = result.hidden if run.task.carries_state else None
+        state.bad_in_a_row = 0
+        state.loss_window = [state.loss_window[0] + result.loss, state.loss_window[1] + 1]
+        return
+    run.hidden = None
+    state.skipped_steps += 1
+    state.bad_in_a_row += 1
+    bar.message(f"step {state.step}: non-finite loss or gradient, step skipped ({state.bad_in_a_row} in a row)")
+    metrics.log(state.step, {"train/skipped_steps": state.skipped_steps})
+    if state.bad_in_a_row >= cfg.train.max_bad_steps:
+        raise GrutrainError(
+            f"training diverged: {state.bad_in_a_row} steps in a row (up to step {state.step}) had a non-finite "
+            f"loss or gradient (train.max_bad_steps={cfg.train.max_bad_steps}); lower optim.lr or "
+            f"set optim.grad_clip, then --resume from {run.run_dir / LAST_CHECKPOINT}")
+
+
+class Throughput:
+    """Items (tokens, time steps) per second since the last log."""
+
+    def __init__(self, step: int, items_per_batch: int):
+        self.items_per_batch, self.step, self.time = items_per_batch, step, time.perf_counter()
+
+    def since_last(self, step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self.step) * self.items_per_batch / max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return rate
+
+
+def log_training(run: Run, lr: float, result: StepResult, throughput: Throughput, metrics: MetricsLogger,
+                 bar: TrainingProgress) -> None:
+    state = run.state
+    tokens_per_s = throughput.since_last(state.step)
+    train_loss = state.loss_window[0] / state.loss_window[1]
+    state.loss_window = [0.0, 0]
+    metrics.log(state.step, {"train/loss": train_loss, "lr": lr, "grad_norm": float(result.grad_norm),
+                             "perf/tokens_per_s": tokens_per_s})
+    bar.update(state.step, train_loss, tokens_per_s, lr)
+
+
+def evaluate_during_fit(run: Run, metrics: MetricsLogger, bar: TrainingProgress) -> tuple[dict, str | None]:
+    """Validation metrics logged, best.pt kept, early stopping consulted; returns (metrics, stop reason)."""
+    step = run.state.step
+    val = run.task.evaluate(run.model, "val", run.device, run.amp_dtype)
+    scalars = {f"val/{name}": value for name, value in val.items()}
+    metrics.log(step, scalars)
+    if run.dist.is_main:
+        run.task.on_evaluation(run.model, run.device, step, metrics)
+    bar.message(f"step {step}: " + ", ".join(f"val {k} {v:.4g}" for k, v in val.items()))
+    if run.monitor.update(step, scalars):
+        save(run, BEST_CHECKPOINT)
+    stop_reason = run.monitor.stop_reason() if run.monitor.should_stop() else None
+    if stop_reason:
+        bar.message(stop_reason)
+    return val, stop_reason
+
+
+def finish(run: Run, val: dict, metrics: MetricsLogger) -> dict:
+    """The final validation and test metrics, logged as final/... scalars and HParams."""
+    task, device = run.task, run.device
+    if not val:  # resumed a run that had already reached its last step, or stopped early
+        val = task.evaluate(run.model, "val", device, run.amp_dtype)
+    final = {f"val/{name}": value for name, value in val.items()}
+    if task.has_split("test"):
+        final.update({f"test/{k}": v for k, v in task.evaluate(run.model, "test", device, run.amp_dtype).items()})
+    # As scalars too: TensorBoard's HParams dashboard takes its metric columns from scalar tags.
+    metrics.log(run.state.step, {FINAL_PREFIX + tag: value for tag, value in final.items()})
+    metrics.hparams(config_to_dict(run.cfg))
+    return final
+
+
+def save(run: Run, name: Path) -> None:
+    """Called on every rank (it gathers the ranks' states); rank 0 writes, the others wait."""
+    state, dist = run.state, run.dist
+    if not weights_are_finite(run.model):
+        raise GrutrainError(f"the weights became non-finite at step {state.step}; {name.name} was not overwritten. "
+                            "Lower optim.lr or set optim.grad_clip, then --resume from the last good checkpoint")
+    full_hidden = dist.gather_batch(run.hidden.detach() if run.hidden is not None else None, dim=1)
+    rank_rngs = dist.gather_objects(rng_state())
+    if not dist.is_main:
+        dist.barrier()
+        return
+    state.epoch, state.monitor, state.wall_time_s = run.task.sampler.epoch, run.monitor.state_dict(), run.wall_time()
+    payload = training_payload(
+        task=run.cfg.task, config=config_to_dict(run.cfg), model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), trainer=state,
+        sampler=run.task.sampler.state_dict(), hidden=full_hidden.cpu() if full_hidden is not None else None,
+        rng=rank_rngs[0], rank_rng=rank_rngs, task_state=run.task.state())
+    try:
+        save_checkpoint(payload, run.run_dir / name)
+    finally:
+        dist.barrier()
+
+
+def save_last(run: Run) -> None:
+    save(run, LAST_CHECKPOINT)
+    if run.cfg.train.keep_last and run.dist.is_main:
+        keep_periodic_copy(run.run_dir, run.state.step, run.cfg.train.keep_last)
+
+
+def write_summary(run: Run, status: str, **extra) -> dict:
+    state = run.state
+    summary = {"status": status, "task": run.cfg.task, "processes": run.dist.world_size, "run_dir": str(run.run_dir),
+               "step": state.step, "total_steps": run.total_steps, "epoch": run.task.sampler.epoch,
+               "skipped_steps": state.skipped_steps,
+               "best": {run.monitor.metric: run.monitor.best, "step": run.monitor.best_step},
+               "baselines": run.baselines, "wall_time_s": run.wall_time(), **extra}
+    if run.dist.is_main:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:

@@ -38,7 +38,8 @@ TINY_CONFIG = {
     "model": {"embedding_dim": 4, "hidden_size": 8, "num_layers": 1},
     "optim": {"lr": 0.01},
     "train": {"max_steps": 4, "batch_size": 2, "eval_every": 2, "checkpoint_every": 2, "log_every": 1,
-              "device": "cpu", "sample_length": 20, "sample_prompt": "Alice "},
+              "device": "cpu"},
+    "sample": {"length": 20, "prompt": "Alice "},
     "run": {"name": "tiny"},
 }
 

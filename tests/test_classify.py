@@ -230,16 +230,16 @@ def test_labels_sort_numerically_when_they_are_numbers():
 def test_normalisation_and_labels_come_from_the_training_split_only(tmp_path, classify_config):
     rows = [{"x": [float(i), float(2 * i)], "y": "odd" if i % 2 else "even"} for i in range(40)]
     cfg = load_config(classify_config(write_jsonl(tmp_path / "s.jsonl", rows)))
-    task = ClassifyTask(cfg, None, 0, 1)
+    task = ClassifyTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
     train, _, _ = stratified_split([r["y"] for r in rows], 0.25, 0.25, cfg.train.seed)
     values = torch.tensor([v for i in train for v in rows[i]["x"]], dtype=torch.float64)
     assert task.encoder.mean.tolist() == pytest.approx([values.mean().item()])
     assert task.encoder.std.tolist() == pytest.approx([values.std(unbiased=False).item()])
     assert task.encoder.labels == ["even", "odd"]
     # On resume the stored encoding is used as it is, not fitted again.
-    state = task.checkpoint_state()
-    state["classify"]["encoder"]["mean"] = [123.0]
-    resumed = ClassifyTask(cfg, state, 0, 1)
+    state = task.state()
+    state["encoder"]["mean"] = [123.0]
+    resumed = ClassifyTask.from_config(cfg, rows_per_step=cfg.train.batch_size, saved={"task_state": state})
     assert resumed.encoder.mean.tolist() == [123.0]
     expected = (torch.tensor(rows[train[0]]["x"], dtype=torch.float64) - 123.0) / task.encoder.std
     assert resumed.splits["train"].xs[0][:, 0].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
@@ -248,7 +248,7 @@ def test_normalisation_and_labels_come_from_the_training_split_only(tmp_path, cl
 def test_text_vocabulary_is_built_on_the_training_split_with_unk_first(tmp_path, classify_config):
     rows = [{"x": "ab", "y": "A"}] * 6 + [{"x": "ba", "y": "B"}] * 6 + [{"x": "zq", "y": "A"}]
     cfg = load_config(classify_config(write_jsonl(tmp_path / "t.jsonl", rows)))
-    task = ClassifyTask(cfg, None, 0, 1)
+    task = ClassifyTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
     vocab = task.encoder.vocab.tokens
     assert vocab[0] == "<unk>"
     train_chars = {c for x in task.splits["train"].xs for c in task.encoder.vocab.decode(x)}
@@ -258,7 +258,7 @@ def test_text_vocabulary_is_built_on_the_training_split_with_unk_first(tmp_path,
 def test_max_len_keeps_the_first_steps(tmp_path, classify_config):
     rows = [{"x": "abcdef", "y": "A"}, {"x": "ba", "y": "B"}] * 6
     cfg = load_config(classify_config(write_jsonl(tmp_path / "t.jsonl", rows), data={"max_len": 3}))
-    task = ClassifyTask(cfg, None, 0, 1)
+    task = ClassifyTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
     decoded = {"".join(task.encoder.vocab.decode(x)) for x in task.splits["train"].xs}
     assert decoded == {"abc", "ba"}
     assert "d" not in task.encoder.vocab.tokens  # the vocabulary sees only what the model sees
@@ -427,12 +427,11 @@ def test_predict_gives_labels_and_probabilities_and_echoes_y(tmp_path, classify_
         assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-5)
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
     # The model alone, by hand: the same probabilities for the first example.
-    from grutrain.checkpoint import load_checkpoint
-    from grutrain.tasks import load_trained_model
+    from grutrain.tasks import open_checkpoint
 
-    payload = load_checkpoint(ckpt, map_location=torch.device("cpu"))
-    model, _ = load_trained_model(payload, torch.device("cpu"))
-    vocab = payload["classify"]["encoder"]["vocab"]
+    opened = open_checkpoint(ckpt, torch.device("cpu"))
+    model = opened.model
+    vocab = opened.payload["task_state"]["encoder"]["vocab"]
     ids = torch.tensor([[vocab.index(c) if c in vocab else 0 for c in "ayy"]])
     with torch.no_grad():
         probs = model(ids)[0].softmax(dim=1)[0]

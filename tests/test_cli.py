@@ -21,7 +21,8 @@ from grutrain.checkpoint import load_checkpoint
 from grutrain.cli import main
 from grutrain.config import config_to_dict, load_config
 from grutrain.data.text import Vocabulary
-from grutrain.tasks import load_trained_model
+from grutrain.tasks import open_checkpoint
+from grutrain.tasks.lm import EVAL_STREAMS
 
 from conftest import TINY_CONFIG, _snapshot, make_text
 
@@ -107,7 +108,7 @@ def test_fit_writes_a_complete_run_directory(trained):
     for name in ("best.pt", "last.pt"):
         payload = load_checkpoint(run / "checkpoints" / name)
         assert payload["config"] == config_to_dict(resolved)
-    assert load_checkpoint(trained["last"])["step"] == 4
+    assert load_checkpoint(trained["last"])["trainer"]["step"] == 4
     assert not list((run / "checkpoints").glob("*.tmp")), "no temporary checkpoint left behind"
 
     summary = json.loads((run / "summary.json").read_text())
@@ -173,7 +174,7 @@ def test_eval_json_matches_training_evaluation(trained, run_cli):
     assert result["step"] == summary["best"]["step"]
     assert result["loss"] == pytest.approx(summary["best"]["val/loss"], rel=1e-5)
     payload = load_checkpoint(trained["best"])
-    assert result["tokens"] == len(payload["eval_tokens"]["val"]) - 1
+    assert result["tokens"] == len(payload["task_state"]["eval_tokens"]["val"]) - 1
 
 
 def test_eval_test_split_matches_final_test_metrics(trained, run_cli):
@@ -197,7 +198,7 @@ def test_eval_plain_output(trained, run_cli):
 
 def test_eval_on_another_text_file_matches_direct_computation(trained, run_cli, tmp_path):
     payload = load_checkpoint(trained["best"])
-    vocab = Vocabulary(payload["vocab"])
+    vocab = Vocabulary(payload["task_state"]["vocab"])
     known = [t for t in vocab.tokens[1:] if t.isalpha()]
     text = "".join(known[i % len(known)] for i in range(33))  # 33 chars -> 32 targets
     path = tmp_path / "other.txt"
@@ -205,13 +206,15 @@ def test_eval_on_another_text_file_matches_direct_computation(trained, run_cli, 
     result = eval_json(run_cli, trained["best"], "--data", path)
     assert result["split"] == str(path)
     assert result["tokens"] == 32
-    # Independent reference: the text as batch_size=2 streams of 16, each read in one forward pass
-    # from a zero state (eval reads them in chunks of seq_len=8, carrying the state).
-    model, _ = load_trained_model(payload, torch.device("cpu"))
+    # Independent reference: the text as S parallel streams (as many as whole windows of seq_len=8
+    # fit, at most EVAL_STREAMS), each read in one forward pass from a zero state (eval reads them in
+    # chunks of seq_len, carrying the state).
+    model = open_checkpoint(trained["best"], torch.device("cpu")).model
     ids = vocab.encode(list(text))
+    streams = min(EVAL_STREAMS, 32 // 8)
     with torch.no_grad():
-        logits, _ = model(ids[:32].view(2, 16))
-        expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[1:33].view(2, 16).flatten())
+        logits, _ = model(ids[:32].view(streams, -1))
+        expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[1:33].view(streams, -1).flatten())
     assert result["loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -417,7 +420,7 @@ def _bad_checkpoint(trained, tmp_path, kind) -> Path:
         torch.save(payload, path)
     elif kind == "no-vocab":
         payload = torch.load(trained["best"], weights_only=True)
-        del payload["vocab"]
+        del payload["task_state"]["vocab"]
         torch.save(payload, path)
     elif kind == "wrong-shapes":
         payload = torch.load(trained["best"], weights_only=True)
@@ -468,11 +471,11 @@ def test_exploit_payload_is_live(tmp_path):
 def test_malformed_checkpoint_fields_are_refused(trained, run_cli, tmp_path, field):
     payload = torch.load(trained["best"], weights_only=True)
     if field == "vocab-int":
-        payload["vocab"] = 5
+        payload["task_state"]["vocab"] = 5
     elif field == "no-step":
-        del payload["step"]
+        del payload["trainer"]["step"]
     else:
-        payload["eval_tokens"]["val"] = torch.full((50,), 9999, dtype=torch.int32)
+        payload["task_state"]["eval_tokens"]["val"] = torch.full((50,), 9999, dtype=torch.int32)
     path = tmp_path / "malformed.pt"
     torch.save(payload, path)
     try:
@@ -529,7 +532,7 @@ def test_process_hostile_checkpoint_exits_1_and_runs_nothing(trained, tmp_path):
 def test_process_eval_json_and_usage_error(trained, tmp_path):
     result = grutrain_process(["eval", trained["best"], "--json"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["step"] == load_checkpoint(trained["best"])["step"]
+    assert json.loads(result.stdout)["step"] == load_checkpoint(trained["best"])["trainer"]["step"]
     assert result.stdout.count("\n") == 1
     result = grutrain_process(["eval", trained["best"], "--nope"], tmp_path)
     assert result.returncode == 2

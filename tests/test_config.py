@@ -83,7 +83,7 @@ def test_yaml_scientific_notation_without_dot_is_a_float(yaml_file):
         ("model.reset=before", "model", "reset", "before", str),
         ("train.device=cpu", "train", "device", "cpu", str),
         ("run.dir=runs/sweep/a", "run", "dir", "runs/sweep/a", str),
-        ("train.sample_prompt=Once upon", "train", "sample_prompt", "Once upon", str),
+        ("sample.prompt=Once upon", "sample", "prompt", "Once upon", str),
     ],
 )
 def test_override_converted_to_field_type(yaml_file, override, section, key, expected, kind):

@@ -37,7 +37,8 @@ def raw_config(tmp_path, run_dir, **train):
         "model": {"embedding_dim": 8, "hidden_size": 16, "num_layers": 2, "dropout": 0.1},
         "optim": {"lr": 0.01},
         "train": {"max_steps": 12, "batch_size": 4, "eval_every": 5, "checkpoint_every": 3,
-                  "log_every": 1, "sample_length": 5, "threads": 1, **train},
+                  "log_every": 1, "threads": 1, **train},
+        "sample": {"length": 5},
         "run": {"dir": str(run_dir)},
     }
 
@@ -168,7 +169,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_p
     with pytest.raises(GrutrainError, match="diverged: 3 steps in a row"):
         fit(cfg, progress="none")
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert last["step"] == 6  # checkpoint_every=3: the last good one
+    assert last["trainer"]["step"] == 6  # checkpoint_every=3: the last good one
     summary = yaml.safe_load((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "diverged" in summary["error"]
 
@@ -232,4 +233,4 @@ def test_keep_last_keeps_the_latest_periodic_checkpoints(tmp_path):
     fit(cfg, progress="none")
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "step-00000009.pt", "step-00000012.pt"]
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000009.pt")["step"] == 9
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000009.pt")["trainer"]["step"] == 9

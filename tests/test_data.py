@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from grutrain.config import DataConfig
+from grutrain.config import TextDataConfig
 from grutrain.data.text import (
     UNK,
     Vocabulary,
@@ -123,7 +123,7 @@ def test_load_text_splits_builds_vocab_from_training_block_only(tmp_path):
     test_text = "abcZZabcab"  # 10 chars, 'Z' appears nowhere else
     path = tmp_path / "t.txt"
     path.write_text(train_text + val_text + test_text, encoding="utf-8")
-    splits = load_text_splits(DataConfig(path=str(path), val_fraction=0.1, test_fraction=0.1))
+    splits = load_text_splits(TextDataConfig(path=str(path), val_fraction=0.1, test_fraction=0.1))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (80, 10, 10)
     assert "Z" not in splits.vocab.tokens
     assert sorted(splits.vocab.tokens) == sorted([UNK, "a", "b", "c"])
@@ -137,7 +137,7 @@ def test_load_text_splits_with_a_given_vocab_keeps_its_ids(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("hello world " * 10, encoding="utf-8")
     vocab = Vocabulary([UNK, "o", "l", "h"])
-    splits = load_text_splits(DataConfig(path=str(path), val_fraction=0.1, test_fraction=0.1), vocab=vocab)
+    splits = load_text_splits(TextDataConfig(path=str(path), val_fraction=0.1, test_fraction=0.1), vocab=vocab)
     assert splits.vocab is vocab
     assert splits.train[:5].tolist() == [3, 0, 2, 2, 1]
 

@@ -24,7 +24,8 @@ def write_config(tmp_path, **train):
         "model": {"embedding_dim": 8, "hidden_size": 16, "num_layers": 2},
         "optim": {"lr": 0.01, "schedule": "constant"},
         "train": {"max_steps": 20, "batch_size": 8, "eval_every": 5, "checkpoint_every": 5, "log_every": 1,
-                  "sample_length": 0, "threads": 1, "dist_timeout_s": 60, **train},
+                  "threads": 1, "dist_timeout_s": 60, **train},
+        "sample": {"length": 0},
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -78,7 +79,7 @@ def test_resume_across_process_counts(reference):
     tmp, config = reference
     # a DDP run stopped at step 10 ...
     fit(config, tmp / "ddp-half", "train.batch_size=4", "train.max_steps=10", procs=2)
-    assert load_checkpoint(tmp / "ddp-half" / "checkpoints" / "last.pt")["world_size"] == 2
+    assert load_checkpoint(tmp / "ddp-half" / "checkpoints" / "last.pt")["trainer"]["world_size"] == 2
     shutil.copytree(tmp / "ddp-half", tmp / "ddp-then-one")
     # ... resumes under DDP from its own checkpoint,
     fit(config, tmp / "ddp-half", "train.batch_size=4", procs=2, resume=True)

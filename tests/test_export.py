@@ -19,10 +19,10 @@ from grutrain.checkpoint import load_checkpoint
 from grutrain.cli import main
 from grutrain.config import ModelConfig
 from grutrain.errors import GrutrainError
-from grutrain.export import (EXPORT_EXTRA_MESSAGE, EXPORT_SEQ, check_onnx, export_onnx, export_pt2, task_state,
-                             usage_metadata)
-from grutrain.model import LanguageModel, SequenceModel
-from grutrain.tasks import load_trained_model
+from grutrain.export import json_task_state
+from grutrain.export_formats import EXPORT_EXTRA_MESSAGE, EXPORT_SEQ, check_onnx, export_onnx, export_pt2
+from grutrain.model import SequenceModel
+from grutrain.tasks import open_checkpoint, task_class
 
 from conftest import TINY_CONFIG, make_text
 
@@ -79,7 +79,7 @@ def checkpoint(tmp_path_factory):
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY_CONFIG.items()}
     cfg["data"]["path"] = str(corpus)
     cfg["model"]["num_layers"] = 2
-    cfg["train"]["sample_length"] = 0
+    cfg["sample"] = {"length": 0}
     cfg["run"]["dir"] = str(root / "run")
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
@@ -90,9 +90,12 @@ def checkpoint(tmp_path_factory):
 
 
 def grutrain_model(path):
-    payload = load_checkpoint(path)
-    model, cfg = load_trained_model(payload, torch.device("cpu"))
-    return payload, model, cfg
+    opened = open_checkpoint(path, torch.device("cpu"))
+    return opened.payload, opened.model, opened.cfg
+
+
+def language_model(vocab_size: int, cfg: ModelConfig) -> SequenceModel:
+    return SequenceModel(cfg, vocab_size, vocab_size=vocab_size, per_step=True)
 
 
 def max_diff(a, b) -> float:
@@ -108,7 +111,7 @@ def test_onnx_matches_grutrain_at_another_length(checkpoint, tmp_path, run_cli):
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
     outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.graph.output}
     payload, model, cfg = grutrain_model(checkpoint)
-    V, H = len(payload["vocab"]), cfg.model.hidden_size
+    V, H = len(payload["task_state"]["vocab"]), cfg.model.hidden_size
     assert inputs == {"tokens": ["batch", "sequence"], "hidden": [2, "batch", H]}
     assert outputs == {"logits": ["batch", "sequence", V], "hidden_out": [2, "batch", H]}
     assert [n.op_type for n in graph.graph.node].count("GRU") == 2  # ONNX's GRU operator, one per layer
@@ -127,7 +130,7 @@ def test_onnx_matches_grutrain_at_another_length(checkpoint, tmp_path, run_cli):
 
     meta = json.loads((tmp_path / "charlm.onnx.json").read_text())
     assert meta["task"] == "lm" and meta["format"] == "onnx" and meta["reset"] == "after"
-    assert meta["vocab"] == payload["vocab"]
+    assert meta["vocab"] == payload["task_state"]["vocab"]
     assert [i["name"] for i in meta["inputs"]] == ["tokens", "hidden"]
     assert meta["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", "sequence", V]}
     assert meta["config"] == payload["config"]
@@ -142,7 +145,7 @@ def _ort_run(path, feeds):
 @pytest.mark.parametrize("layers", [1, 2])
 def test_onnx_reset_before_is_linear_before_reset_0(tmp_path, layers):
     torch.manual_seed(layers)
-    model = LanguageModel(13, ModelConfig(embedding_dim=0, hidden_size=8, num_layers=layers, reset="before")).eval()
+    model = language_model(13, ModelConfig(embedding_dim=0, hidden_size=8, num_layers=layers, reset="before")).eval()
     path = tmp_path / "before.onnx"
     export_onnx(model, "lm", "before", path)
     grus = [n for n in onnx.load(str(path)).graph.node if n.op_type == "GRU"]
@@ -151,7 +154,7 @@ def test_onnx_reset_before_is_linear_before_reset_0(tmp_path, layers):
     got = _ort_run(path, {"tokens": tokens, "hidden": hidden})
     with torch.no_grad():
         want, _ = model(tokens, hidden)
-        after = LanguageModel(13, ModelConfig(embedding_dim=0, hidden_size=8, num_layers=layers, reset="after"))
+        after = language_model(13, ModelConfig(embedding_dim=0, hidden_size=8, num_layers=layers, reset="after"))
         after.load_state_dict(model.state_dict())
         other, _ = after.eval()(tokens, hidden)
     assert max_diff(got[0], want) < 1e-4
@@ -183,7 +186,7 @@ def test_pt2_round_trip_with_dynamic_dims(checkpoint, tmp_path, run_cli):
     assert code == 0, err
     program = torch.export.load(str(out)).module()
     payload, model, cfg = grutrain_model(checkpoint)
-    V, H = len(payload["vocab"]), cfg.model.hidden_size
+    V, H = len(payload["task_state"]["vocab"]), cfg.model.hidden_size
     for batch, seq in [(1, 1), (4, 23)]:
         tokens, hidden = torch.randint(0, V, (batch, seq)), torch.randn(2, batch, H)
         with torch.no_grad():
@@ -217,18 +220,18 @@ def test_state_dict_loads_into_the_readme_model(checkpoint, tmp_path, run_cli, c
         os.chdir(cwd)
     assert isinstance(namespace["model"].gru, torch.nn.GRU)
     payload, model, _ = grutrain_model(checkpoint)
-    ids = torch.tensor([[payload["vocab"].index(c) for c in "Alice "]])
+    ids = torch.tensor([[payload["task_state"]["vocab"].index(c) for c in "Alice "]])
     with torch.no_grad():
         want, _ = model(ids)
     assert max_diff(namespace["logits"].detach(), want) < 1e-5
     printed = capsys.readouterr().out.strip()
-    assert printed == payload["vocab"][int(want[0, -1].argmax())]
+    assert printed == payload["task_state"]["vocab"][int(want[0, -1].argmax())]
 
 
 def test_state_dict_of_reset_before_is_refused(tmp_path, checkpoint):
-    from grutrain.export import export_state_dict
+    from grutrain.export_formats import export_state_dict
 
-    model = LanguageModel(5, ModelConfig(embedding_dim=3, hidden_size=4, reset="before"))
+    model = language_model(5, ModelConfig(embedding_dim=3, hidden_size=4, reset="before"))
     with pytest.raises(GrutrainError, match="reset=before"):
         export_state_dict(model, "lm", "before", tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
@@ -265,17 +268,17 @@ def test_metadata_of_other_tasks_from_their_checkpoint_state():
     task: its non-tensor state, tensors left out."""
     from grutrain.config import validate_config
 
-    forecast = {"config": {"task": "forecast", "data": {"target_columns": ["y"], "input_len": 4, "horizon": 2}},
-                "normalisation": {"columns": ["y"], "n_targets": 1, "mean": [3.0], "std": [2.0]},
-                "eval_series": {"values": torch.zeros(3, 1), "val": [0, 1]}, "model": {}, "step": 1}
-    meta = usage_metadata(forecast, validate_config(forecast["config"]))
+    config = {"task": "forecast", "data": {"target_columns": ["y"], "input_len": 4, "horizon": 2}}
+    forecast = {"normalisation": {"columns": ["y"], "n_targets": 1, "mean": [3.0], "std": [2.0]},
+                "eval_series": {"values": torch.zeros(3, 1), "val": [0, 1]}}
+    meta = task_class("forecast").from_checkpoint(validate_config(config), forecast).usage()
     assert meta["normalisation"]["mean"] == [3.0] and meta["horizon"] == 2 and "std" in meta["postprocessing"]
-    assert task_state(forecast) == {"normalisation": forecast["normalisation"]}
+    assert json_task_state(forecast) == {"normalisation": forecast["normalisation"]}
 
     encoder = {"kind": "text", "labels": ["female", "male"], "vocab": ["<unk>", "a"], "train_counts": [2, 1],
                "max_len": None, "channels": 0}
-    classify = {"config": {"task": "classify", "data": {"path": "x.jsonl"}}, "model": {}, "step": 1,
-                "classify": {"encoder": encoder, "eval_examples": {"val": torch.zeros(2)}}}
-    meta = usage_metadata(classify, validate_config(classify["config"]))
+    config = {"task": "classify", "data": {"path": "x.jsonl"}}
+    classify = {"encoder": encoder, "eval_examples": {"val": None}}
+    meta = task_class("classify").from_checkpoint(validate_config(config), classify).usage()
     assert meta["labels"] == ["female", "male"] and meta["vocab"] == ["<unk>", "a"]
-    assert task_state(classify) == {"classify": {"encoder": encoder}}
+    assert json_task_state({**classify, "eval_examples": {"val": torch.zeros(2)}}) == {"encoder": encoder}

@@ -21,7 +21,7 @@ from grutrain.config import validate_config
 from grutrain.data.timeseries import (TimeAxis, fill_missing, forecast_errors, load_series, naive_forecast,
                                       read_series_csv, seasonal_naive_forecast, split_blocks, window_starts)
 from grutrain.errors import GrutrainError
-from grutrain.tasks import load_trained_model
+from grutrain.tasks import open_checkpoint
 from grutrain.tasks.forecast import ForecastTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_fit_reports_metrics_next_to_baselines_on_the_same_windows(trained):
 def test_checkpoint_holds_the_training_blocks_normalisation(trained):
     payload = load_checkpoint(trained["last"])
     train = trained["values"][:144]
-    norm = payload["normalisation"]
+    norm = payload["task_state"]["normalisation"]
     assert norm["columns"] == ["y", "x2"] and norm["n_targets"] == 1
     assert norm["mean"] == pytest.approx(train.mean(axis=0).tolist(), rel=1e-12)
     assert norm["std"] == pytest.approx(train.std(axis=0).tolist(), rel=1e-12)
@@ -200,9 +200,10 @@ def test_eval_on_another_csv_uses_every_window_and_the_stored_normalisation(trai
     assert result["naive_mae"] == pytest.approx(errors_by_hand(naive, actual)["mae"])
     assert result["seasonal_naive_rmse"] == pytest.approx(errors_by_hand(seasonal, actual)["rmse"])
     # The model's MAE by hand: its forecasts with the checkpoint's normalisation, not the new file's.
-    payload = load_checkpoint(trained["last"])
-    model, cfg = load_trained_model(payload, torch.device("cpu"))
-    mean, std = np.array(payload["normalisation"]["mean"]), np.array(payload["normalisation"]["std"])
+    opened = open_checkpoint(trained["last"], torch.device("cpu"))
+    model, cfg = opened.model, opened.cfg
+    norm = opened.payload["task_state"]["normalisation"]
+    mean, std = np.array(norm["mean"]), np.array(norm["std"])
     both = np.array([[float(r[1]), float(r[2])] for r in rows])
     errors = []
     with torch.no_grad():
@@ -236,9 +237,10 @@ def test_predict_forecasts_the_horizon_after_the_inputs_end(trained, tmp_path, c
     again = [json.loads(line) for line in out.splitlines()]
     assert [r["y"] for r in again] == pytest.approx([float(r["y"]) for r in rows], rel=1e-6)
     # ... and it is the model's output, denormalised.
-    payload = load_checkpoint(trained["best"])
-    model, _ = load_trained_model(payload, torch.device("cpu"))
-    mean, std = np.array(payload["normalisation"]["mean"]), np.array(payload["normalisation"]["std"])
+    opened = open_checkpoint(trained["best"], torch.device("cpu"))
+    model, _ = opened.model, opened.cfg
+    norm = opened.payload["task_state"]["normalisation"]
+    mean, std = np.array(norm["mean"]), np.array(norm["std"])
     z = torch.tensor((trained["values"][-L:] - mean) / std, dtype=torch.float32)
     rel = z.clone()
     rel[:, 0] -= z[-1, 0]
@@ -274,9 +276,10 @@ def test_several_targets_are_forecast_together(tmp_path, capsys):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [list(r) for r in rows] == [["step", "month", "x2", "y"]] * H
     # Column j of step k is output k * targets + j, added to target j's last value (normalised).
-    payload = load_checkpoint(checkpoint)
-    model, _ = load_trained_model(payload, torch.device("cpu"))
-    mean, std = np.array(payload["normalisation"]["mean"]), np.array(payload["normalisation"]["std"])
+    opened = open_checkpoint(checkpoint, torch.device("cpu"))
+    model, _ = opened.model, opened.cfg
+    norm = opened.payload["task_state"]["normalisation"]
+    mean, std = np.array(norm["mean"]), np.array(norm["std"])
     last = np.array([[float(r[2]), float(r[1])] for r in series_rows(120)[-L:]])
     z = torch.tensor((last - mean) / std, dtype=torch.float32)
     with torch.no_grad():
@@ -289,8 +292,8 @@ def test_the_shipped_configs_load_their_data():
     for name, rows, windows in (("sunspots", 309, 217 - 30 - 3 + 1), ("co2", 2284, 1598 - 104 - 13 + 1)):
         cfg = validate_config(yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
         cfg.data.path = str(REPO / cfg.data.path)
-        task = ForecastTask(cfg, None, 0, 1)
-        assert len(task.values) == rows and len(task.train_starts) == windows
+        task = ForecastTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
+        assert len(task.series["values"]) == rows and len(task.train_starts) == windows
         assert task.has_split("val") and task.has_split("test")
         assert set(task.baselines()) >= {"test/naive_mae", "test/seasonal_naive_mae", "val/seasonal_naive_smape"}
 
@@ -322,16 +325,16 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(trained, tmp_path, c
     assert code == 0, err
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
-    assert b["step"] == 6
+    assert b["trainer"]["step"] == 6
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert a["normalisation"] == b["normalisation"]
+    assert a["task_state"]["normalisation"] == b["task_state"]["normalisation"]
 
 
 def test_a_resumed_run_keeps_the_checkpoints_normalisation(trained):
     cfg = validate_config(trained["cfg"])
     saved = {"normalisation": {"columns": ["y", "x2"], "n_targets": 1, "mean": [1.0, 2.0], "std": [3.0, 4.0]}}
-    task = ForecastTask(cfg, saved, 0, 1)
+    task = ForecastTask.from_config(cfg, rows_per_step=cfg.train.batch_size, saved={"task_state": saved})
     assert (task.mean, task.std) == ([1.0, 2.0], [3.0, 4.0])
     assert task.norm[0, 0].item() == pytest.approx((trained["values"][0, 0] - 1.0) / 3.0, rel=1e-6)
 
@@ -341,13 +344,13 @@ def test_a_resumed_run_keeps_the_checkpoints_normalisation(trained):
 
 def test_training_windows_never_reach_held_out_targets(trained):
     cfg = validate_config(trained["cfg"])
-    task = ForecastTask(cfg, None, 0, 1)
+    task = ForecastTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
     train_stop = 144
     starts = task.train_starts.numpy()
     assert starts.min() == L and starts.max() + H == train_stop  # every window inside the training block
     assert len(starts) == train_stop - L - H + 1
-    assert task.eval_starts["val"].tolist() == list(range(144, 192 - H + 1))
-    assert task.eval_starts["test"].tolist() == list(range(192, 240 - H + 1))
+    assert task.eval_starts("val").tolist() == list(range(144, 192 - H + 1))
+    assert task.eval_starts("test").tolist() == list(range(192, 240 - H + 1))
     # A batch is the normalised rows [start - L, start) -> targets [start, start + H).
     x, y = task._make_batch(torch.tensor([0]))
     s = int(starts[0])
@@ -376,15 +379,16 @@ def test_interpolated_blanks_stay_in_their_split_and_are_not_scored(tmp_path):
     for i in (143, 150):  # the training block's last row; a row inside the val block [144, 192)
         rows[i][1] = ""
     data = write_csv(tmp_path / "gaps.csv", HEADER, rows)
-    task = ForecastTask(validate_config(forecast_config(data, tmp_path / "run", missing="interpolate")), None, 0, 1)
+    cfg = validate_config(forecast_config(data, tmp_path / "run", missing="interpolate"))
+    task = ForecastTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
     # Row 143 takes the training block's nearest value, not a value drawn towards the val block's first row.
-    assert task.values[143, 0] == values[142]
-    assert task.values[150, 0] == pytest.approx((values[149] + values[151]) / 2)
+    assert task.series["values"][143, 0] == values[142]
+    assert task.series["values"][150, 0] == pytest.approx((values[149] + values[151]) / 2)
     # The normalisation saw only training rows (row 143 as filled).
     train = np.concatenate([values[:143], values[142:143]])
     assert task.mean[0] == pytest.approx(train.mean(), rel=1e-12)
     # Metrics skip the blank target cell: naive MAE over the other cells, by hand.
-    errors = [abs(task.values[s - 1, 0] - values[s + k]) for s in range(144, 192 - H + 1) for k in range(H)
+    errors = [abs(task.series["values"][s - 1, 0] - values[s + k]) for s in range(144, 192 - H + 1) for k in range(H)
               if s + k != 150]
     assert task.baselines()["val/naive_mae"] == pytest.approx(float(np.mean(errors)), rel=1e-12)
     # A head that outputs zero forecasts the last value: the model's metrics are then the naive ones,

@@ -63,13 +63,13 @@ def test_a_note_when_the_shipped_data_is_not_here(tmp_path, run_cli, monkeypatch
     ("synthetic", ["data.train_size=64", "data.val_size=8", "data.test_size=8"]),
 ])
 def test_starters_build_their_task_on_the_shipped_data(task, overrides, tmp_path, monkeypatch):
-    from grutrain.tasks import build_task
+    from grutrain.tasks import training_task
 
     monkeypatch.chdir(REPO)  # the starters name the shipped data relative to the checkout
     path = tmp_path / f"{task}.yaml"
     path.write_text(starter_text(task))
     cfg = load_config(path, overrides)
-    task_object = build_task(cfg, None)
+    task_object = training_task(cfg, rows_per_step=cfg.train.batch_size)
     assert task_object.has_split("val")
     task_object.build_model()
 
@@ -83,7 +83,7 @@ def test_lm_starter_trains_a_few_steps(tmp_path, run_cli, monkeypatch):
     run_dir = tmp_path / "run"
     code, _, err = run_cli(["fit", path, "train.max_steps=3", "train.eval_every=3", "train.batch_size=4",
                             "data.seq_len=16", "model.hidden_size=16", "model.embedding_dim=8",
-                            "train.sample_length=0", "train.device=cpu", f"run.dir={run_dir}", "--quiet"])
+                            "sample.length=0", "train.device=cpu", f"run.dir={run_dir}", "--quiet"])
     assert code == 0, err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 3

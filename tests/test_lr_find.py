@@ -82,7 +82,7 @@ class _QuadraticTask:
 def test_range_test_stops_when_the_loss_explodes(write_config, monkeypatch):
     import grutrain.tasks
 
-    monkeypatch.setattr(grutrain.tasks, "build_task", lambda cfg, saved, *a: _QuadraticTask())
+    monkeypatch.setattr(grutrain.tasks, "training_task", lambda cfg, **kw: _QuadraticTask())
     cfg = load_config(write_config(), ["optim.name=sgd", "optim.grad_clip=null"])
     result = lr_find.range_test(cfg, start=1e-4, end=100.0, steps=120)
     assert len(result.lrs) < 120 and "exceeded 4x the best" in result.stop_reason

@@ -18,7 +18,9 @@ pytest.importorskip("matplotlib")
 from grutrain import plots  # noqa: E402
 from grutrain.cli import main  # noqa: E402
 from grutrain.config import ModelConfig  # noqa: E402
-from grutrain.model import LanguageModel  # noqa: E402
+from grutrain.evaluate import checkpoint_figure  # noqa: E402
+from grutrain.model import SequenceModel  # noqa: E402
+from grutrain.tasks.lm import position_losses  # noqa: E402
 
 from conftest import TINY_CONFIG, make_text  # noqa: E402
 
@@ -79,10 +81,10 @@ def test_per_position_and_lr_find_figures(tmp_path):
 
 def test_position_losses_against_a_direct_computation():
     torch.manual_seed(0)
-    model = LanguageModel(7, ModelConfig(embedding_dim=3, hidden_size=5)).eval()
+    model = SequenceModel(ModelConfig(embedding_dim=3, hidden_size=5), 7, vocab_size=7, per_step=True).eval()
     tokens = torch.randint(0, 7, (53,))
     seq_len = 6
-    got = plots.position_losses(model, tokens, seq_len, torch.device("cpu"), batch_size=3)  # several batches
+    got = position_losses(model, tokens, seq_len, torch.device("cpu"), batch_size=3)  # several batches
     n = (len(tokens) - 1) // seq_len  # 8 windows
     with torch.no_grad():
         want = torch.zeros(seq_len, dtype=torch.float64)
@@ -101,7 +103,7 @@ def test_log_figure_writes_an_image_to_tensorboard(tmp_path):
 
     figure = plots.confusion_matrix_figure(["a", "b"], [[3, 1], [0, 4]])
     logger = MetricsLogger(tmp_path)
-    plots.log_figure(logger, 250, "val/confusion_matrix", figure)
+    logger.figure(250, "val/confusion_matrix", figure)
     logger.close()
     accumulator = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     accumulator.Reload()
@@ -109,7 +111,7 @@ def test_log_figure_writes_an_image_to_tensorboard(tmp_path):
     assert [i.step for i in images] == [250]
     width, height = (figure.get_size_inches() * figure.dpi).round().astype(int)
     assert (images[0].width, images[0].height) == (width, height)
-    plots.log_figure(MetricsLogger(tmp_path / "off", enabled=False), 1, "x", figure)  # other ranks: nothing
+    MetricsLogger(tmp_path / "off", enabled=False).figure(1, "x", figure)  # other ranks: nothing
     assert not (tmp_path / "off").exists()
 
 
@@ -133,7 +135,7 @@ def lm_checkpoint(tmp_path_factory):
     corpus.write_text(make_text(), encoding="utf-8")
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY_CONFIG.items()}
     cfg["data"]["path"] = str(corpus)
-    cfg["train"]["sample_length"] = 0
+    cfg["sample"] = {"length": 0}
     return _fit(cfg, root, "lm")
 
 
@@ -143,7 +145,7 @@ def test_eval_plot_lm_json_stays_one_object(lm_checkpoint, tmp_path, run_cli):
     assert code == 0, err
     result = json.loads(stdout)  # nothing but the JSON object on stdout
     assert result["plot"] == str(out) and out.read_bytes()[:8] == PNG
-    figure = plots.plot_checkpoint(lm_checkpoint, split="val", device="cpu")
+    figure = checkpoint_figure(lm_checkpoint, split="val", device="cpu")
     curve, carried = figure.axes[0].lines[0], figure.axes[0].lines[1]
     assert len(curve.get_xdata()) == TINY_CONFIG["data"]["seq_len"]
     assert carried.get_ydata()[0] == pytest.approx(result["loss"], rel=1e-5)  # eval's own loss as the reference
@@ -168,7 +170,7 @@ def test_eval_plot_forecast_and_classify(tmp_path, run_cli):
     code, stdout, err = run_cli(["eval", checkpoint, "--split", "test", "--plot", tmp_path / "sun.png", "--json"])
     assert code == 0, err
     result = json.loads(stdout)
-    figure = plots.plot_checkpoint(checkpoint, split="test", device="cpu")
+    figure = checkpoint_figure(checkpoint, split="test", device="cpu")
     lines = {line.get_label(): line for line in figure.axes[0].lines}
     assert {"actual", "model", "naive (last value)", "seasonal naive"} <= set(lines)
     assert len(lines["actual"].get_ydata()) == result["windows"]
@@ -188,7 +190,7 @@ def test_eval_plot_forecast_and_classify(tmp_path, run_cli):
     assert code == 0, err
     result = json.loads(stdout)
     assert (tmp_path / "names.png").read_bytes()[:8] == PNG
-    ax = plots.plot_checkpoint(checkpoint, split="val", device="cpu").axes[0]
+    ax = checkpoint_figure(checkpoint, split="val", device="cpu").axes[0]
     matrix = result["confusion_matrix"]["matrix"]
     shown = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in ax.texts}
     assert shown == {(i, j): v for i, row in enumerate(matrix) for j, v in enumerate(row)}
@@ -201,7 +203,7 @@ def test_the_calls_for_each_tasks_on_evaluation(tmp_path, text_file, monkeypatch
 
     from grutrain.config import load_config
     from grutrain.metrics import MetricsLogger
-    from grutrain.tasks import build_task
+    from grutrain.tasks import training_task
     from grutrain.templates import starter_text
 
     monkeypatch.chdir(REPO)
@@ -211,25 +213,16 @@ def test_the_calls_for_each_tasks_on_evaluation(tmp_path, text_file, monkeypatch
     def task_for(name, overrides):
         path = tmp_path / f"{name}.yaml"
         path.write_text(starter_text(name))
-        task = build_task(load_config(path, overrides), None)
+        cfg = load_config(path, overrides)
+        task = training_task(cfg, rows_per_step=cfg.train.batch_size)
         model = task.build_model()
-        return task, model, task.evaluate(model, "val", device)
+        task.evaluate(model, "val", device)  # as fit does before on_evaluation (classify keeps its confusion)
+        task.on_evaluation(model, device, 10, metrics)
+        return task
 
-    # lm (LanguageModelTask.on_evaluation)
-    task, model, val = task_for("lm", [f"data.path={text_file}", "model.hidden_size=8", "data.seq_len=8"])
-    per_position = plots.position_losses(model, task.splits.val, task.cfg.data.seq_len, device)
-    plots.log_figure(metrics, 10, "val/loss_by_position", plots.per_position_loss_figure(per_position, val["loss"]))
-
-    # forecast (ForecastTask.on_evaluation)
-    task, model, _ = task_for("forecast", ["model.hidden_size=4"])
-    data = plots.forecast_data(model, task.values, task.eval_starts["val"], task.mean, task.std, task.spec, device)
-    plots.log_figure(metrics, 10, "val/forecast", plots.forecast_figure(**data, names=task.cfg.data.target_columns))
-    assert len(data["actual"]) == len(task.eval_starts["val"])
-
-    # classify (ClassifyTask.on_evaluation; evaluate() has just filled self._confusion["val"])
-    task, model, _ = task_for("classify", ["model.hidden_size=4", "model.embedding_dim=4"])
-    figure = plots.confusion_matrix_figure(task.encoder.labels, task._confusion["val"])
-    plots.log_figure(metrics, 10, "val/confusion_matrix", figure)
+    task_for("lm", [f"data.path={text_file}", "model.hidden_size=8", "data.seq_len=8", "sample.length=5"])
+    task_for("forecast", ["model.hidden_size=4"])
+    task_for("classify", ["model.hidden_size=4", "model.embedding_dim=4"])
 
     metrics.close()
     accumulator = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})

@@ -29,7 +29,8 @@ def tiny_raw(text_path: Path, run_dir: str, lr: float, hidden: int = 8) -> dict:
         "model": {"embedding_dim": 4, "hidden_size": hidden},
         "optim": {"lr": lr},
         "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "checkpoint_every": 4, "log_every": 1,
-                  "device": "cpu", "sample_length": 0},
+                  "device": "cpu"},
+        "sample": {"length": 0},
         "run": {"dir": run_dir},
     }
 

@@ -26,8 +26,8 @@ def config_file(tmp_path):
     path.write_text(yaml.safe_dump({
         "data": {"path": "text.txt", "seq_len": 8, "val_fraction": 0.1, "test_fraction": 0.1},
         "model": {"embedding_dim": 4, "hidden_size": 8},
-        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "log_every": 1, "device": "cpu",
-                  "sample_length": 0},
+        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "log_every": 1, "device": "cpu"},
+        "sample": {"length": 0},
         "run": {"name": "tiny"},
     }))
     return path

@@ -173,14 +173,15 @@ def test_tiny_adding_run_learns_and_reports_baselines(tmp_path):
 
 def test_copy_run_metrics_by_hand(tmp_path):
     """The logged loss and accuracy of a copy run equal a direct computation with its final weights."""
-    from grutrain.tasks import load_trained_model
+    from grutrain.tasks import open_checkpoint
 
     raw = tiny_raw(tmp_path / "run", kind="copy", train={"max_steps": 4, "eval_every": 4})
     summary = fit(validate_config(raw), progress="none")
     assert set(summary["baselines"]) == {f"{s}/memoryless_{m}" for s in ("val", "test")
                                          for m in ("cross_entropy", "accuracy")}
     assert summary["baselines"]["val/memoryless_cross_entropy"] == pytest.approx(2 * math.log(3) / 8)
-    model, cfg = load_trained_model(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"), torch.device("cpu"))
+    opened = open_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", torch.device("cpu"))
+    model, cfg = opened.model, opened.cfg
     val = syn.make_split(cfg.data, 0, "val")
     with torch.no_grad():
         logits, _ = model(val.inputs)  # [N, T, 4]
@@ -205,14 +206,14 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, kin
 
     def save_then_crash(payload, path):
         real_save(payload, path)
-        if path.name == "last.pt" and payload["step"] == 4:
+        if path.name == "last.pt" and payload["trainer"]["step"] == 4:
             raise CrashAfterCheckpoint
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(CrashAfterCheckpoint):
         fit(validate_config(tiny_raw(cut_dir, kind)), progress="none")
     saved = load_checkpoint(cut_dir / "checkpoints" / "last.pt")
-    assert saved["step"] == 4 and saved["sampler"]["position"] == 4
+    assert saved["trainer"]["step"] == 4 and saved["sampler"]["position"] == 4
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
 
     fit(validate_config(tiny_raw(cut_dir, kind)), resume=True, progress="none")
@@ -280,7 +281,7 @@ def test_eval_refuses_data(trained_adding, run_cli, tmp_path):
 
 def test_eval_refuses_a_split_that_regenerates_differently(trained_adding, run_cli, tmp_path):
     payload = load_checkpoint(trained_adding["last"])
-    payload["synthetic_data"]["test"] = "0" * 16
+    payload["task_state"]["synthetic_data"]["test"] = "0" * 16
     save_checkpoint(payload, tmp_path / "tampered.pt")
     code, _, err = run_cli(["eval", tmp_path / "tampered.pt", "--split", "test", "--json"])
     assert_one_line_error(code, err, "test split differs")

@@ -38,8 +38,8 @@ def sweep(tmp_path_factory):
             "data": {"path": str(text), "seq_len": 8, "val_fraction": 0.1, "test_fraction": 0.1},
             "model": {"embedding_dim": 4, "hidden_size": 8},
             "optim": {"lr": lr},
-            "train": {"max_steps": 5, "batch_size": 4, "eval_every": 5, "log_every": 1, "device": "cpu",
-                      "sample_length": 0},
+            "train": {"max_steps": 5, "batch_size": 4, "eval_every": 5, "log_every": 1, "device": "cpu"},
+            "sample": {"length": 0},
             "run": {"dir": str(root / "logs" / "lr{optim.lr}")},
         })
         summary = fit(cfg, progress="none")  # writes the HParams session at the end

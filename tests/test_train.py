@@ -32,7 +32,8 @@ def tiny_config(text_file, run_dir, **overrides):
         "model": {"embedding_dim": 6, "hidden_size": 12, "num_layers": 2, "dropout": 0.1},
         "optim": {"lr": 0.01, "warmup_steps": 2},
         "train": {"max_steps": 10, "batch_size": 4, "eval_every": 3, "checkpoint_every": 2,
-                  "log_every": 1, "sample_length": 10},
+                  "log_every": 1},
+        "sample": {"length": 10},
         "run": {"dir": str(run_dir)},
     }
     for key, value in overrides.items():
@@ -73,14 +74,14 @@ def test_resume_after_crash_matches_uninterrupted_run(text_file, tmp_path, monke
 
     def save_then_crash(payload, path):
         real_save(payload, path)
-        if path.name == "last.pt" and payload["step"] == 4:
+        if path.name == "last.pt" and payload["trainer"]["step"] == 4:
             raise CrashAfterCheckpoint
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(CrashAfterCheckpoint):
         fit(tiny_config(text_file, cut_dir, data__sampling=sampling), progress="none")
     saved = load_checkpoint(cut_dir / "checkpoints" / "last.pt")
-    assert saved["step"] == 4 and saved["sampler"]["position"] > 0  # stopped inside an epoch
+    assert saved["trainer"]["step"] == 4 and saved["sampler"]["position"] > 0  # stopped inside an epoch
     if sampling == "sequential":
         assert saved["hidden"] is not None  # the carried state is part of the checkpoint
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
@@ -135,11 +136,11 @@ def test_run_directory_and_checkpoint_contents(text_file, tmp_path):
     assert validate_config(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())) == tiny_config(text_file, run_dir)
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    assert last["step"] == 10 and last["format_version"] == 1
-    assert last["config"]["model"]["hidden_size"] == 12 and last["vocab"][0] == "<unk>"
+    assert last["trainer"]["step"] == 10 and last["format_version"] == 2
+    assert last["config"]["model"]["hidden_size"] == 12 and last["task_state"]["vocab"][0] == "<unk>"
     val_losses = dict(scalar_curve(run_dir, "val/loss"))
-    assert best["step"] == min(val_losses, key=val_losses.get)  # best.pt is the best validation loss
-    assert best["monitor"]["best"] == pytest.approx(min(val_losses.values()))
+    assert best["trainer"]["step"] == min(val_losses, key=val_losses.get)  # best.pt is the best validation loss
+    assert best["trainer"]["monitor"]["best"] == pytest.approx(min(val_losses.values()))
     assert summary["final"]["val/perplexity"] == pytest.approx(math.exp(summary["final"]["val/loss"]))
     # no temporary files left from the atomic writes
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
@@ -184,7 +185,7 @@ def test_early_stopping_stops_within_patience_and_hands_over_the_best_model(text
     assert summary["step"] == 6  # evaluations at 2 (best), 4 and 6 (no improvement twice) -> stop
     assert summary["early_stopping"]["best_step"] == 2 and "did not improve" in summary["early_stopping"]["reason"]
     best = load_checkpoint(tmp_path / "es" / "checkpoints" / "best.pt")
-    assert best["step"] == 2
+    assert best["trainer"]["step"] == 2
     # the final metrics are those of best.pt's weights (restored, as Keras' restore_best_weights)
     assert summary["final"]["val/loss"] == pytest.approx(dict(scalar_curve(tmp_path / "es", "val/loss"))[2], abs=1e-6)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from grutrain.config import DataConfig
+from grutrain.config import TextDataConfig
 from grutrain.data.batching import EpochSampler
 from grutrain.errors import GrutrainError
 
@@ -103,7 +103,7 @@ def split_by_position(n: int, val_fraction: float, test_fraction: float) -> tupl
     return slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)
 
 
-def load_text_splits(cfg: DataConfig, vocab: Vocabulary | None = None, path: str | None = None) -> TextSplits:
+def load_text_splits(cfg: TextDataConfig, vocab: Vocabulary | None = None, path: str | None = None) -> TextSplits:
     """Tokenise the file and split it; the vocabulary comes from the training block unless given."""
     text = read_text_file(path or cfg.path)
     tokens = tokenize(text, cfg.tokenizer, cfg.lowercase)

@@ -1,72 +1,79 @@
-"""Tasks: what to learn, from which data, judged by which metrics.
+"""Tasks: what to learn, from which data, judged by which metrics (see base.Task).
 
-The training loop (train.py) knows nothing about text, series or labels; it talks to a task
-object built by `build_task`, which has:
-
-    sampler            .next_batch() -> (batch: tuple of tensors, starts_epoch: bool),
-                       .state_dict() / .load_state_dict(), .epoch, .batches_per_epoch,
-                       .global_batch, .rows (this rank's rows of the global batch)
-    carries_state      True when consecutive batches continue each other (the loop then
-                       carries the GRU state across batches, detached: truncated BPTT)
-    items_per_batch    how many items (tokens, time steps) one global batch holds, for throughput
-    build_model()      the nn.Module to train
-    loss(model, batch, hidden) -> (scalar loss, new hidden)
-    evaluate(model, split, device, amp_dtype) -> {"loss": ..., other metrics}   (split: "val"|"test")
-    has_split(split)   whether the split has data to evaluate
-    baselines()        {"val/<name>": value}: what a trivial predictor scores, shown next to the model
-    checkpoint_state() what the checkpoint needs beyond weights (vocabulary, normalisation, ...)
-    on_evaluation(model, device, step, metrics)   extras at each evaluation (a text sample, ...)
-    final_extras(model, device) -> dict           extras for summary.json (a text sample, ...)
-
-and for `grutrain eval` / `predict` each task module has
-`model_for_checkpoint(payload, cfg)` (the untrained model a checkpoint's weights fit),
-`evaluate_checkpoint(payload, model, cfg, split, data_path, device) -> dict` and, where the
-task predicts something for new inputs (forecast, classify),
-`predict(payload, model, cfg, input_path, device) -> list[dict]` (one row per output line).
+The training loop knows nothing about text, series or labels: it asks `training_task` for the
+task object of a config. Every command that reads a checkpoint asks `open_checkpoint` for the
+task, the trained model and the payload; no command reads a task's checkpoint keys itself.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from grutrain.checkpoint import load_checkpoint
+from grutrain.config import Config, validate_config
 from grutrain.errors import GrutrainError
+from grutrain.tasks.base import Task
 
-TASK_MODULES = {
-    "lm": "grutrain.tasks.lm",
-    "forecast": "grutrain.tasks.forecast",
-    "classify": "grutrain.tasks.classify",
-    "synthetic": "grutrain.tasks.synthetic",
+TASK_CLASSES = {
+    "lm": ("grutrain.tasks.lm", "LanguageModelTask"),
+    "forecast": ("grutrain.tasks.forecast", "ForecastTask"),
+    "classify": ("grutrain.tasks.classify", "ClassifyTask"),
+    "synthetic": ("grutrain.tasks.synthetic", "SyntheticTask"),
 }
 
 
-def task_module(name: str):
-    return importlib.import_module(TASK_MODULES[name])
+def task_class(name: str) -> type[Task]:
+    module, cls = TASK_CLASSES[name]  # imported on demand: `grutrain --help` loads no task
+    return getattr(importlib.import_module(module), cls)
 
 
-def build_task(cfg, saved: dict | None, rank: int = 0, world_size: int = 1):
-    """The task object for a config; `saved` is the checkpoint being resumed, if any."""
-    return task_module(cfg.task).build(cfg, saved, rank, world_size)
+def training_task(cfg: Config, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
+                  world_size: int = 1) -> Task:
+    """The task of a config, ready to train: data read, split, and a sampler drawing `rows_per_step`
+    rows of each optimizer step on this process (`saved`: the checkpoint being resumed, if any)."""
+    return task_class(cfg.task).from_config(cfg, rows_per_step=rows_per_step, saved=saved, rank=rank,
+                                            world_size=world_size)
 
 
-def load_trained_model(payload: dict, device: torch.device, source: str = "checkpoint"):
-    """(model in eval mode, validated config) rebuilt from a loaded checkpoint alone, no YAML.
+@dataclass
+class OpenedCheckpoint:
+    task: Task  # built from the checkpoint's config and task_state
+    model: torch.nn.Module  # the trained model, in eval mode, on the device
+    payload: dict  # the whole checkpoint (current schema)
+    path: Path
+    device: torch.device
 
-    `source` names the file in error messages.
+    @property
+    def cfg(self) -> Config:
+        return self.task.cfg
+
+    @property
+    def step(self) -> int:
+        return self.payload["trainer"]["step"]
+
+
+def open_checkpoint(path: str | Path, device: torch.device) -> OpenedCheckpoint:
+    """The task, the trained model and the payload of a checkpoint, from the file alone (no YAML).
+
+    Every problem becomes a GrutrainError that names the file.
     """
-    from grutrain.config import validate_config  # the checkpoint's config is checked like a YAML's
-
+    path = Path(path)
+    payload = load_checkpoint(path, map_location=device)
     try:
-        cfg = validate_config(payload["config"])
-        model = task_module(cfg.task).model_for_checkpoint(payload, cfg)
+        cfg = validate_config(payload["config"])  # checked like a YAML's
+        task = task_class(cfg.task).from_checkpoint(cfg, payload["task_state"])
+        model = task.build_model()
     except GrutrainError as exc:
-        raise GrutrainError(f"{source}: {exc}") from None
+        raise GrutrainError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
-        raise GrutrainError(f"{source}: the weights do not fit the model its config describes: "
+        raise GrutrainError(f"{path}: the weights do not fit the model its config describes: "
                             f"{str(exc).splitlines()[0][:200]}") from None
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise GrutrainError(f"{source}: the weights are not finite (NaN or inf); use an earlier checkpoint")
-    return model.to(device).eval(), cfg
+        raise GrutrainError(f"{path}: the weights are not finite (NaN or inf); use an earlier checkpoint")
+    return OpenedCheckpoint(task, model.to(device).eval(), payload, path, device)

@@ -9,6 +9,7 @@ the majority-class baseline on the same split, and a confusion matrix.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -16,33 +17,58 @@ from torch.nn import functional as F
 from grutrain.data.batching import ShuffledBatches
 from grutrain.data.classify import (TEXT, Encoder, Examples, Split, file_format, load_classify_data, pad_batch,
                                     read_examples)
+from grutrain import plots
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
+from grutrain.runtime import evaluating
+from grutrain.tasks.base import Split as SplitName
 
-STATE_KEY = "classify"  # the checkpoint's entry for everything this task stores
 EVAL_BATCH = 256  # examples per forward pass when evaluating (no gradients: larger is faster)
 
 
 class ClassifyTask:
     name = "classify"
+    sampler = None
+    carries_state = False
+    items_per_batch = 0
 
-    def __init__(self, cfg, saved: dict | None, rank: int, world_size: int):
+    def __init__(self, cfg, encoder: Encoder, splits: dict[str, Split | None]):
         self.cfg = cfg
-        state = _stored_state(saved) if saved else None
-        # On resume the label set, vocabulary and normalisation come from the checkpoint, not a refit.
-        self.data = load_classify_data(cfg.data, cfg.train.seed, state["encoder"] if state else None)
-        self.encoder = self.data.encoder
-        self.splits = self.data.splits
-        if not len(self.splits["val"]):
-            raise GrutrainError(f"the validation split is empty ({len(self.splits['train'])} examples in all); "
-                                "raise data.val_fraction or give more examples")
-        train = self.splits["train"]
-        self.sampler = ShuffledBatches(len(train), cfg.train.batch_size, seed=cfg.train.seed + 1,
-                                       make_batch=train.batch, rank=rank, world_size=world_size)
-        self.carries_state = False
-        # Throughput counts time steps (characters, series values per step), not padding.
-        self.items_per_batch = max(1, round(self.sampler.global_batch * float(train.lengths.float().mean())))
+        self.encoder = encoder
+        self.splits = splits  # "val", "test" (and "train" when training); None: not in the checkpoint
         self._confusion: dict[str, list[list[int]]] = {}
+
+    @classmethod
+    def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
+                    world_size: int = 1) -> "ClassifyTask":
+        state = _stored_state(saved["task_state"]) if saved else None
+        # On resume the label set, vocabulary and normalisation come from the checkpoint, not a refit.
+        data = load_classify_data(cfg.data, cfg.train.seed, state["encoder"] if state else None)
+        task = cls(cfg, data.encoder, dict(data.splits))
+        if not len(task.splits["val"]):
+            raise GrutrainError(f"the validation split is empty ({len(task.splits['train'])} examples in all); "
+                                "raise data.val_fraction or give more examples")
+        train = task.splits["train"]
+        task.sampler = ShuffledBatches(len(train), rows_per_step, seed=cfg.train.seed + 1, make_batch=train.batch,
+                                       rank=rank, world_size=world_size)
+        # Throughput counts time steps (characters, series values per step), not padding.
+        task.items_per_batch = max(1, round(task.sampler.global_batch * float(train.lengths.float().mean())))
+        return task
+
+    @classmethod
+    def from_checkpoint(cls, cfg, task_state: dict) -> "ClassifyTask":
+        state = _stored_state(task_state)
+        try:
+            encoder = Encoder(state["encoder"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GrutrainError(f"the checkpoint is damaged: its classify state is incomplete ({exc})") from None
+        stored = state.get("eval_examples")
+        try:
+            splits = {s: Split.unpacked(stored[s]) if isinstance(stored, dict) and stored.get(s) is not None else None
+                      for s in ("val", "test")}
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+            raise GrutrainError("the checkpoint is damaged: its held-out examples cannot be read; pass --data") from None
+        return cls(cfg, encoder, splits)
 
     def build_model(self) -> SequenceModel:
         return build_classifier(self.encoder, self.cfg)
@@ -53,14 +79,38 @@ class ClassifyTask:
         return F.cross_entropy(logits.float(), labels), None
 
     def has_split(self, split: str) -> bool:
-        return len(self.splits[split]) > 0
+        return self.splits.get(split) is not None and len(self.splits[split]) > 0
 
-    def evaluate(self, model, split: str, device, amp_dtype=None) -> dict[str, float]:
-        data = self.splits[split]
-        logits = class_logits(model, data.xs, device, amp_dtype)
+    def data(self, split: SplitName) -> tuple[Split, str]:
+        """(examples, name) of a held-out split or of every example of another file."""
+        if isinstance(split, Path):
+            examples = _read_for_model(self.encoder, self.cfg, split, require_labels=True, what="--data")
+            return Split.of(self.encoder.encode(examples), self.encoder.label_ids(examples)), str(split)
+        data = self.splits.get(split)
+        if data is None:  # not stored in the checkpoint: read and split data.path again
+            data = self.splits[split] = load_classify_data(self.cfg.data, self.cfg.train.seed,
+                                                           self.encoder.state()).splits[split]
+        return data, split
+
+    def _logits(self, model, split: SplitName, device, amp_dtype=None) -> tuple[torch.Tensor, Split, str]:
+        data, name = self.data(split)
+        if not len(data):
+            raise GrutrainError(f"the {name} split has no examples; nothing to evaluate (try --split val or --data FILE)")
+        return class_logits(model, data.xs, device, amp_dtype), data, name
+
+    def evaluate(self, model, split: SplitName, device, amp_dtype=None) -> dict[str, float]:
+        logits, data, name = self._logits(model, split, device, amp_dtype)
         metrics, confusion = classification_metrics(logits, data.ys, len(self.encoder.labels))
-        self._confusion[split] = confusion
+        self._confusion[name] = confusion
         return metrics
+
+    def report(self, model, split: SplitName, device) -> dict:
+        logits, data, name = self._logits(model, split, device)
+        metrics, confusion = classification_metrics(logits, data.ys, len(self.encoder.labels))
+        baseline = majority_baseline(self.encoder, data.ys)
+        return {"split": name, "examples": len(data), **metrics,
+                **{f"baseline/{k}": v for k, v in baseline.items()},
+                "confusion_matrix": {"labels": self.encoder.labels, "matrix": confusion}}
 
     def baselines(self) -> dict[str, float]:
         out = {}
@@ -70,19 +120,16 @@ class ClassifyTask:
                 out.update({f"{split}/{k}": v for k, v in scores.items()})
         return out
 
-    def checkpoint_state(self) -> dict:
+    def state(self) -> dict:
         # The held-out splits travel with the model, so `grutrain eval` needs only the checkpoint.
-        return {STATE_KEY: {"encoder": self.encoder.state(),
-                            "eval_examples": {s: self.splits[s].packed() for s in ("val", "test")}}}
+        return {"encoder": self.encoder.state(), "eval_examples": {s: self.splits[s].packed() for s in ("val", "test")}}
 
-    def on_evaluation(self, model, device, step: int, metrics) -> None:
+    def on_evaluation(self, model, device, step: int, logger) -> None:
         if "val" in self._confusion:
-            metrics.text(step, "confusion_matrix", confusion_markdown(self.encoder.labels, self._confusion["val"]))
-            from grutrain import plots
-
+            logger.text(step, "confusion_matrix", confusion_markdown(self.encoder.labels, self._confusion["val"]))
             if plots.have_matplotlib():  # the plot extra; without it the text table stands alone
                 figure = plots.confusion_matrix_figure(self.encoder.labels, self._confusion["val"])
-                plots.log_figure(metrics, step, "val/confusion_matrix", figure)
+                logger.figure(step, "val/confusion_matrix", figure)
 
     def final_extras(self, model, device) -> dict:
         split = "test" if self.has_split("test") else "val"
@@ -91,9 +138,47 @@ class ClassifyTask:
         return {"confusion_matrix": {"split": split, "labels": self.encoder.labels,
                                      "matrix": self._confusion[split]}}
 
+    def figure(self, model, split: SplitName, device):
+        result = self.report(model, split, device)
+        matrix = result["confusion_matrix"]
+        return plots.confusion_matrix_figure(matrix["labels"], matrix["matrix"],
+                                             title=f"{result['split']}: confusion matrix")
 
-def build(cfg, saved, rank, world_size) -> ClassifyTask:
-    return ClassifyTask(cfg, saved, rank, world_size)
+    def usage(self) -> dict:
+        state = self.encoder.state()
+        out = {"labels": state.get("labels"), "kind": state.get("kind"), "max_len": state.get("max_len"),
+               "lowercase": self.cfg.data.lowercase, "postprocessing": "softmax(logits[b]) over `labels`"}
+        if state.get("kind") == TEXT:
+            out["vocab"] = state.get("vocab")
+            out["preprocessing"] = ("inputs: character ids in `vocab` (0 = <unk>; lowercased first when "
+                                    "`lowercase` is true; at most max_len characters), right-padded with 0; "
+                                    "lengths: each example's own length")
+        else:
+            out["normalisation"] = {"mean": state.get("mean"), "std": state.get("std"), "channels": state.get("channels")}
+            out["preprocessing"] = ("inputs: (value - mean) / std per channel, missing values 0, at most max_len "
+                                    "steps, right-padded with 0; lengths: each example's own length")
+        return out
+
+    def predict(self, model, input_path: Path, device) -> list[dict]:
+        """One row per example: {"index", "y" (when the file has labels), "label", "probabilities"}."""
+        encoder = self.encoder
+        examples = _read_for_model(encoder, self.cfg, input_path, require_labels=False, what="--input")
+        for y, where in zip(examples.ys, examples.where):
+            if y is not None and y not in encoder.label_index:
+                raise GrutrainError(f"{examples.source}: {where}: label {y!r} was never seen in training; "
+                                    f"the model knows {', '.join(map(repr, encoder.labels))}")
+        probabilities = class_logits(model, encoder.encode(examples), device).softmax(dim=1)  # [N, K]
+        # Every row gets "y" when any example has a label, so CSV rows share one header.
+        echo = any(y is not None for y in examples.ys)
+        rows = []
+        for i, (y, p) in enumerate(zip(examples.ys, probabilities)):
+            row = {"index": i}
+            if echo:
+                row["y"] = y
+            row["label"] = encoder.labels[int(p.argmax())]
+            row["probabilities"] = {label: round(float(q), 6) for label, q in zip(encoder.labels, p)}
+            rows.append(row)
+        return rows
 
 
 def build_classifier(encoder: Encoder, cfg) -> SequenceModel:
@@ -102,25 +187,22 @@ def build_classifier(encoder: Encoder, cfg) -> SequenceModel:
     return SequenceModel(cfg.model, len(encoder.labels), input_size=encoder.channels)
 
 
-@torch.no_grad()
 def class_logits(model, xs: list[torch.Tensor], device, amp_dtype=None) -> torch.Tensor:
     """Logits [N, K] (float32, on the CPU) of every example, in the order given.
 
     Batches are formed by length so they carry little padding; lengths make the order irrelevant
     to the results.
     """
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(xs)), key=lambda i: len(xs[i]))
     out = [None] * len(xs)
-    for start in range(0, len(order), EVAL_BATCH):
-        chunk = order[start : start + EVAL_BATCH]
-        inputs, lengths = pad_batch([xs[i] for i in chunk])
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits, _ = model(inputs.to(device), None, lengths.to(device))  # [b, K]
-        for i, row in zip(chunk, logits.float().cpu()):
-            out[i] = row
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(order), EVAL_BATCH):
+            chunk = order[start : start + EVAL_BATCH]
+            inputs, lengths = pad_batch([xs[i] for i in chunk])
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits, _ = model(inputs.to(device), None, lengths.to(device))  # [b, K]
+            for i, row in zip(chunk, logits.float().cpu()):
+                out[i] = row
     return torch.stack(out)
 
 
@@ -182,27 +264,14 @@ def confusion_markdown(labels: list[str], matrix: list[list[int]]) -> str:
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
-# ---------------------------------------------------------------------------------------------
-# grutrain eval / predict
-# ---------------------------------------------------------------------------------------------
-
-def _stored_state(payload: dict) -> dict:
-    state = payload.get(STATE_KEY)
-    if not isinstance(state, dict) or not isinstance(state.get("encoder"), dict):
+def _stored_state(task_state: dict) -> dict:
+    encoder = task_state.get("encoder")
+    if not isinstance(encoder, dict):
         raise GrutrainError("the checkpoint is damaged: it has no classify state (labels, vocabulary, normalisation)")
-    encoder = state["encoder"]
     if not isinstance(encoder.get("labels"), list) or not encoder["labels"] or encoder.get("kind") not in ("text",
                                                                                                          "numeric"):
         raise GrutrainError("the checkpoint is damaged: its classify state has no label list")
-    return state
-
-
-def model_for_checkpoint(payload: dict, cfg) -> SequenceModel:
-    try:
-        encoder = Encoder(_stored_state(payload)["encoder"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GrutrainError(f"the checkpoint is damaged: its classify state is incomplete ({exc})") from None
-    return build_classifier(encoder, cfg)
+    return task_state
 
 
 def _read_for_model(encoder: Encoder, cfg, path, require_labels: bool, what: str) -> Examples:
@@ -210,45 +279,3 @@ def _read_for_model(encoder: Encoder, cfg, path, require_labels: bool, what: str
                              lowercase=cfg.data.lowercase, require_labels=require_labels, what=what)
     encoder.check_fits(examples)
     return examples
-
-
-def evaluate_checkpoint(payload: dict, model, cfg, split: str, data_path, device) -> dict:
-    """Metrics of a trained model on its own held-out split, or on every example of another file."""
-    encoder = Encoder(_stored_state(payload)["encoder"])
-    if data_path is not None:
-        examples = _read_for_model(encoder, cfg, data_path, require_labels=True, what="--data")
-        data, name = Split.of(encoder.encode(examples), encoder.label_ids(examples)), str(data_path)
-    else:
-        stored = _stored_state(payload).get("eval_examples", {}).get(split)
-        data, name = (Split.unpacked(stored) if stored is not None else load_classify_data(
-            cfg.data, cfg.train.seed, encoder.state()).splits[split]), split
-    if not len(data):
-        raise GrutrainError(f"the {name} split has no examples; nothing to evaluate (try --split val or --data FILE)")
-    logits = class_logits(model, data.xs, device)
-    metrics, confusion = classification_metrics(logits, data.ys, len(encoder.labels))
-    baseline = majority_baseline(encoder, data.ys)
-    return {"split": name, "examples": len(data), **metrics,
-            **{f"baseline/{k}": v for k, v in baseline.items()},
-            "confusion_matrix": {"labels": encoder.labels, "matrix": confusion}}
-
-
-def predict(payload: dict, model, cfg, input_path, device) -> list[dict]:
-    """One row per example: {"index", "y" (when the file has labels), "label", "probabilities"}."""
-    encoder = Encoder(_stored_state(payload)["encoder"])
-    examples = _read_for_model(encoder, cfg, input_path, require_labels=False, what="--input")
-    for y, where in zip(examples.ys, examples.where):
-        if y is not None and y not in encoder.label_index:
-            raise GrutrainError(f"{examples.source}: {where}: label {y!r} was never seen in training; "
-                                f"the model knows {', '.join(map(repr, encoder.labels))}")
-    probabilities = class_logits(model, encoder.encode(examples), device).softmax(dim=1)  # [N, K]
-    # Every row gets "y" when any example has a label, so CSV rows share one header.
-    echo = any(y is not None for y in examples.ys)
-    rows = []
-    for i, (y, p) in enumerate(zip(examples.ys, probabilities)):
-        row = {"index": i}
-        if echo:
-            row["y"] = y
-        row["label"] = encoder.labels[int(p.argmax())]
-        row["probabilities"] = {label: round(float(q), 6) for label, q in zip(encoder.labels, p)}
-        rows.append(row)
-    return rows

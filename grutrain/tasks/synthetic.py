@@ -13,6 +13,8 @@ splits are regenerated from the config and train.seed (grutrain/data/synthetic.p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.nn import functional as F
 
@@ -21,6 +23,8 @@ from grutrain.data.synthetic import (SPLITS, Split, always_one_mse, check_data_c
                                      memoryless_copy, naive_last_value, split_seed)
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
+from grutrain.runtime import evaluating
+from grutrain.tasks.base import Split as SplitName
 
 EVAL_BATCH = 500  # sequences per forward pass at evaluation; no gradients, so larger than training's
 
@@ -41,29 +45,26 @@ def batch_loss(kind: str, model, inputs: torch.Tensor, targets: torch.Tensor, re
     return F.mse_loss(output.float().squeeze(-1), targets, reduction=reduction)  # output [B, 1], targets [B]
 
 
-@torch.no_grad()
 def evaluate_split(cfg, model, split: Split, device, amp_dtype=None) -> dict[str, float]:
     """Loss and metrics of a model on a whole split (mean over sequences, and over steps for copy)."""
     kind, copy_len = cfg.data.kind, cfg.data.copy_len
-    was_training = model.training
-    model.eval()
     sums = {"loss": 0.0, "abs": 0.0, "correct": 0, "exact": 0}
-    for start in range(0, len(split), EVAL_BATCH):
-        inputs = split.inputs[start:start + EVAL_BATCH].to(device)
-        targets = split.targets[start:start + EVAL_BATCH].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            output, _ = model(inputs)
-        output = output.float()
-        if kind == "copy":  # output [B, T, classes]
-            sums["loss"] += float(F.cross_entropy(output.flatten(0, 1), targets.flatten(), reduction="sum"))
-            hits = output[:, -copy_len:].argmax(-1) == targets[:, -copy_len:]  # [B, C]
-            sums["correct"] += int(hits.sum())
-            sums["exact"] += int(hits.all(dim=1).sum())
-        else:  # output [B, 1]
-            error = output.squeeze(-1) - targets
-            sums["loss"] += float((error ** 2).sum())
-            sums["abs"] += float(error.abs().sum())
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(split), EVAL_BATCH):
+            inputs = split.inputs[start:start + EVAL_BATCH].to(device)
+            targets = split.targets[start:start + EVAL_BATCH].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                output, _ = model(inputs)
+            output = output.float()
+            if kind == "copy":  # output [B, T, classes]
+                sums["loss"] += float(F.cross_entropy(output.flatten(0, 1), targets.flatten(), reduction="sum"))
+                hits = output[:, -copy_len:].argmax(-1) == targets[:, -copy_len:]  # [B, C]
+                sums["correct"] += int(hits.sum())
+                sums["exact"] += int(hits.all(dim=1).sum())
+            else:  # output [B, 1]
+                error = output.squeeze(-1) - targets
+                sums["loss"] += float((error ** 2).sum())
+                sums["abs"] += float(error.abs().sum())
     n = len(split)
     if kind == "copy":
         return {"loss": sums["loss"] / (n * cfg.data.seq_len), "accuracy": sums["correct"] / (n * copy_len),
@@ -86,9 +87,9 @@ def split_baselines(cfg, split: Split, split_name: str) -> dict[str, float]:
     return {f"{split_name}/{name}": value for name, value in scores.items()}
 
 
-def check_fingerprint(saved: dict, split_name: str, split: Split) -> None:
+def check_fingerprint(fingerprints: dict, split_name: str, split: Split) -> None:
     """The regenerated split must be the one the checkpoint's model saw (same numbers, bit for bit)."""
-    expected = (saved.get("synthetic_data") or {}).get(split_name)
+    expected = fingerprints.get(split_name)
     if expected is not None and expected != split.fingerprint():
         raise GrutrainError(
             f"the regenerated {split_name} split differs from the one this run used (this torch draws other "
@@ -98,20 +99,41 @@ def check_fingerprint(saved: dict, split_name: str, split: Split) -> None:
 
 class SyntheticTask:
     name = "synthetic"
+    sampler = None
     carries_state = False
+    items_per_batch = 0
 
-    def __init__(self, cfg, saved: dict | None, rank: int, world_size: int):
+    def __init__(self, cfg, fingerprints: dict | None = None):
         check_data_config(cfg.data)
         self.cfg = cfg
-        self.splits = {name: make_split(cfg.data, cfg.train.seed, name) for name in SPLITS}
-        if saved is not None:
-            for name, split in self.splits.items():
-                check_fingerprint(saved, name, split)
-        train = self.splits["train"]
-        self.sampler = ShuffledBatches(len(train), cfg.train.batch_size, seed=split_seed(cfg.train.seed, "shuffle"),
+        self.fingerprints = fingerprints or {}  # the splits a trained model saw, to check regenerated ones against
+        self._splits: dict[str, Split] = {}
+
+    @classmethod
+    def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
+                    world_size: int = 1) -> "SyntheticTask":
+        task = cls(cfg, (saved["task_state"].get("synthetic_data") if saved else None))
+        train = task.split("train")
+        task.sampler = ShuffledBatches(len(train), rows_per_step, seed=split_seed(cfg.train.seed, "shuffle"),
                                        make_batch=lambda idx: (train.inputs[idx], train.targets[idx]),
                                        rank=rank, world_size=world_size, what="sequences (data.train_size)")
-        self.items_per_batch = self.sampler.global_batch * cfg.data.seq_len  # time steps
+        task.items_per_batch = task.sampler.global_batch * cfg.data.seq_len  # time steps
+        for name in SPLITS:
+            task.split(name)
+        return task
+
+    @classmethod
+    def from_checkpoint(cls, cfg, task_state: dict) -> "SyntheticTask":
+        fingerprints = task_state.get("synthetic_data")
+        return cls(cfg, fingerprints if isinstance(fingerprints, dict) else None)
+
+    def split(self, name: str) -> Split:
+        """A split regenerated from the config and seed, checked against the one the run used."""
+        if name not in self._splits:
+            data = make_split(self.cfg.data, self.cfg.train.seed, name)
+            check_fingerprint(self.fingerprints, name, data)
+            self._splits[name] = data
+        return self._splits[name]
 
     def build_model(self) -> SequenceModel:
         return build_model(self.cfg)
@@ -121,41 +143,43 @@ class SyntheticTask:
         return batch_loss(self.cfg.data.kind, model, inputs, targets), None
 
     def has_split(self, split: str) -> bool:
-        return len(self.splits[split]) > 0
+        return len(self.split(split)) > 0
 
-    def evaluate(self, model, split: str, device, amp_dtype=None) -> dict[str, float]:
-        return evaluate_split(self.cfg, model, self.splits[split], device, amp_dtype)
+    def _check_split(self, split: SplitName) -> str:
+        if isinstance(split, Path):
+            raise GrutrainError("--data does not apply to task synthetic: its splits are generated from the "
+                                "checkpoint's config and seed; leave out --data and pick --split val or test")
+        return split
+
+    def evaluate(self, model, split: SplitName, device, amp_dtype=None) -> dict[str, float]:
+        return evaluate_split(self.cfg, model, self.split(self._check_split(split)), device, amp_dtype)
+
+    def report(self, model, split: SplitName, device) -> dict:
+        """Metrics of a trained model on its val or test split, regenerated from the checkpoint's config and seed."""
+        data = self.split(self._check_split(split))
+        metrics = self.evaluate(model, split, device)
+        baselines = {f"baseline/{k.split('/', 1)[1]}": v for k, v in split_baselines(self.cfg, data, split).items()}
+        return {"split": split, "kind": self.cfg.data.kind, "examples": len(data), **metrics, **baselines}
 
     def baselines(self) -> dict[str, float]:
-        return {**split_baselines(self.cfg, self.splits["val"], "val"),
-                **split_baselines(self.cfg, self.splits["test"], "test")}
+        return {**split_baselines(self.cfg, self.split("val"), "val"),
+                **split_baselines(self.cfg, self.split("test"), "test")}
 
-    def checkpoint_state(self) -> dict:
-        return {"synthetic_data": {name: split.fingerprint() for name, split in self.splits.items()}}
+    def state(self) -> dict:
+        return {"synthetic_data": {name: self.split(name).fingerprint() for name in SPLITS}}
 
-    def on_evaluation(self, model, device, step: int, metrics) -> None:
+    def on_evaluation(self, model, device, step: int, logger) -> None:
         pass
 
     def final_extras(self, model, device) -> dict:
         return {}
 
+    def figure(self, model, split: SplitName, device):
+        raise GrutrainError("--plot has no figure for task synthetic; it draws lm, forecast and classify models")
 
-def build(cfg, saved, rank, world_size) -> SyntheticTask:
-    return SyntheticTask(cfg, saved, rank, world_size)
+    def predict(self, model, input_path: Path, device) -> list[dict]:
+        raise GrutrainError("a synthetic model has no predict; use grutrain eval")
 
-
-def model_for_checkpoint(payload: dict, cfg) -> SequenceModel:
-    check_data_config(cfg.data)
-    return build_model(cfg)
-
-
-def evaluate_checkpoint(payload: dict, model, cfg, split: str, data_path, device) -> dict:
-    """Metrics of a trained model on its val or test split, regenerated from the checkpoint's config and seed."""
-    if data_path is not None:
-        raise GrutrainError("--data does not apply to task synthetic: its splits are generated from the "
-                            "checkpoint's config and seed; leave out --data and pick --split val or test")
-    data = make_split(cfg.data, cfg.train.seed, split)
-    check_fingerprint(payload, split, data)
-    metrics = evaluate_split(cfg, model, data, device)
-    baselines = {f"baseline/{k.split('/', 1)[1]}": v for k, v in split_baselines(cfg, data, split).items()}
-    return {"split": split, "kind": cfg.data.kind, "examples": len(data), **metrics, **baselines}
+    def usage(self) -> dict:
+        return {"kind": self.cfg.data.kind,
+                "preprocessing": "inputs as grutrain/data/synthetic.py generates them for data.kind"}
