@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from grutrain.config import ModelConfig, load_config
-from grutrain.data.classify import (Encoder, file_format, read_examples, sort_labels, stratified_split)
+from grutrain.data.classify import Encoder, sort_labels, stratified_split
+from grutrain.data.classify_files import file_format, read_examples
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.tasks.classify import (ClassifyTask, accuracy_and_macro_f1, confusion_markdown, confusion_matrix,
@@ -128,7 +129,7 @@ def test_ts_variable_length_multivariate_with_missing_values(tmp_path):
 
 
 def test_missing_values_become_the_training_mean():
-    from grutrain.data.classify import Examples
+    from grutrain.data.classify_files import Examples
 
     train = Examples("mem")
     train.add(torch.tensor([[1.0], [3.0]], dtype=torch.float64), "a", "line 1")

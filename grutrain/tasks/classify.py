@@ -15,9 +15,9 @@ import torch
 from torch.nn import functional as F
 
 from grutrain.data.batching import ShuffledBatches
-from grutrain.data.classify import (TEXT, Encoder, Examples, Split, file_format, load_classify_data, pad_batch,
-                                    read_examples)
 from grutrain import plots
+from grutrain.data.classify import Encoder, Split, load_classify_data, pad_batch
+from grutrain.data.classify_files import TEXT, Examples, file_format, read_examples
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.runtime import evaluating
