@@ -31,8 +31,8 @@ ort = pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The README's "state-dict" example. The test runs the README's own block when it has one
-# (a ```python block defining CharGRU), so the README cannot drift from what works.
+# The "state-dict" example of docs/export.md. The test runs that page's own block when it has one
+# (a ```python block defining CharGRU), so the page cannot drift from what works.
 STATE_DICT_SNIPPET = '''\
 import json
 import torch
@@ -64,7 +64,7 @@ print(meta["vocab"][logits[0, -1].argmax()])  # the most likely next character
 
 
 def readme_snippet() -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "export.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     found = [b for b in blocks if "class CharGRU" in b]
     return found[0] if found else STATE_DICT_SNIPPET
