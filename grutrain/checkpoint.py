@@ -138,9 +138,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses pickles that would import or call anything.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise GrutrainError(f"checkpoint {name!r} was refused: it is not a plain grutrain checkpoint ({first[:160]})") from None
+        # weights_only refuses pickles that would import or call anything. torch's message starts by
+        # advising weights_only=False (running the file's code): keep only what it found.
+        raise GrutrainError(f"checkpoint {name!r} was refused: it holds more than tensors and plain values "
+                            f"({_unpickler_finding(str(exc))}), so it is not a grutrain checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise GrutrainError(f"checkpoint {name!r} is not a readable checkpoint (truncated or not a torch file): "
                             f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
@@ -160,6 +161,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload["trainer"].get("step"), int):
         raise GrutrainError(f"checkpoint {name!r} is damaged: it has no step count")
     return payload
+
+
+def _unpickler_finding(message: str) -> str:
+    """What the weights-only unpickler objected to, as short printable text."""
+    found = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else ""
+    found = found.split("Check the documentation", 1)[0]
+    found = " ".join("".join(c if c.isprintable() else " " for c in found).split())
+    return found[:120] or "content the safe loader does not accept"
 
 
 def check_training_state(payload: dict[str, Any], path: str | Path) -> None:

@@ -32,10 +32,10 @@ class LanguageModelTask:
     carries_state = False
     items_per_batch = 0
 
-    def __init__(self, cfg, vocab: Vocabulary, held_out: dict[str, torch.Tensor]):
+    def __init__(self, cfg, vocab: Vocabulary, held_out: dict[str, torch.Tensor] | None):
         self.cfg = cfg
         self.vocab = vocab
-        self.held_out = held_out  # {"val": [N] ids, "test": [N] ids}
+        self.held_out = held_out  # {"val": [N] ids, "test": [N] ids}; None: the checkpoint's were damaged
         self.train_tokens: torch.Tensor | None = None
 
     @classmethod
@@ -62,8 +62,7 @@ class LanguageModelTask:
             splits = load_text_splits(cfg.data, vocab=vocab)
             return cls(cfg, vocab, {"val": splits.val, "test": splits.test})
         if not isinstance(stored, dict) or not all(_is_token_tensor(stored.get(s)) for s in SPLITS):
-            raise GrutrainError("the checkpoint is damaged: its held-out tokens are not two 1-D integer tensors "
-                                "(val, test); evaluate another checkpoint or pass --data")
+            return cls(cfg, vocab, None)  # sample and export need no held-out text; eval says what is wrong
         return cls(cfg, vocab, {split: stored[split].long() for split in SPLITS})
 
     def build_model(self) -> SequenceModel:
@@ -75,13 +74,16 @@ class LanguageModelTask:
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), hidden
 
     def has_split(self, split: str) -> bool:
-        return len(self.held_out[split]) > 1
+        return self.held_out is not None and len(self.held_out[split]) > 1
 
     def tokens(self, split: Split) -> tuple[torch.Tensor, str]:
         """(token ids, name) of a held-out split or of a whole text file."""
         if isinstance(split, Path):
             text = read_text_file(split)
             return self.vocab.encode(tokenize(text, self.cfg.data.tokenizer, self.cfg.data.lowercase)), str(split)
+        if self.held_out is None:
+            raise GrutrainError("the checkpoint is damaged: its held-out tokens are not two 1-D integer tensors "
+                                "(val, test); evaluate another checkpoint or pass --data")
         tokens = self.held_out[split]
         if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= len(self.vocab)):
             raise GrutrainError(f"the checkpoint is damaged: its {split} tokens are outside its vocabulary; "
