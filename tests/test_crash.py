@@ -100,9 +100,9 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(long_run, tmp_path, sig, 
     stderr = proc.stderr.read()
     assert "Traceback" not in stderr and "--resume" in stderr
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert 50 <= stopped["step"] < 400
+    assert 50 <= stopped["trainer"]["step"] < 400
     summary = yaml.safe_load((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["step"] == stopped["step"]
+    assert summary["status"] == "interrupted" and summary["step"] == stopped["trainer"]["step"]
 
     resumed = grutrain(*args, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
