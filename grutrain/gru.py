@@ -78,39 +78,64 @@ def _reference_loop(
     bias_hh: Tensor | None,
     reset: str,
 ) -> tuple[Tensor, Tensor]:
-    """reference_gru_layer's equations. Written so TorchScript can compile it: a jit-traced GRU
-    calls the compiled loop and so runs at any sequence length (see ``_scripted_loop``)."""
-    hidden_size = weight_hh.shape[1]
-
+    """reference_gru_layer's loop. Written so TorchScript can compile it: a jit-traced GRU calls
+    the compiled loop and so runs at any sequence length (see ``_scripted_loop``)."""
     # The input projections don't depend on the state, so all steps share one matmul.
     x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
-
-    # For reset="before" r must multiply h before W_hn, so the n rows get their own matmul on r * h.
-    w_hrz, w_hn = weight_hh[: 2 * hidden_size], weight_hh[2 * hidden_size :]  # [2H, H], [H, H]
-    b_hrz: Tensor | None = None
-    b_hn: Tensor | None = None
-    if bias_hh is not None:
-        b_hrz, b_hn = bias_hh[: 2 * hidden_size], bias_hh[2 * hidden_size :]
-
     h = h0  # [B, H]
     outputs = []
     # unbind gives every step its own view; indexing x_proj[t] in the loop would make each
     # step's backward scatter into a full [T, B, 3H] buffer, O(T^2) in total.
     for x_t in x_proj.unbind(0):  # x_t: [B, 3H]
-        x_r, x_z, x_n = x_t.chunk(3, dim=1)  # each [B, H]
-        if reset == "after":
-            h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)  # each [B, H]
-            r = torch.sigmoid(x_r + h_r)
-            z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-        else:
-            h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)  # each [B, H]
-            r = torch.sigmoid(x_r + h_r)
-            z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
-        h = z * h + (1 - z) * n  # [B, H]
+        h = _reference_step(x_t, h, weight_hh, bias_hh, reset)
         outputs.append(h)
     return torch.stack(outputs), h  # [T, B, H], [B, H]
+
+
+def _reference_step(x_t: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, reset: str) -> Tensor:
+    """One step of the equations: x_t = x W_ih^T + b_ih [B, 3H] (r, z, n), h [B, H] -> h' [B, H]."""
+    hidden_size = h.shape[1]
+    x_r, x_z, x_n = x_t.chunk(3, dim=1)  # each [B, H]
+    if reset == "after":
+        h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)  # each [B, H]
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+    else:
+        # r must multiply h before W_hn, so the n rows get their own matmul on r * h.
+        w_hrz, w_hn = weight_hh[: 2 * hidden_size], weight_hh[2 * hidden_size :]  # [2H, H], [H, H]
+        b_hrz: Tensor | None = None
+        b_hn: Tensor | None = None
+        if bias_hh is not None:
+            b_hrz, b_hn = bias_hh[: 2 * hidden_size], bias_hh[2 * hidden_size :]
+        h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)  # each [B, H]
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
+    return z * h + (1 - z) * n  # [B, H]
+
+
+def _scan_layer(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    reset: str = "after",
+) -> tuple[Tensor, Tensor]:
+    """The reference equations with the time loop as torch's ``scan``, for torch.export: the
+    exported program then takes any sequence length, where the Python loop would be unrolled."""
+    from torch._higher_order_ops.scan import scan  # checked by _scan_available
+
+    x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
+
+    def step(h: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
+        h_new = _reference_step(x_t, h, weight_hh, bias_hh, reset)
+        return h_new, h_new.clone()  # scan wants the carry and the output as separate tensors
+
+    h_last, output = scan(step, h0, x_proj)
+    return output, h_last  # [T, B, H], [B, H]
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -146,12 +171,23 @@ def _scripted_loop() -> LayerFunction:
     return _scripted
 
 
+def _scan_available() -> bool:
+    try:
+        from torch._higher_order_ops.scan import scan  # noqa: F401  (torch >= 2.6)
+    except ImportError:
+        return False
+    return True
+
+
+def _is_exporting() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(getattr(compiler, "is_exporting", lambda: False)())
+
+
 def _is_compiling() -> bool:
     """torch.compile (dynamo) or torch.export is recording this call."""
     compiler = getattr(torch, "compiler", None)
-    if compiler is None:
-        return False
-    return bool(compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)())
+    return bool(compiler is not None and compiler.is_compiling()) or _is_exporting()
 
 
 def _functorch_active() -> bool:
@@ -171,6 +207,8 @@ def _layer_function(impl: str) -> LayerFunction:
     """
     if torch.jit.is_tracing():
         return _scripted_loop()
+    if _is_exporting() and _scan_available():
+        return _scan_layer
     if impl == "reference" or _is_compiling() or _functorch_active():
         return reference_gru_layer
     return _fused_layer_function()

@@ -198,20 +198,23 @@ class Tagger(nn.Module):
         return self.head(out), h_n
 
 
-@pytest.mark.parametrize("impl", PATHS)
-@pytest.mark.parametrize("reset", RESETS)
-@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+# Exporting takes ~10 s each here, so not the full product: under torch.export both paths run the
+# same scan-based equations, and the fused path is the one that used to fail.
+@pytest.mark.parametrize("impl, reset, grad", [
+    ("fused", "after", True), ("fused", "after", False), ("fused", "before", True), ("reference", "after", True),
+])
 def test_torch_export_of_a_model_containing_the_gru(impl, reset, grad):
-    gru, oracle = make(impl, reset, num_layers=2, bidirectional=True)
+    gru, oracle = make(impl, reset, bidirectional=True)
     model, reference = Tagger(gru), Tagger(oracle)
     reference.head.load_state_dict(model.head.state_dict())
-    x = torch.randn(5, 2, 3, dtype=DT)
+    # Dynamic sequence and batch dims, as torch.nn.GRU exports them.
+    dims = {"x": {0: torch.export.Dim("sequence"), 1: torch.export.Dim("batch")}}
     with torch.set_grad_enabled(grad):
-        program = torch.export.export(model, (x,))
-    got = program.module()(x)
-    want = reference(x)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, **TOL)
+        program = torch.export.export(model, (torch.randn(5, 2, 3, dtype=DT),), dynamic_shapes=dims)
+    for shape in [(5, 2, 3), (9, 3, 3), (2, 4, 3)]:
+        x = torch.randn(*shape, dtype=DT)
+        for a, b in zip(program.module()(x), reference(x)):
+            torch.testing.assert_close(a, b, **TOL)
 
 
 # --------------------------------------------------------------------------- 5. torch.jit.trace
