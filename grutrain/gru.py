@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 RESETS = ("after", "before")
 IMPLS = ("fused", "reference")
@@ -27,9 +28,17 @@ IMPLS = ("fused", "reference")
 LayerFunction = Callable[..., tuple[Tensor, Tensor]]
 
 
+class GRUInputError(ValueError, RuntimeError):
+    """A bad argument or input of the GRU.
+
+    Both a ValueError (what grutrain always raised) and a RuntimeError (what torch.nn.GRU raises
+    for most shape errors), so code written for either type keeps catching it.
+    """
+
+
 def _check_reset(reset: str) -> None:
     if reset not in RESETS:
-        raise ValueError(f"reset must be 'after' or 'before', got {reset!r}")
+        raise GRUInputError(f"reset must be 'after' or 'before', got {reset!r}")
 
 
 def reference_gru_layer(
@@ -57,35 +66,76 @@ def reference_gru_layer(
         (output [T, B, H], the state at every step; h_T [B, H], the last state).
     """
     _check_reset(reset)
-    hidden_size = weight_hh.shape[1]
+    return _reference_loop(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset)
 
+
+def _reference_loop(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    reset: str,
+) -> tuple[Tensor, Tensor]:
+    """reference_gru_layer's loop. Written so TorchScript can compile it: a jit-traced GRU calls
+    the compiled loop and so runs at any sequence length (see ``_scripted_loop``)."""
     # The input projections don't depend on the state, so all steps share one matmul.
     x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
-
-    if reset == "before":
-        # r must multiply h before W_hn, so the n rows get their own matmul on r * h.
-        w_hrz, w_hn = weight_hh.split([2 * hidden_size, hidden_size])  # [2H, H], [H, H]
-        b_hrz, b_hn = (None, None) if bias_hh is None else bias_hh.split([2 * hidden_size, hidden_size])
-
     h = h0  # [B, H]
     outputs = []
     # unbind gives every step its own view; indexing x_proj[t] in the loop would make each
     # step's backward scatter into a full [T, B, 3H] buffer, O(T^2) in total.
     for x_t in x_proj.unbind(0):  # x_t: [B, 3H]
-        x_r, x_z, x_n = x_t.chunk(3, dim=1)  # each [B, H]
-        if reset == "after":
-            h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)  # each [B, H]
-            r = torch.sigmoid(x_r + h_r)
-            z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-        else:
-            h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)  # each [B, H]
-            r = torch.sigmoid(x_r + h_r)
-            z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
-        h = z * h + (1 - z) * n  # [B, H]
+        h = _reference_step(x_t, h, weight_hh, bias_hh, reset)
         outputs.append(h)
     return torch.stack(outputs), h  # [T, B, H], [B, H]
+
+
+def _reference_step(x_t: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, reset: str) -> Tensor:
+    """One step of the equations: x_t = x W_ih^T + b_ih [B, 3H] (r, z, n), h [B, H] -> h' [B, H]."""
+    hidden_size = h.shape[1]
+    x_r, x_z, x_n = x_t.chunk(3, dim=1)  # each [B, H]
+    if reset == "after":
+        h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)  # each [B, H]
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+    else:
+        # r must multiply h before W_hn, so the n rows get their own matmul on r * h.
+        w_hrz, w_hn = weight_hh[: 2 * hidden_size], weight_hh[2 * hidden_size :]  # [2H, H], [H, H]
+        b_hrz: Tensor | None = None
+        b_hn: Tensor | None = None
+        if bias_hh is not None:
+            b_hrz, b_hn = bias_hh[: 2 * hidden_size], bias_hh[2 * hidden_size :]
+        h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)  # each [B, H]
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
+    return z * h + (1 - z) * n  # [B, H]
+
+
+def _scan_layer(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    reset: str = "after",
+) -> tuple[Tensor, Tensor]:
+    """The reference equations with the time loop as torch's ``scan``, for torch.export: the
+    exported program then takes any sequence length, where the Python loop would be unrolled."""
+    from torch._higher_order_ops.scan import scan  # checked by _scan_available
+
+    x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
+
+    def step(h: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
+        h_new = _reference_step(x_t, h, weight_hh, bias_hh, reset)
+        return h_new, h_new.clone()  # scan wants the carry and the output as separate tensors
+
+    h_last, output = scan(step, h0, x_proj)
+    return output, h_last  # [T, B, H], [B, H]
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -95,10 +145,7 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
-def _layer_function(impl: str) -> LayerFunction:
-    """The function that runs one direction of one layer for ``impl``."""
-    if impl == "reference":
-        return reference_gru_layer
+def _fused_layer_function() -> LayerFunction:
     try:
         # Imported here so this module (the reference) works without the fast path.
         from grutrain.gru_fused import fused_gru_layer
@@ -108,6 +155,63 @@ def _layer_function(impl: str) -> LayerFunction:
             raise
         return reference_gru_layer
     return fused_gru_layer
+
+
+_scripted = None
+
+
+def _scripted_loop() -> LayerFunction:
+    """_reference_loop compiled by TorchScript (once). torch.jit.trace records a call to it with
+    its loop intact, where tracing the Python loop would bake in the example's length."""
+    global _scripted
+    if _scripted is None:
+        with warnings.catch_warnings():  # torch.jit.script's deprecation: the caller chose jit
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _scripted = torch.jit.script(_reference_loop)
+    return _scripted
+
+
+def _scan_available() -> bool:
+    try:
+        from torch._higher_order_ops.scan import scan  # noqa: F401  (torch >= 2.6)
+    except ImportError:
+        return False
+    return True
+
+
+def _is_exporting() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(getattr(compiler, "is_exporting", lambda: False)())
+
+
+def _is_compiling() -> bool:
+    """torch.compile (dynamo) or torch.export is recording this call."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling()) or _is_exporting()
+
+
+def _functorch_active() -> bool:
+    """A torch.func transform (grad, vmap, jacrev, ...) wraps this call."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # a torch without functorch's interpreter stack
+        return False
+
+
+def _layer_function(impl: str) -> LayerFunction:
+    """The function that runs one direction of one layer for ``impl`` in the current context.
+
+    The fused path is a hand-written autograd.Function over in-place kernels, which tracers,
+    compilers and torch.func transforms cannot record; under them the reference equations run
+    (the same function, recorded op by op), so code written for torch.nn.GRU keeps working.
+    """
+    if torch.jit.is_tracing():
+        return _scripted_loop()
+    if _is_exporting() and _scan_available():
+        return _scan_layer
+    if impl == "reference" or _is_compiling() or _functorch_active():
+        return reference_gru_layer
+    return _fused_layer_function()
 
 
 class GRU(nn.Module):
@@ -159,12 +263,19 @@ class GRU(nn.Module):
             (:func:`reference_gru_layer`, the step-by-step transcription). Both compute the
             same function. Default: ``"fused"``
         device, dtype: where and in which dtype to create the parameters, as in torch.nn.
+        proj_size: accepted only as 0, as torch.nn.GRU (projections are LSTM-only).
+
+    Under ``torch.jit.trace``, ``torch.compile``/``torch.export`` and ``torch.func`` transforms
+    the module runs the reference equations whatever ``impl`` says (the fused path's kernels
+    can't be recorded); a traced module calls them compiled by TorchScript, so it runs at any
+    sequence length. A double backward (``create_graph=True``) works on both paths.
 
     Inputs: input, h_0, lengths
         * **input**: tensor of shape :math:`(L, H_{in})` for unbatched input,
           :math:`(L, N, H_{in})` when ``batch_first=False`` or :math:`(N, L, H_{in})` when
-          ``batch_first=True``, the features of the input sequence. Packed sequences are
-          not supported; give ``lengths`` instead.
+          ``batch_first=True``, the features of the input sequence. A
+          :class:`~torch.nn.utils.rnn.PackedSequence` works as with torch.nn.GRU (the output is
+          then a PackedSequence too); it runs through ``lengths`` below.
         * **h_0**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` for unbatched
           input or :math:`(D * \text{num\_layers}, N, H_{out})`, the initial hidden state
           of every layer and direction. Defaults to zeros if not given.
@@ -244,16 +355,25 @@ class GRU(nn.Module):
         impl: str = "fused",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        proj_size: int = 0,
     ) -> None:
         super().__init__()
+        # Error types as torch.nn.GRU's: TypeError for a wrong type, ValueError for a bad value.
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+            if value <= 0:
+                raise GRUInputError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):  # a string like 'False' would be truthy
+                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
         if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+            raise GRUInputError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+        if proj_size != 0:
+            raise GRUInputError("proj_size argument is only supported for LSTM, not RNN or GRU")
         _check_reset(reset)
         if impl not in IMPLS:
-            raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
+            raise GRUInputError(f"impl must be 'fused' or 'reference', got {impl!r}")
         if dropout > 0 and num_layers == 1:
             # Same warning as torch.nn.GRU: the dropout would silently do nothing.
             warnings.warn(
@@ -291,6 +411,32 @@ class GRU(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    # torch.nn.RNNBase's surface, for code written against torch.nn.GRU.
+    mode = "GRU"
+    proj_size = 0
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: there is no cuDNN weight buffer to compact (torch.nn.GRU's is for cuDNN)."""
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """Parameter names per layer and direction, as torch.nn.GRU's ``_all_weights``."""
+        return [self._parameter_names(layer, direction)
+                for layer in range(self.num_layers) for direction in range(self.num_directions)]
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [name for names in self._all_weights for name in names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction ([w_ih, w_hh, b_ih, b_hh] each), as torch.nn.GRU's."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
     def _parameter_names(self, layer: int, direction: int) -> list[str]:
         suffix = "_reverse" if direction == 1 else ""
         kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
@@ -302,44 +448,44 @@ class GRU(nn.Module):
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -bound, bound)
 
-    def _check_input(self, input: Tensor, hx: Tensor | None) -> None:
+    def _check_input(self, input: Tensor, hx: Tensor | None, batch_first: bool) -> None:
         if input.dim() not in (2, 3):
-            raise ValueError(
+            raise GRUInputError(
                 f"GRU: expected input to be 2-D (unbatched, [seq, feature]) or 3-D (batched), "
                 f"got {input.dim()}-D with shape {list(input.shape)}"
             )
         if input.size(-1) != self.input_size:
-            raise ValueError(
+            raise GRUInputError(
                 f"GRU: input.size(-1) must equal input_size={self.input_size}, got {input.size(-1)}"
             )
         weight_dtype = self.weight_ih_l0.dtype
         if input.dtype != weight_dtype and not _autocast_enabled(input.device.type):
-            raise ValueError(
+            raise GRUInputError(
                 f"GRU: input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}); "
                 f"convert the input with input.to({weight_dtype}) or the model with model.to({input.dtype})"
             )
         is_batched = input.dim() == 3
-        seq_len = input.size(1) if is_batched and self.batch_first else input.size(0)
+        seq_len = input.size(1) if is_batched and batch_first else input.size(0)
         if seq_len == 0:
-            raise ValueError("GRU: expected sequence length to be larger than 0")
+            raise GRUInputError("GRU: expected sequence length to be larger than 0")
         if hx is None:
             return
         if hx.dim() != input.dim():
             kind = "batched 3-D" if is_batched else "unbatched 2-D"
-            raise ValueError(
+            raise GRUInputError(
                 f"GRU: for {kind} input, hx should be {input.dim()}-D, got {hx.dim()}-D "
                 f"with shape {list(hx.shape)}"
             )
         if hx.dtype != input.dtype:
-            raise ValueError(f"GRU: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
+            raise GRUInputError(f"GRU: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
         states = self.num_layers * self.num_directions
         if is_batched:
-            batch = input.size(0) if self.batch_first else input.size(1)
+            batch = input.size(0) if batch_first else input.size(1)
             expected = (states, batch, self.hidden_size)
         else:
             expected = (states, self.hidden_size)
         if tuple(hx.shape) != expected:
-            raise ValueError(
+            raise GRUInputError(
                 f"GRU: expected hx of shape {list(expected)} "
                 f"(num_layers * num_directions, {'batch, ' if is_batched else ''}hidden_size), "
                 f"got {list(hx.shape)}"
@@ -350,33 +496,59 @@ class GRU(nn.Module):
         if not isinstance(lengths, Tensor):
             lengths = torch.as_tensor(lengths)
         if lengths.dim() != 1 or lengths.numel() != batch:
-            raise ValueError(f"GRU: lengths must be 1-D with one entry per sequence ({batch}), "
+            raise GRUInputError(f"GRU: lengths must be 1-D with one entry per sequence ({batch}), "
                              f"got shape {list(lengths.shape)}")
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise ValueError(f"GRU: lengths must be integers, got {lengths.dtype}")
+            raise GRUInputError(f"GRU: lengths must be integers, got {lengths.dtype}")
         if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
-            raise ValueError(f"GRU: lengths must be between 1 and the sequence length {seq_len}, "
+            raise GRUInputError(f"GRU: lengths must be between 1 and the sequence length {seq_len}, "
                              f"got {lengths.tolist()}")
         return lengths.long()
 
     def forward(
-        self, input: Tensor, hx: Tensor | None = None, lengths: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        self._check_input(input, hx)
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise GRUInputError("GRU: lengths can't be given with a PackedSequence, which holds its own lengths")
+            return self._forward_packed(input, hx)
+        self._check_input(input, hx, self.batch_first)
         is_batched = input.dim() == 3
         if is_batched:
             x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
         else:
             if lengths is not None:
-                raise ValueError("GRU: lengths needs batched (3-D) input; an unbatched sequence is all valid")
+                raise GRUInputError("GRU: lengths needs batched (3-D) input; an unbatched sequence is all valid")
             x = input.unsqueeze(1)  # [T, 1, I]; batch_first doesn't apply to unbatched input
             hx = None if hx is None else hx.unsqueeze(1)  # [L*D, 1, H]
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, x.size(1), x.size(0))
+        output, h_n = self._forward_time_major(x, hx, lengths)
+        if not is_batched:
+            return output.squeeze(1), h_n.squeeze(1)  # [T, D*H], [L*D, H]
+        if self.batch_first:
+            output = output.transpose(0, 1)  # [B, T, D*H]
+        return output, h_n
+
+    def _forward_packed(self, packed: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
+        """A PackedSequence in, one out, as torch.nn.GRU: run on the padded batch with its lengths."""
+        padded, lengths = pad_packed_sequence(packed)  # [T, B, I] and [B], in the caller's batch order
+        self._check_input(padded, hx, batch_first=False)
+        output, h_n = self._forward_time_major(padded, hx, lengths)  # h_n in the caller's order, as torch's
+        if packed.sorted_indices is not None:  # packed data is laid out longest sequence first
+            output = output.index_select(1, packed.sorted_indices)
+            lengths = lengths[packed.sorted_indices.cpu()]
+        data = pack_padded_sequence(output, lengths).data
+        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
+
+    def _forward_time_major(
+        self, x: Tensor, hx: Tensor | None, lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """x [T, B, I], hx [L*D, B, H] or None, lengths [B] (checked) or None -> ([T, B, D*H], [L*D, B, H])."""
         batch = x.size(1)
         if hx is None:
             hx = x.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size)
-        padding = None
-        if lengths is not None:
-            padding = _Padding(self._check_lengths(lengths, batch, x.size(0)).to(x.device), x.size(0))
+        padding = None if lengths is None else _Padding(lengths.to(x.device), x.size(0))
         # The backward direction is the forward recurrence on the reversed sequence (each sequence
         # reversed within its own length when padded); reversing its output back lines step t up
         # with the forward output at t.
@@ -404,13 +576,12 @@ class GRU(nn.Module):
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = F.dropout(x, p=self.dropout, training=self.training)
 
-        output = x  # [T, B, D*H]
-        h_n = torch.stack(final_states)  # [L*D, B, H]
-        if not is_batched:
-            return output.squeeze(1), h_n.squeeze(1)  # [T, D*H], [L*D, H]
-        if self.batch_first:
-            output = output.transpose(0, 1)  # [B, T, D*H]
-        return output, h_n
+        from_fused = getattr(layer_fn, "__module__", None) == "grutrain.gru_fused"
+        if from_fused and x.requires_grad and x is direction_outputs[0] and padding is None:
+            # The fast path's output is the buffer its backward reads the states from; the
+            # caller's copy must be theirs to change in place (ReLU(inplace=True), out += ...).
+            x = x.clone()
+        return x, torch.stack(final_states)  # [T, B, D*H], [L*D, B, H]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 __all__ = ["fused_gru_layer"]
 
@@ -453,22 +452,43 @@ class _FusedGRU(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, reset):
         saved_S, saved_N, Y = _FORWARD[reset](x, h0, w_ih, w_hh, b_ih, b_hh, keep=True)
         ctx.reset = reset
-        ctx.save_for_backward(Y, x, w_ih, w_hh, *saved_S, *saved_N)
+        # h0 and the biases are kept (no copies) only for a double backward's recomputation.
+        ctx.save_for_backward(Y, x, w_ih, w_hh, h0, b_ih, b_hh, *saved_S, *saved_N)
         # detach(): plain tensors to autograd, not views (a custom Function's view outputs may not
         # be modified in place at all); they still share Y's version counter, so an in-place
         # change of either makes backward raise instead of using a modified Y.
         return Y[1:].detach(), Y[x.shape[0]].detach()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_hT):
-        Y, x, w_ih, w_hh, *chunks = ctx.saved_tensors
+        Y, x, w_ih, w_hh, h0, b_ih, b_hh, *chunks = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
+            return (*_differentiable_backward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, grad_out, grad_hT), None)
         half = len(chunks) // 2
         saved_S, saved_N = chunks[:half], chunks[half:]
         needs = ctx.needs_input_grad[:6]
         with torch.autocast(Y.device.type, enabled=False):
             grads = _BACKWARD[ctx.reset](saved_S, saved_N, Y, x, w_ih, w_hh, grad_out, grad_hT, needs)
         return (*grads, None)
+
+
+def _differentiable_backward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, grad_out, grad_hT):
+    """The gradients as a graph (double backward, e.g. a gradient penalty): the hand-written
+    kernels record none, so the layer is recomputed with the step-by-step reference equations
+    and those are differentiated with create_graph=True. Costs one more forward of this layer."""
+    from grutrain.gru import reference_gru_layer  # imported here: grutrain.gru imports this module
+
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
+    with torch.autocast(x.device.type, enabled=False):
+        out, h_T = reference_gru_layer(*inputs, reset=ctx.reset)
+        grads = torch.autograd.grad(
+            (out, h_T), [inputs[i] for i in wanted], (grad_out, grad_hT), create_graph=True, allow_unused=True
+        )
+    result = [None] * 6
+    for i, grad in zip(wanted, grads):
+        result[i] = grad
+    return result
 
 
 def fused_gru_layer(
@@ -497,7 +517,7 @@ def fused_gru_layer(
         makes backward raise.
 
     Under torch.autocast the layer runs in float32 and returns float32 (see the module docstring).
-    Backward is first-order only (``once_differentiable``).
+    A double backward (``create_graph=True``) recomputes the layer with the reference equations.
     """
     if reset not in RESETS:
         raise ValueError(f"reset must be 'after' or 'before', got {reset!r}")
