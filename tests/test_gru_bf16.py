@@ -114,3 +114,23 @@ def test_bf16_precision_on_cpu(monkeypatch):
         autocast_dtype("bf16", cpu)
     with pytest.raises(GrutrainError, match="CUDA"):
         autocast_dtype("fp16", cpu)
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_few_steps_no_grad_path_matches_training_path(reset, steps):
+    """Generation's path (no grad, a few steps: the plain cell) against the training kernel."""
+    inputs = make_inputs(steps, 2, 5, 7)
+    out_train, h_train = fused_gru_layer(*inputs, reset=reset)
+    with torch.no_grad():
+        out, h_T = fused_gru_layer(*inputs, reset=reset)
+    assert steps <= gf._FEW_STEPS and out.grad_fn is None
+    # The bias is added after the GEMM here and folded into it there: float32 rounding apart.
+    torch.testing.assert_close(out, out_train.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h_T, h_train.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_preparing_the_weight_is_skipped_for_a_few_steps():
+    w = torch.randn(3 * H, H)
+    assert gm.step_matmul(w, 1, lowp=torch.bfloat16, steps=1).__name__ == "plain_step"
+    assert gm.step_matmul(w, 1, steps=1).__name__ == "plain_step"

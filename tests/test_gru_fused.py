@@ -239,12 +239,13 @@ def test_packed_step_matmul_matches_addmm():
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_packed_path_end_to_end(monkeypatch, reset):
     monkeypatch.setattr(gm, "_PACKED_MIN_HIDDEN", 1)
+    monkeypatch.setattr(gm, "_MIN_STEPS_TO_PREPARE", 1)
     inputs = make_inputs(5, 3, 4, 8)
     expected = run_with_grads(naive_gru, inputs, reset)
     with torch.no_grad():  # no memory budget here, so the packed path runs
         out, h_T = fused_gru_layer(*inputs, reset=reset)
     assert_all_close([out, h_T], expected[:2], torch.float32)
-    monkeypatch.setattr(gf, "step_matmul", lambda w, b, m=float("inf"), lowp=None: _force_packed(w, b))
+    monkeypatch.setattr(gf, "step_matmul", lambda w, b, m=float("inf"), lowp=None, steps=None: _force_packed(w, b))
     assert_all_close(run_with_grads(fused_gru_layer, inputs, reset), expected, torch.float32)
 
 
