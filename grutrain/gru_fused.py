@@ -33,14 +33,19 @@ window, never a copy):
   gradients (weight_ih's rows rotated to n, r, z), H:4H the hidden-side ones (r, z, n).
   ``reset="before"``: [da_r | da_z | da_n].
 
-Autocast: the recurrence is precision-sensitive (rounding errors compound over T steps and the
-per-step matmuls are latency-bound anyway), so under ``torch.autocast`` the layer casts its
-floating inputs to float32, runs with autocast disabled and returns float32, the way autocast
-itself treats its "fp32" ops. Gradients flow back through the casts to low-precision leaves.
-Without autocast the layer runs in its inputs' dtype (float64 for gradcheck, bf16 if asked).
+Autocast: the recurrence is precision-sensitive (rounding errors of the state compound over T
+steps), so under ``torch.autocast`` the layer casts its floating inputs to float32 and runs with
+autocast disabled: state, gates and gradient sums stay float32. Under a bfloat16 autocast its
+matrix products take bfloat16 operands with float32 accumulation where that is faster
+(``grutrain.gru_matmul``: mixed precision, measured accuracy in docs/performance.md); under
+float16 they stay float32. The outputs get torch.nn.GRU's dtype under the same autocast (CPU: the
+input's dtype; CUDA: the autocast dtype, as cuDNN's RNN). Gradients flow back through the casts to
+low-precision leaves. Without autocast the layer runs in its inputs' dtype (float64 for gradcheck).
 
-Device-agnostic: plain ATen ops only; the one CPU-specific piece (MKL's packed GEMM) is taken
-only for CPU float32 tensors in MKL builds and falls back to ``addmm_`` otherwise.
+No grad and at most ``_FEW_STEPS`` steps (generation): the plain cell, ~7 ATen calls per step.
+
+Device-agnostic: plain ATen ops only; the CPU-specific pieces (MKL's and oneDNN's packed GEMMs) are
+taken only for CPU tensors in builds that have them and fall back to plain products otherwise.
 """
 
 from __future__ import annotations
@@ -229,7 +234,9 @@ def _backward_after(saved_S, saved_N, Y, x, w_ih, w_hh, grad_out, grad_hT, needs
     one = Y.new_ones(())
     lowp = batched_lowp(lowp, H)
     w_roll = lowered(_rotate_rows(w_ih, H), lowp) if need_x else None  # [3H, I] rows n, r, z
-    hidden_mm = step_matmul(w_hh.t(), B, lowp=lowp, steps=T)  # acc += g W_hh, g [B, 3H]
+    # acc += g W_hh, g [B, 3H]. float32: plain addmm (MKL packing of W_hh^T was not measurably
+    # faster here, and it would add its buffer to the backward's peak memory).
+    hidden_mm = step_matmul(w_hh.t(), B, max_packed_bytes=0, lowp=lowp, steps=T)
     dx = x.new_empty((T, B, I)) if need_x else None
     dw_hh = dw_roll = db = None
     ping, pong = torch.empty_like(Y[0]), torch.empty_like(Y[0])
@@ -307,8 +314,9 @@ def _backward_before(saved_S, saved_N, Y, x, w_ih, w_hh, grad_out, grad_hT, need
     tmp_buf = Y.new_empty((_blocks(steps_max, B * 3 * H * Y.element_size())[0][1], B, H))
     one = Y.new_ones(())
     lowp = batched_lowp(lowp, H)
-    hidden_rz_mm = step_matmul(w_hh[: 2 * H].t(), B, lowp=lowp, steps=T)  # acc += g W_{hr,hz}, g [B, 2H]
-    hidden_n_mm = step_matmul(w_hh[2 * H :].t(), B, lowp=lowp, steps=T)  # acc += g W_hn, g [B, H]
+    # acc += g W_{hr,hz} (g [B, 2H]) and acc += g W_hn (g [B, H]); float32 unpacked, as "after".
+    hidden_rz_mm = step_matmul(w_hh[: 2 * H].t(), B, max_packed_bytes=0, lowp=lowp, steps=T)
+    hidden_n_mm = step_matmul(w_hh[2 * H :].t(), B, max_packed_bytes=0, lowp=lowp, steps=T)
     w_ih_m = lowered(w_ih, lowp) if need_x else None
     dx = x.new_empty((T, B, I)) if need_x else None
     dw_hrz = dw_hn = dw_ih = db = None

@@ -67,6 +67,7 @@ def step_matmul(weight: Tensor, batch: int, max_packed_bytes: float = float("inf
     if (
         _packed_ok
         and prepare
+        and max_packed_bytes > 0
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
         and K >= _PACKED_MIN_HIDDEN
