@@ -5,8 +5,12 @@ the machines this runs on are small and shared:
 
 - the implementations are timed INTERLEAVED, round-robin within each repetition and in a
   rotating order, so load from other processes hits all of them alike;
-- each number is the median of many repetitions after a warm-up;
-- ratios are taken against torch.nn.GRU measured in the same run, never across runs.
+- each number is the median of many repetitions after a warm-up, and its spread is reported:
+  the 25th-75th percentiles of the per-repetition ratios (each repetition times every
+  implementation back to back, so a ratio's spread shows how steady the comparison was);
+- ratios are taken against torch.nn.GRU measured in the same run, never across runs;
+- ``precision="bf16"`` runs every implementation under ``torch.autocast(bfloat16)`` and times
+  torch.nn.GRU both under autocast (the ``torch`` baseline) and in float32 (``torch_fp32``).
 
 On a 2-core machine that other jobs share, prefer ``threads=1``: with 2 threads every parallel
 region (GEMMs, large elementwise ops) waits for a descheduled worker, and under heavy load all
@@ -33,7 +37,8 @@ from torch import Tensor, nn
 from grutrain.gru import reference_gru_layer
 from grutrain.gru_fused import fused_gru_layer
 
-__all__ = ["STANDARD_SHAPES", "IMPLS", "bench_layers", "format_layer_table", "bench_trainer", "format_trainer_result"]
+__all__ = ["STANDARD_SHAPES", "IMPLS", "bench_layers", "format_layer_table", "format_layer_markdown",
+           "bench_trainer", "format_trainer_result", "bench_generation", "format_generation_result"]
 
 # (T, B, I, H): sequence length, batch, input size, hidden size
 STANDARD_SHAPES: list[tuple[int, int, int, int]] = [
@@ -43,6 +48,8 @@ STANDARD_SHAPES: list[tuple[int, int, int, int]] = [
     (32, 256, 1, 32),
 ]
 IMPLS = ("fused", "reference", "torch")
+IMPLS_BF16 = ("fused", "torch", "torch_fp32")  # the reference loop adds nothing under autocast
+PRECISIONS = ("fp32", "bf16")
 
 
 class _OneLayer(nn.Module):
@@ -63,33 +70,54 @@ class _OneLayer(nn.Module):
         )
 
 
-def _make_models(input_size: int, hidden_size: int, device) -> dict[str, nn.Module]:
+class _Timed:
+    """A model and the autocast dtype it runs under (None: float32)."""
+
+    def __init__(self, model: nn.Module, amp: torch.dtype | None):
+        self.model, self.amp = model, amp
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None)
+
+
+def _make_models(input_size: int, hidden_size: int, device, precision: str = "fp32") -> dict[str, _Timed]:
     torch_gru = nn.GRU(input_size, hidden_size).to(device)
+    amp = torch.bfloat16 if precision == "bf16" else None
     return {
-        "fused": _OneLayer(fused_gru_layer, torch_gru).to(device),
-        "reference": _OneLayer(reference_gru_layer, torch_gru).to(device),
-        "torch": torch_gru,
+        "fused": _Timed(_OneLayer(fused_gru_layer, torch_gru).to(device), amp),
+        "reference": _Timed(_OneLayer(reference_gru_layer, torch_gru).to(device), amp),
+        "torch": _Timed(torch_gru, amp),
+        "torch_fp32": _Timed(torch_gru, None),
     }
 
 
-def _train_step(model: nn.Module, x: Tensor) -> None:
-    for p in model.parameters():
+def _train_step(timed: _Timed, x: Tensor) -> None:
+    for p in timed.model.parameters():
         p.grad = None
-    out, _ = model(x)
-    out.sum().backward()
+    with timed.autocast(x.device):
+        out, _ = timed.model(x)
+    out.float().sum().backward()  # backward outside autocast, as torch.amp recommends
 
 
-def _forward(model: nn.Module, x: Tensor) -> None:
-    with torch.no_grad():
-        model(x)
+def _forward(timed: _Timed, x: Tensor) -> None:
+    with torch.no_grad(), timed.autocast(x.device):
+        timed.model(x)
 
 
-def _timed(fn, model, x, sync) -> float:
+def _timed(fn, timed, x, sync) -> float:
     sync()
     start = time.perf_counter()
-    fn(model, x)
+    fn(timed, x)
     sync()
     return time.perf_counter() - start
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The 25th and 75th percentiles (the spread reported beside each median)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 @contextlib.contextmanager
@@ -106,9 +134,9 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def _peak_memory_bytes(model: nn.Module, x: Tensor) -> int:
+def _peak_memory_bytes(model: _Timed, x: Tensor) -> int:
     """The most memory one training step holds above what existed before it."""
-    for p in model.parameters():
+    for p in model.model.parameters():
         p.grad = None
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
@@ -139,8 +167,9 @@ def bench_layers(
     warmup: int = 3,
     threads: int | None = None,
     device: str | torch.device = "cpu",
-    impls: Sequence[str] = IMPLS,
+    impls: Sequence[str] | None = None,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Time a training step (forward + backward of ``output.sum()``, parameter gradients) and a
     no-grad forward of each implementation at each (T, B, I, H) shape, interleaved.
@@ -148,9 +177,17 @@ def bench_layers(
     Returns one dict per (shape, impl): shape, impl, train_ms, forward_ms (medians),
     train_tokens_per_s, forward_tokens_per_s (T*B per second), train_ratio_vs_torch,
     forward_ratio_vs_torch (time / torch.nn.GRU's time; < 1 is faster), peak_mem_bytes and
-    mem_ratio_vs_torch (peak memory of a training step), plus threads and device.
+    mem_ratio_vs_torch (peak memory of a training step), plus threads and device; the spread:
+    train_ms_iqr, forward_ms_iqr, train_ratio_iqr, forward_ratio_iqr (25th, 75th percentiles of
+    the times and of the per-repetition ratios). ``precision="bf16"``: everything under bfloat16
+    autocast, "torch" too, and ``*_ratio_vs_torch_fp32`` against torch.nn.GRU in float32.
     ``threads`` sets torch's intra-op threads for the duration of the run (restored afterwards).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    impls = tuple(impls) if impls is not None else (IMPLS_BF16 if precision == "bf16" else IMPLS)
+    if precision == "bf16" and "torch_fp32" not in impls:
+        impls += ("torch_fp32",)
     if "torch" not in impls:
         raise ValueError("impls must include 'torch', the baseline of the ratios")
     device = torch.device(device)
@@ -164,16 +201,16 @@ def bench_layers(
     try:
         results = []
         for shape in shapes:
-            results.extend(_bench_shape(shape, repeats, warmup, device, impls, seed, sync))
+            results.extend(_bench_shape(shape, repeats, warmup, device, impls, seed, sync, precision))
         return results
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _bench_shape(shape, repeats, warmup, device, impls, seed, sync) -> list[dict]:
+def _bench_shape(shape, repeats, warmup, device, impls, seed, sync, precision="fp32") -> list[dict]:
     T, B, I, H = shape
     torch.manual_seed(seed)
-    all_models = _make_models(I, H, device)
+    all_models = _make_models(I, H, device, precision)
     models = {name: all_models[name] for name in impls}
     x = torch.randn(T, B, I, device=device)
 
@@ -191,149 +228,96 @@ def _bench_shape(shape, repeats, warmup, device, impls, seed, sync) -> list[dict
 
     peaks = {name: _peak_memory_bytes(model, x) for name, model in models.items()}
     tokens = T * B
-    base_train = statistics.median(times["torch"]["train"])
-    base_forward = statistics.median(times["torch"]["forward"])
     rows = []
     for name in names:
-        train = statistics.median(times[name]["train"])
-        forward = statistics.median(times[name]["forward"])
-        rows.append(
-            {
-                "shape": tuple(shape),
-                "impl": name,
-                "train_ms": train * 1e3,
-                "forward_ms": forward * 1e3,
-                "train_tokens_per_s": tokens / train,
-                "forward_tokens_per_s": tokens / forward,
-                "train_ratio_vs_torch": train / base_train,
-                "forward_ratio_vs_torch": forward / base_forward,
-                "peak_mem_bytes": peaks[name],
-                "mem_ratio_vs_torch": peaks[name] / peaks["torch"] if peaks["torch"] else float("nan"),
-                "threads": torch.get_num_threads(),
-                "device": str(device),
-            }
-        )
+        row = {"shape": tuple(shape), "impl": name, "precision": precision}
+        for kind in ("train", "forward"):
+            mine = times[name][kind]
+            median = statistics.median(mine)
+            row[f"{kind}_ms"] = median * 1e3
+            row[f"{kind}_ms_iqr"] = tuple(q * 1e3 for q in _quartiles(mine))
+            row[f"{kind}_tokens_per_s"] = tokens / median
+            for base in ("torch", "torch_fp32") if precision == "bf16" else ("torch",):
+                theirs = times[base][kind]
+                suffix = "" if base == "torch" else "_fp32"
+                row[f"{kind}_ratio_vs_torch{suffix}"] = median / statistics.median(theirs)
+                row[f"{kind}_ratio{suffix}_iqr"] = _quartiles([a / b for a, b in zip(mine, theirs)])
+        row["peak_mem_bytes"] = peaks[name]
+        row["mem_ratio_vs_torch"] = peaks[name] / peaks["torch"] if peaks["torch"] else float("nan")
+        row["threads"] = torch.get_num_threads()
+        row["device"] = str(device)
+        rows.append(row)
     return rows
+
+
+def _ratio(row: dict, kind: str, suffix: str = "") -> str:
+    low, high = row[f"{kind}_ratio{suffix}_iqr"]
+    return f"{row[f'{kind}_ratio_vs_torch{suffix}']:.2f} ({low:.2f}-{high:.2f})"
+
+
+def _table_rows(results: list[dict]):
+    """(header, rows) shared by the terminal table and the Markdown one."""
+    bf16 = any(r.get("precision") == "bf16" for r in results)
+    header = ["T,B,I,H", "impl", "train ms", "train ratio (IQR)", "fwd ms", "fwd ratio (IQR)"]
+    if bf16:
+        header += ["train vs fp32 torch", "fwd vs fp32 torch"]
+    header += ["train tok/s", "peak MiB", "mem ratio"]
+    rows = []
+    for i, row in enumerate(results):
+        first_of_shape = i == 0 or results[i - 1]["shape"] != row["shape"]
+        cells = [",".join(map(str, row["shape"])) if first_of_shape else "", row["impl"],
+                 f"{row['train_ms']:.2f}", _ratio(row, "train"), f"{row['forward_ms']:.2f}", _ratio(row, "forward")]
+        if bf16:
+            cells += [_ratio(row, "train", "_fp32"), _ratio(row, "forward", "_fp32")]
+        cells += [f"{row['train_tokens_per_s']:,.0f}", f"{row['peak_mem_bytes'] / 2**20:.1f}",
+                  f"{row['mem_ratio_vs_torch']:.2f}"]
+        rows.append(cells)
+    return header, rows
 
 
 def format_layer_table(results: list[dict]):
     """A rich Table of ``bench_layers`` results, one row per (shape, impl)."""
     from rich.table import Table
 
-    table = Table(title="GRU layer: training step (fwd+bwd) and no-grad forward; ratio = time / torch.nn.GRU")
-    for col in ("T,B,I,H", "impl", "train ms", "train ratio", "fwd ms", "fwd ratio", "train tok/s", "peak MiB", "mem ratio"):
+    precision = results[0].get("precision", "fp32") if results else "fp32"
+    table = Table(title=f"GRU layer ({precision}): training step (fwd+bwd) and no-grad forward; "
+                        "ratio = time / torch.nn.GRU's (median, 25th-75th percentile)")
+    header, rows = _table_rows(results)
+    for col in header:
         table.add_column(col, justify="left" if col in ("T,B,I,H", "impl") else "right")
-    for i, row in enumerate(results):
-        first_of_shape = i == 0 or results[i - 1]["shape"] != row["shape"]
-        last_of_shape = i == len(results) - 1 or results[i + 1]["shape"] != row["shape"]
-        table.add_row(
-            ",".join(map(str, row["shape"])) if first_of_shape else "",
-            row["impl"],
-            f"{row['train_ms']:.2f}",
-            f"{row['train_ratio_vs_torch']:.2f}",
-            f"{row['forward_ms']:.2f}",
-            f"{row['forward_ratio_vs_torch']:.2f}",
-            f"{row['train_tokens_per_s']:,.0f}",
-            f"{row['peak_mem_bytes'] / 2**20:.1f}",
-            f"{row['mem_ratio_vs_torch']:.2f}",
-            end_section=last_of_shape,
-        )
+    for i, cells in enumerate(rows):
+        last_of_shape = i == len(results) - 1 or results[i + 1]["shape"] != results[i]["shape"]
+        table.add_row(*cells, end_section=last_of_shape)
     return table
 
 
-# The trainer benchmark: the default language model (configs/charlm.yaml's sizes) on alice29.txt.
-TRAINER_MODEL = {"embedding_dim": 64, "hidden_size": 256, "num_layers": 1}
-TRAINER_DATA = {"path": "data/alice29.txt", "seq_len": 64, "sampling": "random"}
-TRAINER_BATCH = 64
+def format_layer_markdown(results: list[dict], command: str, machine: str) -> str:
+    """The README's table: a Markdown table of ``bench_layers`` results with what produced it."""
+    header, rows = _table_rows(results)
+    lines = [f"`{command}` on {machine}:", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
 
 
-def _bare_loop_tokens_per_s(steps: int, warmup: int, device, backend: str = "custom") -> float:
-    """nanoGPT-style: the same model, data and optimizer in a plain loop with nothing around it.
+def machine_description(threads: int | None = None) -> str:
+    """CPU model, cores, torch version and load: enough to tell whether two runs are comparable."""
+    import platform
 
-    backend "torch" swaps in torch.nn.GRU: the loop a PyTorch user would write without grutrain."""
-    from grutrain.config import ModelConfig, TextDataConfig
-    from grutrain.data.text import WindowSampler, load_text_splits
-    from grutrain.model import SequenceModel
-
-    splits = load_text_splits(TextDataConfig(**TRAINER_DATA))
-    sampler = WindowSampler(splits.train, TRAINER_DATA["seq_len"], TRAINER_BATCH, "random", seed=1)
-    torch.manual_seed(0)
-    vocab_size = len(splits.vocab)
-    model = SequenceModel(ModelConfig(**TRAINER_MODEL, backend=backend), vocab_size, vocab_size=vocab_size,
-                          per_step=True).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    start = None
-    for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
-        inputs, targets, _ = sampler.next_batch()
-        inputs, targets = inputs.to(device), targets.to(device)
-        logits, _ = model(inputs)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * TRAINER_BATCH * TRAINER_DATA["seq_len"] / (time.perf_counter() - start)
-
-
-def _fit_tokens_per_s(steps: int, warmup: int, device, threads) -> float:
-    """`grutrain fit` on the same model and data; its own perf/tokens_per_s after the warm-up steps."""
-    import tempfile
-
-    from grutrain.config import validate_config
-    from grutrain.metrics import read_metrics
-    from grutrain.train import fit
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = validate_config({
-            "data": TRAINER_DATA, "model": TRAINER_MODEL,
-            "optim": {"name": "adamw", "lr": 3e-3, "grad_clip": 1.0, "schedule": "cosine"},
-            "train": {"max_steps": warmup + steps, "batch_size": TRAINER_BATCH, "log_every": warmup,
-                      "eval_every": 10**9, "checkpoint_every": 10**9,
-                      "device": device.type, "threads": threads},
-            "sample": {"length": 0},
-            "run": {"dir": f"{tmp}/run"},
-        })
-        started = time.perf_counter()
-        fit(cfg, progress="none")
-        rates = [m["value"] for m in read_metrics(f"{tmp}/run") if m["tag"] == "perf/tokens_per_s"]
-    # The first logged rate covers the warm-up steps; the rest the measured ones (one eval and
-    # one checkpoint at the very end fall outside them, as in a long run they are rare).
-    return statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
-
-
-def bench_trainer(steps: int = 60, warmup: int = 10, rounds: int = 3, threads: int | None = None,
-                  device: str | torch.device = "cpu") -> dict:
-    """tokens/s of `grutrain fit` against a bare PyTorch loop (same model, data, optimizer), alternated
-    `rounds` times so machine load hits both alike; medians and their ratio (>= 1 means fit is as fast)."""
-    device = torch.device(device)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    cpu = platform.processor() or platform.machine()
     try:
-        fit_rates, bare_rates, bare_torch_rates = [], [], []
-        for _ in range(rounds):
-            fit_rates.append(_fit_tokens_per_s(steps, warmup, device, threads))
-            bare_rates.append(_bare_loop_tokens_per_s(steps, warmup, device))
-            bare_torch_rates.append(_bare_loop_tokens_per_s(steps, warmup, device, backend="torch"))
-    finally:
-        torch.set_num_threads(old_threads)
-    fit_median, bare_median = statistics.median(fit_rates), statistics.median(bare_rates)
-    bare_torch_median = statistics.median(bare_torch_rates)
-    return {"model": TRAINER_MODEL, "data": TRAINER_DATA, "batch_size": TRAINER_BATCH, "steps": steps,
-            "rounds": rounds, "fit_tokens_per_s": fit_median, "bare_tokens_per_s": bare_median,
-            "bare_torch_gru_tokens_per_s": bare_torch_median, "ratio": fit_median / bare_median,
-            "ratio_vs_bare_torch_gru": fit_median / bare_torch_median,
-            "fit_runs": fit_rates, "bare_runs": bare_rates, "bare_torch_gru_runs": bare_torch_rates}
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ""
+    try:
+        load = f", load average {os.getloadavg()[0]:.1f}"
+    except (OSError, AttributeError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{threads or torch.get_num_threads()} threads{load}")
 
 
-def format_trainer_result(result: dict) -> str:
-    return (f"trainer (charlm sizes, median of {result['rounds']} alternated rounds of {result['steps']} steps):\n"
-            f"  grutrain fit                      {result['fit_tokens_per_s']:>9,.0f} tok/s\n"
-            f"  bare loop, same model             {result['bare_tokens_per_s']:>9,.0f} tok/s   "
-            f"fit / bare = {result['ratio']:.2f}\n"
-            f"  bare loop with torch.nn.GRU       {result['bare_torch_gru_tokens_per_s']:>9,.0f} tok/s   "
-            f"fit / bare nn.GRU = {result['ratio_vs_bare_torch_gru']:.2f}")
+from grutrain.bench_trainer import (  # noqa: E402  (re-exported)
+    bench_generation, bench_trainer, format_generation_result, format_trainer_result)

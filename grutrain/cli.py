@@ -149,26 +149,43 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
     trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="also time grutrain fit against a bare PyTorch loop"),
+    generation: bool = typer.Option(True, "--generation/--no-generation",
+                                    help="also time sample's per-token loop against torch.nn.GRU stepping one token"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast; torch.nn.GRU timed under it too)"),
+    markdown: bool = typer.Option(False, "--markdown", help="print the layer table as Markdown with command and machine"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
 ) -> None:
     """Time the fast GRU, the reference loop and torch.nn.GRU side by side (training step, forward, memory)."""
     from grutrain import bench as benchmarks
-    from grutrain.runtime import resolve_device
+    from grutrain.runtime import autocast_dtype, resolve_device
 
     dev = resolve_device(device)
+    if precision not in benchmarks.PRECISIONS:
+        raise GrutrainError(f"--precision {precision!r} is not one of {', '.join(benchmarks.PRECISIONS)}")
+    autocast_dtype(precision, dev)  # bf16 where this device has no native bfloat16: a one-line error
     shapes = [_parse_shape(s) for s in shape] if shape else benchmarks.STANDARD_SHAPES
     console = Console(stderr=True) if as_json else out
     with console.status("timing GRU layers (interleaved, medians)..."):
-        layers = benchmarks.bench_layers(shapes, repeats=repeats, warmup=warmup, threads=threads, device=dev)
-    result = {"device": str(dev), "threads": threads or __import__("torch").get_num_threads(), "layers": layers}
-    if not as_json:
+        layers = benchmarks.bench_layers(shapes, repeats=repeats, warmup=warmup, threads=threads, device=dev,
+                                         precision=precision)
+    result = {"device": str(dev), "threads": threads or __import__("torch").get_num_threads(),
+              "precision": precision, "machine": benchmarks.machine_description(threads), "layers": layers}
+    if markdown and not as_json:
+        command = "grutrain " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "grutrain bench"
+        out.print(benchmarks.format_layer_markdown(layers, command, result["machine"]), highlight=False, soft_wrap=True)
+    elif not as_json:
         # A wide table: don't squeeze it into 80 columns when stdout is a file.
-        Console(highlight=False, width=None if out.is_terminal else 140).print(benchmarks.format_layer_table(layers))
+        Console(highlight=False, width=None if out.is_terminal else 180).print(benchmarks.format_layer_table(layers))
     if trainer:
         with console.status("timing grutrain fit against a bare PyTorch loop..."):
-            result["trainer"] = benchmarks.bench_trainer(threads=threads, device=dev)
+            result["trainer"] = benchmarks.bench_trainer(threads=threads, device=dev, precision=precision)
         if not as_json:
-            out.print(benchmarks.format_trainer_result(result["trainer"]))
+            out.print(benchmarks.format_trainer_result(result["trainer"]), highlight=False)
+    if generation:
+        with console.status("timing generation, one token at a time..."):
+            result["generation"] = benchmarks.bench_generation(threads=threads, device=dev)
+        if not as_json:
+            out.print(benchmarks.format_generation_result(result["generation"]), highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
 

@@ -183,7 +183,7 @@ class TrainConfig(Section):
     log_every: int = Field(10, gt=0)
     seed: int = Field(0, ge=0, lt=2**63 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 autocast on CUDA")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 autocast on CUDA; bf16 also on CPUs with native bfloat16")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
     dist_timeout_s: float = Field(
         600, gt=0, description="under torchrun: how long a rank waits for the others before giving up"

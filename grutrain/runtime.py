@@ -64,9 +64,23 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for train.precision, or None for plain float32."""
     if precision == "fp32":
         return None
+    if precision == "bf16" and device.type == "cpu":
+        if not cpu_supports_bf16():
+            raise GrutrainError("train.precision=bf16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX); "
+                                "this one has none: use train.precision=fp32")
+        return torch.bfloat16
     if device.type != "cuda":
         raise GrutrainError(f"train.precision={precision} needs a CUDA device; use train.precision=fp32 on {device.type}")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles).
+
+    Without it oneDNN emulates bfloat16 products on AVX-512 or falls back to plain loops, slower
+    than float32, so bf16 is refused. torch.cpu's checks are private: missing ones mean "no"."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 class Distributed:

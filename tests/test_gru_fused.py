@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import grutrain.gru_fused as gf
+import grutrain.gru_matmul as gm
 from grutrain.gru_fused import fused_gru_layer
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -149,10 +150,12 @@ def test_bf16_autocast_cpu_close_to_float32(reset):
     inputs = make_inputs(8, 4, 6, 16)
     expected = run_with_grads(fused_gru_layer, inputs, reset)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        # Inputs from earlier autocast layers arrive in bf16; the layer runs in float32 anyway.
+        # Inputs from earlier autocast layers arrive in bf16; state and gates stay float32 inside.
         x_bf16 = inputs[0].detach().to(torch.bfloat16).requires_grad_()
         out, h_T = fused_gru_layer(x_bf16, *inputs[1:], reset=reset)
-    assert out.dtype == torch.float32 and h_T.dtype == torch.float32
+        torch_out, torch_h = torch.nn.GRU(6, 16)(x_bf16)
+    # The output dtype is torch.nn.GRU's under the same autocast (bf16 in, bf16 out on CPU).
+    assert out.dtype == torch_out.dtype == torch.bfloat16 and h_T.dtype == torch_h.dtype
     g = torch.Generator().manual_seed(1)
     loss = (out * torch.randn(out.shape, generator=g)).sum() + (h_T * torch.randn(h_T.shape, generator=g)).sum()
     grads = torch.autograd.grad(loss, [x_bf16, *inputs[1:]])
@@ -225,23 +228,24 @@ def test_packed_step_matmul_matches_addmm():
     h = torch.randn(B, H)
     acc = torch.randn(B, 4 * H)[:, H:]  # a strided window, as in the time loop
     expected = acc + h @ w.T
-    step = gf._step_matmul(w, B)
+    step = gm.step_matmul(w, B)
     assert step.__name__ == "packed_step"
     torch.testing.assert_close(step(acc, h), expected, atol=1e-4, rtol=1e-4)
-    assert gf._step_matmul(w, B, max_packed_bytes=1024).__name__ == "plain_step"
-    assert gf._step_matmul(w.double(), B).__name__ == "plain_step"
+    assert gm.step_matmul(w, B, max_packed_bytes=1024).__name__ == "plain_step"
+    assert gm.step_matmul(w.double(), B).__name__ == "plain_step"
 
 
 @mkl_packed
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_packed_path_end_to_end(monkeypatch, reset):
-    monkeypatch.setattr(gf, "_PACKED_MIN_HIDDEN", 1)
+    monkeypatch.setattr(gm, "_PACKED_MIN_HIDDEN", 1)
+    monkeypatch.setattr(gm, "_MIN_STEPS_TO_PREPARE", 1)
     inputs = make_inputs(5, 3, 4, 8)
     expected = run_with_grads(naive_gru, inputs, reset)
     with torch.no_grad():  # no memory budget here, so the packed path runs
         out, h_T = fused_gru_layer(*inputs, reset=reset)
     assert_all_close([out, h_T], expected[:2], torch.float32)
-    monkeypatch.setattr(gf, "_step_matmul", lambda w, b, m=float("inf"): _force_packed(w, b))
+    monkeypatch.setattr(gf, "step_matmul", lambda w, b, *args, **kwargs: _force_packed(w, b))
     assert_all_close(run_with_grads(fused_gru_layer, inputs, reset), expected, torch.float32)
 
 
@@ -251,7 +255,7 @@ def _force_packed(weight, batch):
     return step
 
 
-_ORIGINAL_STEP_MATMUL = gf._step_matmul
+_ORIGINAL_STEP_MATMUL = gm.step_matmul
 
 
 def test_bench_layers_reports_every_impl_against_torch():
