@@ -80,9 +80,11 @@ def eval_command(
     from grutrain.evaluate import evaluate_checkpoint
 
     if plot is not None:
+        from grutrain.outputs import check_output
         from grutrain.plots import require_matplotlib
 
         require_matplotlib()  # before the evaluation, not after it
+        check_output(plot, "--plot", inputs=[checkpoint, data])
     result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device)
     if plot is not None:
         from grutrain.plots import plot_checkpoint, save_figure
@@ -142,15 +144,16 @@ def predict(
     """Forecasts (the horizon after the input's end, on the original scale) or class labels with probabilities."""
     from grutrain.predict import format_rows, output_format, predict_checkpoint
 
+    from grutrain.outputs import check_output, write_output
+
+    if output is not None:
+        check_output(output, "--output", inputs=[checkpoint, input])  # before the work, not after it
     rows = predict_checkpoint(checkpoint, input, device)
     text = format_rows(rows, output_format(output, fmt))
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        output.write_text(text)
-    except OSError as exc:
-        raise GrutrainError(f"cannot write --output {str(output)!r}: {exc.strerror or exc}") from None
+    write_output(output, text, "--output", inputs=[checkpoint, input])
     out.print(f"{len(rows)} predictions written to {output}")
 
 

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from grutrain.errors import GrutrainError
+from grutrain.outputs import check_output
 
 FORMATS = ("onnx", "pt2", "state-dict")
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "state-dict", ".pth": "state-dict"}
@@ -535,8 +536,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str | Non
         _import_onnx()  # fail before loading anything
     if output.is_dir():
         raise GrutrainError(f"--output {str(output)!r} is a directory; give a file name such as model.{fmt}")
-    if not output.parent.is_dir():
-        raise GrutrainError(f"--output {str(output)!r}: the directory {str(output.parent)!r} does not exist")
+    check_output(output, "--output", inputs=[checkpoint])  # a new path or a regular file, never the checkpoint
+    check_output(metadata_path(output), "--output's metadata", inputs=[checkpoint])
     payload = load_checkpoint(checkpoint, map_location="cpu")
     model, cfg = load_trained_model(payload, torch.device("cpu"), source=str(checkpoint))
     model = model.float().eval()

@@ -217,6 +217,7 @@ def output_dir(cfg, requested: str | Path | None) -> Path:
 
     Never inside runs/ or in (or under) a run directory, so that a range test cannot change a run.
     """
+    from grutrain.outputs import check_output, check_output_dir
     from grutrain.rundir import RUNS_ROOT, claim_numbered_dir
 
     if requested is None:
@@ -230,7 +231,13 @@ def output_dir(cfg, requested: str | Path | None) -> Path:
                             "writes into runs: give another directory (default: lr-find/<run.name>-N)")
     if path.exists() and not path.is_dir():
         raise GrutrainError(f"--output-dir {str(path)!r} is a file; give a directory")
-    path.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path, "--output-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GrutrainError(f"cannot create --output-dir {str(path)!r}: {exc.strerror or exc}") from None
+    for name in (CSV_NAME, JSON_NAME, PNG_NAME):  # each a new file or a regular one, before the sweep
+        check_output(path / name, "--output-dir")
     return path
 
 

@@ -22,8 +22,8 @@ from grutrain.metrics import MetricsLogger
 from grutrain.monitor import Monitor
 from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
-from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, clear_run_dir, holds_run,
-                             resolve_run_dir)
+from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, discard_set_aside, holds_run,
+                             resolve_run_dir, restore_set_aside, set_aside_run, write_run_file)
 from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
                               set_threads)
 from grutrain.tasks import build_task
@@ -134,7 +134,7 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
     if error:
         raise GrutrainError(error)
     run_dir = Path(run_dir)
-    started = False
+    started, aside = False, None
     # Everything that can fail on bad input happens before an earlier run's files are touched.
     try:
         saved = None
@@ -147,11 +147,13 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
         rows_per_step = cfg.train.batch_size * cfg.train.accumulate
         task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": rows_per_step})}),
                           saved, dist.rank, dist.world_size)
-        if overwrite and dist.is_main:
-            clear_run_dir(run_dir)
+        if overwrite and dist.is_main and holds_run(run_dir):
+            aside = set_aside_run(run_dir)  # deleted by the first checkpoint, restored if none gets written
         started = True
         return _train(cfg, run_dir, task, saved, device, amp_dtype, progress, dist)
     finally:
+        if aside is not None:
+            restore_set_aside(run_dir, aside)
         if lock is not None:
             lock.release()
         if fresh and not started:  # bad input: leave no empty run directory behind
@@ -187,7 +189,7 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
         loss_window, skipped, bad_in_a_row = list(saved["loss_window"]), saved["skipped_steps"], saved["bad_in_a_row"]
         earlier_wall_time = saved.get("wall_time_s", 0.0)
     if dist.is_main:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        write_run_file(run_dir / "config.yaml", config_to_yaml(cfg))
     baselines = task.baselines()
 
     def save(name: Path) -> None:
@@ -211,6 +213,7 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
         }
         try:
             save_checkpoint(payload, run_dir / name)
+            discard_set_aside(run_dir)  # --overwrite: the run this one replaces can go now
         finally:
             dist.barrier()
 
@@ -228,7 +231,7 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
                    "best": {monitor.metric: monitor.best, "step": monitor.best_step},
                    "baselines": baselines, "wall_time_s": wall_time(), **extra}
         if dist.is_main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     started = time.time()

@@ -33,6 +33,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from grutrain.data.text import Vocabulary
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".ts": "ts"}
 TEXT, NUMERIC = "text", "numeric"
@@ -116,10 +117,7 @@ def _read_text(path: str | Path, what: str) -> str:
         raise GrutrainError(f"{what} {str(path)!r} is a directory; give a JSONL, CSV or .ts file")
     if not path.exists():
         raise GrutrainError(f"{what} {str(path)!r} not found; give a JSONL, CSV or .ts file of examples")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise GrutrainError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    raw = read_input(path, what)  # a regular file that fits in memory; I/O errors as one line
     if not raw.strip():
         raise GrutrainError(f"{what} {str(path)!r} is empty; give a file with examples in it")
     try:

@@ -23,6 +23,7 @@ import torch
 from grutrain.config import DataConfig
 from grutrain.data.batching import EpochSampler
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 UNK = "<unk>"
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
@@ -35,7 +36,7 @@ def read_text_file(path: str | Path) -> str:
         raise GrutrainError(f"data.path {str(path)!r} is a directory; give a UTF-8 text file")
     if not path.exists():
         raise GrutrainError(f"data file {str(path)!r} not found; check data.path (e.g. data/alice29.txt)")
-    raw = path.read_bytes()
+    raw = read_input(path, "data file")  # a regular file that fits in memory
     if not raw.strip():
         raise GrutrainError(f"data file {str(path)!r} is empty; give a UTF-8 text file with some text in it")
     if b"\x00" in raw[:65536]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 # Cells read as missing (case-insensitive), besides empty ones: what pandas and R write for NaN/NA.
 MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
@@ -284,7 +285,7 @@ def _read_csv_text(path: Path, source: str, role: str) -> str:
         raise GrutrainError(f"{role} {source!r} is a directory; give a CSV file")
     if not path.exists():
         raise GrutrainError(f"{role} {source!r} not found; give the path to a CSV file (e.g. data/sunspots.csv)")
-    raw = path.read_bytes()
+    raw = read_input(path, role)  # a regular file that fits in memory; I/O errors as one line
     if b"\x00" in raw[:65536]:
         raise GrutrainError(f"{source} looks binary (it contains NUL bytes); give a CSV text file")
     try:
