@@ -16,6 +16,7 @@ from typing import List, Literal, Optional
 import typer
 from rich.console import Console
 
+from grutrain import json_text
 from grutrain.errors import GrutrainError
 
 app = typer.Typer(
@@ -92,7 +93,7 @@ def eval_command(
         save_figure(plot_checkpoint(checkpoint, split=split, data_path=data, device=device), plot)
         result["plot"] = str(plot)
     if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json_text.dumps(result) + "\n")
         return
     counted = next((f"{result[k]} {k}" for k in ("tokens", "examples", "windows") if k in result), None)
     out.print(f"{result['checkpoint']} (step {result['step']}) on {result['split']}" + (f": {counted}" if counted else ""))
@@ -119,9 +120,10 @@ def sample(
     from grutrain.checkpoint import load_checkpoint
     from grutrain.data.text import Vocabulary
     from grutrain.runtime import resolve_device
-    from grutrain.sample import generate
+    from grutrain.sample import check_sampling, generate
     from grutrain.tasks import load_trained_model
 
+    check_sampling(prompt, length, temperature, top_k, seed)  # before loading anything
     dev = resolve_device(device)
     payload = load_checkpoint(checkpoint, map_location=dev)
     model, cfg = load_trained_model(payload, dev, source=str(checkpoint))
@@ -159,9 +161,13 @@ def predict(
 
 def _parse_shape(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise GrutrainError(f"--shape {text!r} is not T,B,I,H (four positive integers, e.g. 35,32,28,256)")
-    return tuple(int(p) for p in parts)
+    if len(parts) != 4 or not all(p.strip().isdigit() and 0 < int(p) < 10**9 for p in parts):
+        raise GrutrainError(f"--shape {text[:60]!r} is not T,B,I,H (four positive integers, e.g. 35,32,28,256)")
+    from grutrain.capacity import check_gru_shape_fits
+
+    shape = tuple(int(p) for p in parts)
+    check_gru_shape_fits(*shape)
+    return shape
 
 
 @app.command(epilog="Example: grutrain bench --shape 100,16,32,128 --repeats 30 --json")
@@ -305,12 +311,35 @@ def init(
               file=sys.stderr)
 
 
+def _fail(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from grutrain import streams
+
+    problem = streams.prepare()  # closed descriptors, stderr's encoding
+    if problem:
+        _fail(problem)
     try:
         app(args=argv, prog_name="grutrain")
+    except SystemExit as exc:
+        problem = streams.finish_stdout()  # a full disk shows only when stdout is flushed
+        if problem and not exc.code:
+            _fail(problem)
+        raise
     except GrutrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    # The environment, not the input: one line, never a traceback.
+    except UnicodeEncodeError as exc:
+        streams.silence_stdout()
+        _fail(streams.describe_encode_error(exc))
+    except OSError as exc:
+        streams.silence_stdout()
+        _fail(streams.describe_os_error(exc))
+    except MemoryError:
+        _fail("out of memory; use a smaller model, batch or data file")

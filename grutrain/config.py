@@ -117,9 +117,10 @@ class SyntheticDataConfig(Section):
 
 class ModelConfig(Section):
     section_name: ClassVar[str] = "model"
-    embedding_dim: int = Field(64, ge=0, description="0 means one-hot inputs, as d2l.ai does")
-    hidden_size: int = Field(256, gt=0)
-    num_layers: int = Field(1, gt=0)
+    # Upper bounds only stop absurd counts early; what fits in memory is checked before training.
+    embedding_dim: int = Field(64, ge=0, le=1 << 16, description="0 means one-hot inputs, as d2l.ai does")
+    hidden_size: int = Field(256, gt=0, le=1 << 16)
+    num_layers: int = Field(1, gt=0, le=256)
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout between GRU layers and before the head")
     reset: Literal["after", "before"] = "after"
     backend: Literal["custom", "torch"] = "custom"
@@ -177,7 +178,7 @@ class TrainConfig(Section):
     section_name: ClassVar[str] = "train"
     max_steps: Optional[int] = Field(2000, gt=0, description="optimizer steps; or use epochs")
     epochs: Optional[int] = Field(None, gt=0, description="passes over the training split; overrides max_steps")
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=1 << 20)
     accumulate: int = Field(1, gt=0, description="micro-batches of batch_size per optimizer step (gradient accumulation)")
     early_stopping: Optional[EarlyStoppingConfig] = Field(None, description="stop when a validation metric stalls")
     eval_every: int = Field(250, gt=0, description="evaluate on the validation split every N steps")

@@ -7,6 +7,7 @@ import math
 import torch
 
 from grutrain.errors import GrutrainError
+from grutrain.json_text import require_finite
 from torch.nn import functional as F
 
 from grutrain.data.text import eval_streams
@@ -44,4 +45,5 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
         metrics = task_module(cfg.task).evaluate_checkpoint(payload, model, cfg, split, data_path, dev)
     except GrutrainError as exc:
         raise GrutrainError(f"{path}: {exc}") from None
+    require_finite(metrics, f"{path}: the metrics on {split if data_path is None else data_path}")  # never print nan
     return {"checkpoint": str(path), "task": cfg.task, "step": payload["step"], **metrics}

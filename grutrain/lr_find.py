@@ -93,13 +93,16 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int | None = No
     return lo + i, float(gradient[i])
 
 
+MAX_STEPS = 100_000
+
+
 def check_sweep(start: float, end: float, steps: int, smoothing: float = SMOOTHING) -> None:
     if not 0 <= smoothing < 1:
         raise GrutrainError(f"--smoothing {smoothing:g}: the moving average's beta must be in [0, 1), e.g. 0.98")
     if not (0 < start < end and math.isfinite(end)):
         raise GrutrainError(f"--start {start:g} and --end {end:g}: need 0 < start < end, e.g. --start 1e-7 --end 10")
-    if steps < 10:
-        raise GrutrainError(f"--steps {steps}: the range test needs at least 10 steps (a few hundred is usual)")
+    if not 10 <= steps <= MAX_STEPS:
+        raise GrutrainError(f"--steps {steps}: the range test needs 10 to {MAX_STEPS} steps (a few hundred is usual)")
 
 
 def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *, smoothing: float = SMOOTHING,
@@ -112,6 +115,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *,
     hundred steps the smoothed curve trails the raw one; a lower beta follows it more closely.
     `progress(step, lr, loss)` is called after each step when given.
     """
+    from grutrain.capacity import check_model_fits
     from grutrain.optim import build_optimizer
     from grutrain.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
     from grutrain.tasks import build_task
@@ -125,6 +129,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *,
     rows = cfg.train.batch_size * cfg.train.accumulate
     task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": rows})}), None)
     seed_everything(cfg.train.seed)
+    check_model_fits(task, cfg)  # an impossible size is refused here, not by the allocator
     model = task.build_model().to(dev).train()
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 from grutrain.errors import GrutrainError
+from grutrain import json_text
+from grutrain.json_text import require_finite
 
 
 def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
@@ -23,13 +25,13 @@ def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     if not hasattr(module, "predict"):
         raise GrutrainError(f"{path} is a {cfg.task} model, which has no predict; "
                             "use grutrain eval (or grutrain sample for a language model)")
-    return module.predict(payload, model, cfg, Path(input_path), dev)
+    return require_finite(module.predict(payload, model, cfg, Path(input_path), dev), f"{path}: the predictions")
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:
     """rows as JSONL (one object a line) or CSV (a header from the first row's keys)."""
     if fmt == "jsonl":
-        return "".join(json.dumps(row) + "\n" for row in rows)
+        return "".join(json_text.dumps(row) + "\n" for row in rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
     writer.writeheader()

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
+import threading
 
 import torch
 
-from grutrain.errors import GrutrainError
+from grutrain.errors import GrutrainError, Interrupted
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises Interrupted (as SIGINT raises KeyboardInterrupt), so that cleanup code runs:
+    a run dir created for a run that never started is removed, an overwritten run is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def seed_everything(seed: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from grutrain.capacity import check_model_fits
 from grutrain.checkpoint import load_checkpoint, save_checkpoint
 from grutrain.config import Config, config_to_dict, config_to_yaml, flatten_config
 from grutrain.errors import GrutrainError, TrainingInterrupted
@@ -25,7 +26,7 @@ from grutrain.progress import TrainingProgress
 from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, discard_set_aside, holds_run,
                              resolve_run_dir, restore_set_aside, set_aside_run, write_run_file)
 from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
-                              set_threads)
+                              set_threads, sigterm_raises)
 from grutrain.tasks import build_task
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.
@@ -113,7 +114,8 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
     dist = Distributed()
     device = dist.start(resolve_device(cfg.train.device), timeout_s=cfg.train.dist_timeout_s)
     try:
-        return _fit_on_this_rank(cfg, dist, device, resume, overwrite, progress if dist.is_main else "none")
+        with sigterm_raises():  # installed before any slow read: a SIGTERM there still cleans up
+            return _fit_on_this_rank(cfg, dist, device, resume, overwrite, progress if dist.is_main else "none")
     finally:
         dist.stop()
 
@@ -147,6 +149,7 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
         rows_per_step = cfg.train.batch_size * cfg.train.accumulate
         task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": rows_per_step})}),
                           saved, dist.rank, dist.world_size)
+        check_model_fits(task, cfg)  # an impossible size is refused here, not by the allocator
         if overwrite and dist.is_main and holds_run(run_dir):
             aside = set_aside_run(run_dir)  # deleted by the first checkpoint, restored if none gets written
         started = True

@@ -33,6 +33,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from grutrain.data.text import Vocabulary
 from grutrain.errors import GrutrainError
+from grutrain.data.timeseries import check_normalisation
 from grutrain.inputs import read_input
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".ts": "ts"}
@@ -157,6 +158,9 @@ def _read_jsonl(text: str, source: str, require_labels: bool) -> Examples:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise GrutrainError(f"{source}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                "each line must be an object like {\"x\": \"mary\", \"y\": \"female\"}") from None
+        except RecursionError:
+            raise GrutrainError(f"{source}: line {number} is nested too deeply to be an example; "
                                 "each line must be an object like {\"x\": \"mary\", \"y\": \"female\"}") from None
         if not isinstance(obj, dict):
             raise GrutrainError(f"{source}: line {number} is not a JSON object; "
@@ -434,6 +438,7 @@ class Encoder:
             # A channel that is constant (or never observed) is only centred.
             mean = torch.where(torch.isnan(mean), torch.zeros_like(mean), mean)
             std = torch.where(torch.isnan(std) | (std < 1e-12), torch.ones_like(std), std)
+            check_normalisation(mean.numpy(), std.numpy(), "the training examples")
             state["mean"], state["std"] = mean.tolist(), std.tolist()
         return cls(state)
 

@@ -111,6 +111,9 @@ def load_text_splits(cfg: DataConfig, vocab: Vocabulary | None = None, path: str
     train_s, val_s, test_s = split_by_position(len(tokens), cfg.val_fraction, cfg.test_fraction)
     if vocab is None:
         vocab = Vocabulary.build(tokens[train_s], cfg.min_freq)
+        if len(vocab.tokens) < 2:  # only <unk>: nothing to predict or to sample
+            raise GrutrainError(f"data.min_freq {cfg.min_freq} leaves no token in the vocabulary but {UNK} "
+                                f"(no token occurs that often in {str(path or cfg.path)!r}); lower data.min_freq")
     ids = vocab.encode(tokens)
     return TextSplits(vocab, ids[train_s], ids[val_s], ids[test_s])
 
