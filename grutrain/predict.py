@@ -9,6 +9,7 @@ from pathlib import Path
 
 from grutrain.errors import GrutrainError
 from grutrain import json_text
+from grutrain.inputs import open_input
 from grutrain.json_text import require_finite
 
 
@@ -18,6 +19,7 @@ def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     from grutrain.runtime import resolve_device
     from grutrain.tasks import load_trained_model, task_module
 
+    open_input(input_path, "--input").close()  # a regular file that fits, before the model is loaded
     dev = resolve_device(device)
     payload = load_checkpoint(path, map_location=dev)
     model, cfg = load_trained_model(payload, dev, source=str(path))

@@ -163,6 +163,8 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
+                if cfg.run.dir is None:  # and a runs/ made for it alone
+                    run_dir.parent.rmdir()
 
 
 def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
