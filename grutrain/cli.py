@@ -175,7 +175,7 @@ def bench(
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="T,B,I,H to time (repeatable); default: the standard shapes"),
     repeats: int = typer.Option(25, "--repeats", min=1, help="timed repetitions per implementation and shape"),
     warmup: int = typer.Option(3, "--warmup", min=0),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, help="torch CPU threads"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
     trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="also time grutrain fit against a bare PyTorch loop"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
