@@ -35,6 +35,7 @@ import torch
 
 from grutrain import __version__
 from grutrain.errors import GrutrainError
+from grutrain.inputs import CHECKPOINT_EXPANSION, open_input
 
 FORMAT_VERSION = 2
 
@@ -131,12 +132,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise GrutrainError(f"checkpoint {name!r} is a directory; give a .pt file such as runs/charlm-1/checkpoints/best.pt")
     if not path.exists():
         raise GrutrainError(f"checkpoint {name!r} not found; give a .pt file such as runs/charlm-1/checkpoints/best.pt")
-    if path.stat().st_size == 0:
-        raise GrutrainError(f"checkpoint {name!r} is empty (0 bytes); it was not written completely")
+    # A regular file (not a FIFO or a device) that fits in memory.
+    with open_input(path, "checkpoint", expansion=CHECKPOINT_EXPANSION) as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise GrutrainError(f"checkpoint {name!r} is empty (0 bytes); it was not written completely")
+        payload = _torch_load(file, name, map_location)
+    return _checked(payload, name)
+
+
+def _torch_load(file, name: str, map_location) -> Any:
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses pickles that would import or call anything. torch's message starts by
         # advising weights_only=False (running the file's code): keep only what it found.
@@ -147,6 +155,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                             f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
     except Exception as exc:  # any other decoder failure on hostile bytes
         raise GrutrainError(f"checkpoint {name!r} is not a readable checkpoint: {type(exc).__name__}") from None
+    return payload
+
+
+def _checked(payload: Any, name: str) -> dict[str, Any]:
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise GrutrainError(f"checkpoint {name!r} is not a grutrain checkpoint (no format_version)")
     version = payload["format_version"]

@@ -16,6 +16,7 @@ from typing import List, Literal, Optional
 import typer
 from rich.console import Console
 
+from grutrain import json_text
 from grutrain.errors import GrutrainError
 
 app = typer.Typer(
@@ -81,7 +82,7 @@ def eval_command(
 
     result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device, plot=plot)
     if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json_text.dumps(result) + "\n")
         return
     counted = next((f"{result[k]} {k}" for k in ("tokens", "examples", "windows") if k in result), None)
     out.print(f"{result['checkpoint']} (step {result['step']}) on {result['split']}" + (f": {counted}" if counted else ""))
@@ -122,23 +123,28 @@ def predict(
     """Forecasts (the horizon after the input's end, on the original scale) or class labels with probabilities."""
     from grutrain.predict import format_rows, output_format, predict_checkpoint
 
+    from grutrain.outputs import check_output, write_output
+
+    if output is not None:
+        check_output(output, "--output", inputs=[checkpoint, input])  # before the work, not after it
     rows = predict_checkpoint(checkpoint, input, device)
     text = format_rows(rows, output_format(output, fmt))
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        output.write_text(text)
-    except OSError as exc:
-        raise GrutrainError(f"cannot write --output {str(output)!r}: {exc.strerror or exc}") from None
+    write_output(output, text, "--output", inputs=[checkpoint, input])
     out.print(f"{len(rows)} predictions written to {output}")
 
 
 def _parse_shape(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise GrutrainError(f"--shape {text!r} is not T,B,I,H (four positive integers, e.g. 35,32,28,256)")
-    return tuple(int(p) for p in parts)
+    if len(parts) != 4 or not all(p.strip().isdigit() and 0 < int(p) < 10**9 for p in parts):
+        raise GrutrainError(f"--shape {text[:60]!r} is not T,B,I,H (four positive integers, e.g. 35,32,28,256)")
+    from grutrain.capacity import check_gru_shape_fits
+
+    shape = tuple(int(p) for p in parts)
+    check_gru_shape_fits(*shape)
+    return shape
 
 
 @app.command(epilog="Example: grutrain bench --shape 100,16,32,128 --repeats 30 --json")
@@ -146,7 +152,7 @@ def bench(
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="T,B,I,H to time (repeatable); default: the standard shapes"),
     repeats: int = typer.Option(25, "--repeats", min=1, help="timed repetitions per implementation and shape"),
     warmup: int = typer.Option(3, "--warmup", min=0),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, help="torch CPU threads"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
     trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="also time grutrain fit against a bare PyTorch loop"),
     generation: bool = typer.Option(True, "--generation/--no-generation",
@@ -299,12 +305,35 @@ def init(
               file=sys.stderr)
 
 
+def _fail(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from grutrain import streams
+
+    problem = streams.prepare()  # closed descriptors, stderr's encoding
+    if problem:
+        _fail(problem)
     try:
         app(args=argv, prog_name="grutrain")
+    except SystemExit as exc:
+        problem = streams.finish_stdout()  # a full disk shows only when stdout is flushed
+        if problem and not exc.code:
+            _fail(problem)
+        raise
     except GrutrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    # The environment, not the input: one line, never a traceback.
+    except UnicodeEncodeError as exc:
+        streams.silence_stdout()
+        _fail(streams.describe_encode_error(exc))
+    except OSError as exc:
+        streams.silence_stdout()
+        _fail(streams.describe_os_error(exc))
+    except MemoryError:
+        _fail("out of memory; use a smaller model, batch or data file")

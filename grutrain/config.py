@@ -8,14 +8,17 @@ would be right.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from grutrain.config_text import excerpt, format_config_value, parse_yaml, resolve_run_dir_template  # noqa: F401
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 
 class Section(BaseModel):
@@ -114,9 +117,10 @@ class SyntheticDataConfig(Section):
 
 class ModelConfig(Section):
     section_name: ClassVar[str] = "model"
-    embedding_dim: int = Field(64, ge=0, description="0 means one-hot inputs, as d2l.ai does")
-    hidden_size: int = Field(256, gt=0)
-    num_layers: int = Field(1, gt=0)
+    # Upper bounds only stop absurd counts early; what fits in memory is checked before training.
+    embedding_dim: int = Field(64, ge=0, le=1 << 16, description="0 means one-hot inputs, as d2l.ai does")
+    hidden_size: int = Field(256, gt=0, le=1 << 16)
+    num_layers: int = Field(1, gt=0, le=256)
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout between GRU layers and before the head")
     reset: Literal["after", "before"] = "after"
     backend: Literal["custom", "torch"] = "custom"
@@ -167,11 +171,14 @@ class EarlyStoppingConfig(Section):
         return self
 
 
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))  # more would only exhaust the process table
+
+
 class TrainConfig(Section):
     section_name: ClassVar[str] = "train"
     max_steps: Optional[int] = Field(2000, gt=0, description="optimizer steps; or use epochs")
     epochs: Optional[int] = Field(None, gt=0, description="passes over the training split; overrides max_steps")
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=1 << 20)
     accumulate: int = Field(1, gt=0, description="micro-batches of batch_size per optimizer step (gradient accumulation)")
     early_stopping: Optional[EarlyStoppingConfig] = Field(None, description="stop when a validation metric stalls")
     eval_every: int = Field(250, gt=0, description="evaluate on the validation split every N steps")
@@ -184,7 +191,7 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, lt=2**63 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 autocast on CUDA; bf16 also on CPUs with native bfloat16")
-    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
+    threads: Optional[int] = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; null keeps torch's default")
     dist_timeout_s: float = Field(
         600, gt=0, description="under torchrun: how long a rank waits for the others before giving up"
     )
@@ -203,10 +210,24 @@ class SampleConfig(Section):
     prompt: str = Field("Alice ", description="the text the sample starts from")
 
 
+MAX_RUN_NAME = 100
+RUN_NAME_RE = re.compile(r"[\w+=-][\w.+=-]*")
+
+
 class RunConfig(Section):
     section_name: ClassVar[str] = "run"
     dir: Optional[str] = Field(None, description="run directory; default runs/<name>-N, a fresh one per run")
-    name: str = Field("run", min_length=1)
+    name: str = Field("run", min_length=1, description="a plain name: runs go to runs/<name>-N")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # It becomes a directory name: no separators, no `.`/`..`, nothing a file system refuses.
+        if len(name) > MAX_RUN_NAME or not RUN_NAME_RE.fullmatch(name):
+            raise ValueError(f"run.name {excerpt(name)} must be a plain name of at most {MAX_RUN_NAME} letters, "
+                             "digits, '.', '_', '+', '=' or '-', not starting with '.'; e.g. run.name=charlm "
+                             "(use run.dir for a path)")
+        return name
 
 
 class TaskConfig(Section):
@@ -254,6 +275,11 @@ class SyntheticConfig(TaskConfig):
     data: SyntheticDataConfig = SyntheticDataConfig()
 
 
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", text)
+
+
 CONFIG_CLASSES: dict[str, type[TaskConfig]] = {
     "lm": LMConfig, "forecast": ForecastConfig, "classify": ClassifyConfig, "synthetic": SyntheticConfig,
 }
@@ -263,116 +289,28 @@ Config = TaskConfig  # any task's config
 def config_class(raw: dict) -> type[TaskConfig]:
     task = raw.get("task", "lm")
     if not isinstance(task, str) or task not in CONFIG_CLASSES:
-        raise GrutrainError(f"task: {task!r} is not a task; expected one of {', '.join(CONFIG_CLASSES)}")
+        raise GrutrainError(f"task: {excerpt(task)} is not a task; expected one of {', '.join(CONFIG_CLASSES)}")
     return CONFIG_CLASSES[task]
 
 
-def format_config_value(value: Any) -> str:
-    """A config value as it reads in YAML: 0.003 (not 0.0030000000000000001), true, null, 0.9,0.999."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that reads back as the same float: 0.003, 1e-05
-    if isinstance(value, (list, tuple)):
-        return ",".join(format_config_value(v) for v in value)
-    return str(value)
-
-
-def resolve_run_dir_template(template: str, values: dict) -> str:
-    """Fill `{section.key}` (or `{section.key:spec}`, a Python format spec) in run.dir from the config's values.
-
-    The result holds no braces, so the saved config (in config.yaml and in checkpoints) validates
-    again to the same run.dir.
-    """
-    import string
-
-    def fail(problem: str) -> ValueError:
-        return ValueError(f"run.dir {template!r}: {problem}; placeholders name config keys, "
-                          "e.g. runs/lr{optim.lr}-h{model.hidden_size}")
-
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise fail(f"not a valid template ({exc})") from None
-    out = []
-    for literal, field, spec, conversion in parts:
-        out.append(literal)
-        if field is None:
-            continue
-        section, dot, key = field.partition(".")
-        node = values.get(section)
-        if dot:
-            node = node.get(key) if isinstance(node, dict) and key in node else None
-        if node is None and not _has_leaf(values, field) or isinstance(node, dict) or field in ("run.dir", ""):
-            raise fail(f"unknown placeholder {{{field}}}")
-        if conversion:
-            raise fail(f"{{{field}!{conversion}}} is not supported, write {{{field}}}")
-        try:
-            out.append(format(node, spec) if spec else format_config_value(node))
-        except (ValueError, TypeError) as exc:
-            raise fail(f"cannot format {field}={node!r} with ':{spec}' ({exc})") from None
-    resolved = "".join(out)
-    if "{" in resolved or "}" in resolved:
-        raise fail(f"the result {resolved!r} still holds a brace")
-    return resolved
-
-
-def _has_leaf(values: dict, field: str) -> bool:
-    """Whether `section.key` (or a top-level `task`) is a config key, even when its value is null."""
-    section, dot, key = field.partition(".")
-    if not dot:
-        return section in values
-    return isinstance(values.get(section), dict) and key in values[section]
-
-# PyYAML follows YAML 1.1, where `3e-4` (no dot) is a string. Resolve YAML 1.2 floats too.
-_FLOAT_RE = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
-
-
-def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "")
-    return getattr(annotation, "__name__", text)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except RecursionError:
-        raise GrutrainError(f"{source}: the YAML is nested too deeply to be a config") from None
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise GrutrainError(f"{source}: invalid YAML{where}: {problem}") from None
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config, apply `key=value` overrides and validate the result."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         hint = "it is a directory" if path.is_dir() else "no such file"
         raise GrutrainError(f"config file {str(path)!r} not found ({hint}); give the path to a YAML file such as configs/charlm.yaml")
+    raw_bytes = read_input(path, "config file")  # a regular file: not a FIFO or a device
+    if len(raw_bytes) > MAX_CONFIG_BYTES:
+        raise GrutrainError(f"config file {str(path)!r} is {len(raw_bytes)} bytes; a config is at most "
+                            f"{MAX_CONFIG_BYTES} bytes: give the YAML config, not a data file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise GrutrainError(f"cannot read config {str(path)!r}: {exc}") from None
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GrutrainError(f"cannot read config {str(path)!r}: not UTF-8 (bad byte at offset {exc.start}); "
+                            "save it as UTF-8") from None
     raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}
@@ -388,7 +326,7 @@ def apply_override(raw: dict, item: str) -> None:
     key, sep, value_text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise GrutrainError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.003)")
+        raise GrutrainError(f"override {excerpt(item)} is not of the form key=value (e.g. optim.lr=0.003)")
     parts = key.split(".")
     if _is_text_field(parts, raw) and value_text.strip() not in ("null", "~"):
         value = value_text  # `run.name=007` stays "007", not the number 7
@@ -400,7 +338,7 @@ def apply_override(raw: dict, item: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise GrutrainError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise GrutrainError(f"override {excerpt(item)}: {excerpt('.'.join(parts[: i + 1]))} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -431,7 +369,7 @@ MOVED_KEYS = {"train.sample_length": "sample.length", "train.sample_prompt": "sa
 def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
     """One line naming the key and what would be right, from a pydantic error."""
     loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
-    key = ".".join(loc) or "config"
+    key = excerpt(".".join(loc))[1:-1] or "config"
     kind = error["type"]
     if kind == "extra_forbidden":
         if key in MOVED_KEYS:
@@ -445,18 +383,18 @@ def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
                 section = None
                 break
         known = list(section.model_fields) if section is not None else []
-        close = difflib.get_close_matches(loc[-1], known, n=1)
+        close = difflib.get_close_matches(loc[-1][:100], known, n=1)
         hint = f"did you mean {'.'.join(parent + close)!r}?" if close else f"known keys: {', '.join(known)}"
         return f"unknown config key {key!r}; {hint}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"{key}: {error['input']!r} is not allowed; expected {expected}"
+        return f"{key}: {excerpt(error['input'])} is not allowed; expected {expected}"
     if kind == "value_error" and key == "config":
         return str(error["msg"]).removeprefix("Value error, ")
     if kind == "value_error":
         return str(error["msg"]).removeprefix("Value error, ")
     msg = error["msg"]
-    return f"{key}: {msg} (got {error.get('input')!r})"
+    return f"{key}: {msg} (got {excerpt(error.get('input'))})"
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:

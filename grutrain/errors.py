@@ -11,6 +11,17 @@ class GrutrainError(Exception):
     exit_code = 1
 
 
+class Interrupted(GrutrainError):
+    """SIGTERM arrived outside the training loop (reading data, building the model): nothing was saved."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} before a checkpoint was written; "
+                         "no run was changed, start it again")
+
+
 class TrainingInterrupted(GrutrainError):
     """SIGINT or SIGTERM arrived and a checkpoint of the current step was written.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from grutrain import plots
 from grutrain.errors import GrutrainError
+from grutrain.json_text import require_finite
+from grutrain.outputs import check_output
 from grutrain.runtime import resolve_device
 from grutrain.tasks import OpenedCheckpoint, open_checkpoint
 
@@ -24,12 +26,14 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
                         plot: str | Path | None = None) -> dict:
     """The task's report (split, size, metrics, baselines) of a checkpoint on `split` or on all of `data_path`;
     with `plot`, the task's figure of the same data is written there too."""
-    if plot is not None:
-        plots.require_matplotlib()  # before the evaluation, not after it
+    if plot is not None:  # before the evaluation, not after it
+        plots.require_matplotlib()
+        check_output(plot, "--plot", inputs=[path, data_path])
     opened = open_checkpoint(path, resolve_device(device))
     target = Path(data_path) if data_path is not None else split
     with naming_the_file(path):
         report = opened.task.report(opened.model, target, opened.device)
+        require_finite(report, f"the metrics on {target}")  # never print nan
         result = {"checkpoint": str(path), "task": opened.cfg.task, "step": opened.step, **report}
         if plot is not None:
             plots.save_figure(opened.task.figure(opened.model, target, opened.device), plot)
@@ -42,5 +46,4 @@ def checkpoint_figure(path, *, split: str = "val", data_path=None, device: str =
     plots.require_matplotlib()
     opened: OpenedCheckpoint = open_checkpoint(path, resolve_device(device))
     with naming_the_file(path):
-        return opened.task.figure(opened.model, Path(data_path) if data_path is not None else split,
-                                  opened.device)
+        return opened.task.figure(opened.model, Path(data_path) if data_path is not None else split, opened.device)

@@ -19,6 +19,7 @@ from torch import Tensor
 from grutrain import __version__
 from grutrain.errors import GrutrainError
 from grutrain.export_formats import CHECK_BATCH, CHECK_SEQ, EXPORTERS, ONNX_OPSET, TOLERANCE, import_onnx
+from grutrain.outputs import check_output
 from grutrain.tasks import open_checkpoint
 
 FORMATS = ("onnx", "pt2", "state-dict")
@@ -83,8 +84,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str | Non
         import_onnx()  # fail before loading anything
     if output.is_dir():
         raise GrutrainError(f"--output {str(output)!r} is a directory; give a file name such as model.{fmt}")
-    if not output.parent.is_dir():
-        raise GrutrainError(f"--output {str(output)!r}: the directory {str(output.parent)!r} does not exist")
+    check_output(output, "--output", inputs=[checkpoint])  # a new path or a regular file, never the checkpoint
+    check_output(metadata_path(output), "--output's metadata", inputs=[checkpoint])
     opened = open_checkpoint(checkpoint, torch.device("cpu"))
     cfg, payload = opened.cfg, opened.payload
     model = opened.model.float().eval()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from grutrain import tasks
+from grutrain.capacity import check_model_fits
 from grutrain.errors import GrutrainError
 from grutrain.optim import build_optimizer
 from grutrain.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
@@ -97,13 +98,16 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int | None = No
     return lo + i, float(gradient[i])
 
 
+MAX_STEPS = 100_000
+
+
 def check_sweep(start: float, end: float, steps: int, smoothing: float = SMOOTHING) -> None:
     if not 0 <= smoothing < 1:
         raise GrutrainError(f"--smoothing {smoothing:g}: the moving average's beta must be in [0, 1), e.g. 0.98")
     if not (0 < start < end and math.isfinite(end)):
         raise GrutrainError(f"--start {start:g} and --end {end:g}: need 0 < start < end, e.g. --start 1e-7 --end 10")
-    if steps < 10:
-        raise GrutrainError(f"--steps {steps}: the range test needs at least 10 steps (a few hundred is usual)")
+    if not 10 <= steps <= MAX_STEPS:
+        raise GrutrainError(f"--steps {steps}: the range test needs 10 to {MAX_STEPS} steps (a few hundred is usual)")
 
 
 def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *, smoothing: float = SMOOTHING,
@@ -123,6 +127,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *,
     # As fit does: the task draws all the rows of a step; train_step splits them into micro-batches.
     task = tasks.training_task(cfg, rows_per_step=cfg.train.batch_size * cfg.train.accumulate)
     seed_everything(cfg.train.seed)
+    check_model_fits(task, cfg)  # an impossible size is refused here, not by the allocator
     model = task.build_model().to(dev).train()
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
@@ -208,6 +213,7 @@ def output_dir(cfg, requested: str | Path | None) -> Path:
 
     Never inside runs/ or in (or under) a run directory, so that a range test cannot change a run.
     """
+    from grutrain.outputs import check_output, check_output_dir
     from grutrain.rundir import RUNS_ROOT, claim_numbered_dir
 
     if requested is None:
@@ -221,7 +227,13 @@ def output_dir(cfg, requested: str | Path | None) -> Path:
                             "writes into runs: give another directory (default: lr-find/<run.name>-N)")
     if path.exists() and not path.is_dir():
         raise GrutrainError(f"--output-dir {str(path)!r} is a file; give a directory")
-    path.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path, "--output-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GrutrainError(f"cannot create --output-dir {str(path)!r}: {exc.strerror or exc}") from None
+    for name in (CSV_NAME, JSON_NAME, PNG_NAME):  # each a new file or a regular one, before the sweep
+        check_output(path / name, "--output-dir")
     return path
 
 

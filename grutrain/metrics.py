@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from grutrain.rundir import open_run_file
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -30,7 +32,7 @@ class MetricsLogger:
 
         purge = resume_step + 1 if resume_step is not None else None
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open_run_file(self.path, "a")  # never through a symlink
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

@@ -7,22 +7,27 @@ import io
 import json
 from pathlib import Path
 
+from grutrain import json_text
 from grutrain.evaluate import naming_the_file
+from grutrain.inputs import open_input
+from grutrain.json_text import require_finite
 from grutrain.runtime import resolve_device
 from grutrain.tasks import open_checkpoint
 
 
 def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     """One dict per prediction (a forecast step, a classified example), from the task's `predict`."""
+    open_input(input_path, "--input").close()  # a regular file that fits, before the model is loaded
     opened = open_checkpoint(path, resolve_device(device))
     with naming_the_file(path):
-        return opened.task.predict(opened.model, Path(input_path), opened.device)
+        rows = opened.task.predict(opened.model, Path(input_path), opened.device)
+        return require_finite(rows, "the predictions")
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:
     """rows as JSONL (one object a line) or CSV (a header from the first row's keys)."""
     if fmt == "jsonl":
-        return "".join(json.dumps(row) + "\n" for row in rows)
+        return "".join(json_text.dumps(row) + "\n" for row in rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
     writer.writeheader()

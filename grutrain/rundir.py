@@ -2,6 +2,12 @@
 
 A run directory is locked while a process trains in it (an flock on `.lock`, released by the
 kernel when the process dies, so a stale lock never blocks anyone).
+
+--overwrite only ever replaces a directory grutrain made for a run (recognised by its own files),
+never `.`, an ancestor of the working directory, the home directory or `/`. The old run is moved
+aside into a hidden folder inside the run dir and deleted once the new run has written its first
+checkpoint; any failure before that puts it back. Files grutrain creates in a run dir are opened
+without following symlinks.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 from grutrain.errors import GrutrainError
@@ -17,10 +25,42 @@ RUNS_ROOT = Path("runs")
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"
+SET_ASIDE_PREFIX = ".overwritten-"
+# Besides config.yaml, a run dir holds at least one of these once training has started.
+RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoints")
 
 
 def holds_run(path: Path) -> bool:
-    return path.is_dir() and any(child.name != LOCK_FILE for child in path.iterdir())
+    """Whether `path` is a directory that holds anything (a run, or someone else's files)."""
+    try:
+        return path.is_dir() and any(child.name != LOCK_FILE for child in path.iterdir())
+    except OSError as exc:
+        raise GrutrainError(f"cannot read run.dir {str(path)!r}: {exc.strerror or exc}; "
+                            "choose a directory you can read") from None
+
+
+def is_grutrain_run(path: Path) -> bool:
+    """A directory grutrain made for a run: its config.yaml and a summary, metrics or checkpoints."""
+    return ((path / CONFIG_FILE).is_file() and not (path / CONFIG_FILE).is_symlink()
+            and any((path / marker).exists() for marker in RUN_MARKERS))
+
+
+def protected_reason(path: Path) -> str | None:
+    """Why `path` may never be overwritten, or None: `.`, an ancestor of it, the home directory, `/`."""
+    try:
+        target = path.resolve()
+        cwd = Path.cwd().resolve()
+    except (OSError, RuntimeError):
+        return "it cannot be resolved"
+    if target == cwd or target in cwd.parents:
+        return "it is the working directory or one of its parents"
+    if target == Path(target.anchor):
+        return "it is the root directory"
+    home = os.environ.get("HOME")
+    if home and target == Path(home).resolve():
+        return "it is the home directory"
+    return None
 
 
 def numbered_runs(name: str, root: Path = RUNS_ROOT) -> list[tuple[int, Path]]:
@@ -65,16 +105,51 @@ def resolve_run_dir(run_dir: str | None, name: str, *, resume: bool, overwrite: 
             return claim_numbered_dir(name, RUNS_ROOT)
     else:
         path = Path(run_dir)
-        if path.exists() and not path.is_dir():
-            raise GrutrainError(f"run.dir {str(path)!r} is a file; give a directory")
-        if holds_run(path) and not (resume or overwrite):
-            raise GrutrainError(f"run.dir {str(path)!r} already holds a run; pass --resume to continue it "
-                                "or --overwrite to start it again")
+        _check_can_be_a_directory(path)
+        if holds_run(path):
+            reason = protected_reason(path)
+            if reason or not is_grutrain_run(path):
+                why = reason or "it holds files that are not a grutrain run"
+                raise GrutrainError(f"run.dir {str(path)!r} cannot hold this run: {why}; "
+                                    "choose a new or empty directory, e.g. run.dir=runs/my-run")
+            if not (resume or overwrite):
+                raise GrutrainError(f"run.dir {str(path)!r} already holds a run; pass --resume to continue it "
+                                    "or --overwrite to start it again")
     if resume and not (path / LAST_CHECKPOINT).is_file():
         raise GrutrainError(f"--resume: {str(path / LAST_CHECKPOINT)!r} not found; there is nothing to resume "
                             "(start without --resume)")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GrutrainError(f"cannot create run.dir {str(path)!r}: {exc.strerror or exc}; "
+                            "choose a directory you can write") from None
     return path
+
+
+def _check_can_be_a_directory(path: Path) -> None:
+    """run.dir, or a parent of it, must not be a file (or a link to one)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"is below the file {str(candidate)!r}"
+                raise GrutrainError(f"run.dir {str(path)!r} {where}; give a directory")
+            return
+
+
+def open_run_file(path: Path, mode: str = "w"):
+    """A text file inside a run dir opened for writing ("w") or appending ("a") without following a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise GrutrainError(f"cannot write {str(path)!r}: {exc.strerror or exc} (a symbolic link or a directory is "
+                            "never written through); remove it or choose another run.dir") from None
+    return os.fdopen(fd, mode, encoding="utf-8")
+
+
+def write_run_file(path: Path, text: str) -> None:
+    with open_run_file(path) as f:
+        f.write(text)
 
 
 class RunLock:
@@ -89,7 +164,14 @@ class RunLock:
             import fcntl
         except ImportError:  # no flock on this platform: run without the guard
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink: that would truncate its target
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise GrutrainError(f"cannot use the lock file {str(self.path)!r}: {exc.strerror or exc} (it must be a "
+                                "plain file grutrain made); remove it and try again") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise GrutrainError(f"the lock file {str(self.path)!r} is not a regular file; remove it and try again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -114,12 +196,36 @@ class RunLock:
         self.release()
 
 
-def clear_run_dir(path: Path) -> None:
-    """--overwrite: remove an earlier run's files (the caller holds the lock)."""
-    for child in path.iterdir():
-        if child.name == LOCK_FILE:
+def set_aside_run(path: Path) -> Path:
+    """--overwrite: move an earlier run's files into a hidden folder of the run dir (the caller holds the lock).
+
+    `discard_set_aside` deletes them once the new run has a checkpoint; `restore_set_aside` puts them back.
+    """
+    aside = Path(tempfile.mkdtemp(prefix=SET_ASIDE_PREFIX, dir=path))
+    for child in list(path.iterdir()):
+        if child.name != LOCK_FILE and child != aside:
+            os.rename(child, aside / child.name)
+    return aside
+
+
+def discard_set_aside(path: Path) -> None:
+    """The new run has written a checkpoint: the run it replaced can go."""
+    for child in path.glob(SET_ASIDE_PREFIX + "*"):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def restore_set_aside(path: Path, aside: Path) -> None:
+    """The new run failed before its first checkpoint: remove what it wrote, put the old run back."""
+    if not aside.is_dir():
+        return  # already discarded: the new run stands
+    for child in list(path.iterdir()):
+        if child.name == LOCK_FILE or child == aside:
             continue
         if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
+            shutil.rmtree(child, ignore_errors=True)
         else:
-            child.unlink()
+            child.unlink(missing_ok=True)
+    for child in list(aside.iterdir()):
+        os.rename(child, path / child.name)
+    aside.rmdir()

@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
-
-from grutrain.config import flatten_config, format_config_value
+from grutrain.config import flatten_config, format_config_value, parse_yaml
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 from grutrain.metrics import METRICS_FILE
 from grutrain.rundir import LAST_CHECKPOINT, LOCK_FILE, RUNS_ROOT
 
@@ -70,13 +69,23 @@ def find_run_dirs(dirs: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _walk_runs(root: Path) -> list[Path]:
+MAX_DEPTH = 4  # runs/<sweep>/<group>/<run>: deep enough, and never a whole filesystem
+
+
+def _walk_runs(root: Path, depth: int = 0) -> list[Path]:
+    """Run directories at or below `root`: symbolic links below it are not followed (no loops),
+    unreadable directories are skipped, and the walk stops MAX_DEPTH levels down."""
     if is_run_dir(root):
         return [root]
+    if depth >= MAX_DEPTH:
+        return []
+    try:
+        children = [c for c in root.iterdir() if c.is_dir() and not c.is_symlink() and not c.name.startswith(".")]
+    except OSError:
+        return []
     found = []
-    for child in sorted((c for c in root.iterdir() if c.is_dir() and not c.name.startswith(".")),
-                        key=lambda c: natural_key(c.name)):
-        found.extend(_walk_runs(child))
+    for child in sorted(children, key=lambda c: natural_key(c.name)):
+        found.extend(_walk_runs(child, depth + 1))
     return found
 
 
@@ -96,16 +105,16 @@ def read_run(path: Path) -> dict:
     """One run's record: status, steps, wall time, best and final metrics, its flattened config."""
     summary, problem = _read_json(path / SUMMARY_FILE)
     config = flatten_config(_read_yaml(path / CONFIG_FILE))
+    best = summary.get("best") if isinstance(summary.get("best"), dict) else {}
     run: dict[str, Any] = {
         "run": str(path),
-        "status": summary.get("status", "unknown"),
-        "step": summary.get("step"),
-        "total_steps": summary.get("total_steps"),
-        "wall_time_s": summary.get("wall_time_s"),
-        "best": {"val/loss": (summary.get("best") or {}).get("val/loss"),
-                 "step": (summary.get("best") or {}).get("step")},
-        "final": dict(summary.get("final") or {}),
-        "error": summary.get("error") or problem,
+        "status": summary.get("status", "unknown") if isinstance(summary.get("status"), str) else "unknown",
+        "step": _number(summary.get("step")),
+        "total_steps": _number(summary.get("total_steps")),
+        "wall_time_s": _number(summary.get("wall_time_s")),
+        "best": {"val/loss": _number(best.get("val/loss")), "step": _number(best.get("step"))},
+        "final": {str(k): _number(v) for k, v in summary["final"].items()} if isinstance(summary.get("final"), dict) else {},
+        "error": str(summary.get("error"))[:300] if summary.get("error") else problem,
         "config": config,
     }
     if run["status"] not in STATUSES:
@@ -169,8 +178,8 @@ def _progress_from_metrics(path: Path, run: dict, live: bool) -> None:
     """A run without a final summary: its step, best validation loss and time so far, from metrics.jsonl."""
     metrics = path / METRICS_FILE
     try:
-        lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        lines = read_input(metrics, METRICS_FILE).decode("utf-8", errors="replace").splitlines()
+    except GrutrainError:
         return
     step, best = run["step"] or 0, run["best"]
     for line in lines:
@@ -191,20 +200,27 @@ def _progress_from_metrics(path: Path, run: dict, live: bool) -> None:
         pass
 
 
+def _number(value: Any) -> Any:
+    """A number from a summary as it is; anything else (a hand-edited or hostile file) as None."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _read_json(path: Path) -> tuple[dict, str | None]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         return {}, f"no {path.name}"
-    except (OSError, ValueError) as exc:  # also a summary caught mid-write
-        return {}, f"unreadable {path.name}: {exc}"
+    try:  # a regular file of sane size (a FIFO would hang), valid JSON of sane depth
+        data = json.loads(read_input(path, path.name).decode("utf-8"))
+    except GrutrainError as exc:
+        return {}, str(exc)
+    except (ValueError, RecursionError) as exc:  # also a summary caught mid-write
+        return {}, f"unreadable {path.name}: {str(exc)[:200]}"
     return (data, None) if isinstance(data, dict) else ({}, f"unreadable {path.name}: not an object")
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+        data = parse_yaml(read_input(path, path.name).decode("utf-8"), str(path))
+    except (GrutrainError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 

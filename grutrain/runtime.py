@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import threading
 
 import torch
 
-from grutrain.errors import GrutrainError
+from grutrain.errors import GrutrainError, Interrupted
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises Interrupted (as SIGINT raises KeyboardInterrupt), so that cleanup code runs:
+    a run dir created for a run that never started is removed, an overwritten run is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -33,11 +53,18 @@ def resolve_device(name: str) -> torch.device:
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        shown = repr(name[:40]).encode("ascii", "backslashreplace").decode()
+        raise GrutrainError(f"device {shown} is not a device; use auto, cpu, cuda or mps")
+    if device.type == "cuda" and not cuda:
         raise GrutrainError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
-    if name == "mps" and not mps:
+    if device.type == "mps" and not mps:
         raise GrutrainError("train.device=mps but MPS is not available; use train.device=cpu or auto")
-    return torch.device(name)
+    return device
 
 
 def set_threads(threads: int | None) -> None:

@@ -6,10 +6,31 @@ from grutrain.errors import GrutrainError
 from grutrain.runtime import resolve_device
 from grutrain.tasks import open_checkpoint
 
+MAX_LENGTH = 1_000_000
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+
+
+def check_sampling(prompt: str, length: int, temperature: float, top_k: int | None, seed: int | None) -> None:
+    """Refuse settings that would divide the logits into inf, overflow the generator or never end."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GrutrainError("--prompt holds bytes that are not UTF-8; give the prompt as UTF-8 text") from None
+    if not 0 <= length <= MAX_LENGTH:
+        raise GrutrainError(f"--length {length} is out of range; give 0 to {MAX_LENGTH} tokens")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise GrutrainError(f"--temperature {temperature:g} is out of range; give 0 (the most likely token) or "
+                            f"{MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}")
+    if top_k is not None and top_k < 1:
+        raise GrutrainError(f"--top-k {top_k} must be 1 or more")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise GrutrainError(f"--seed must be an integer from 0 to 2**64-1 (got {str(seed)[:30]})")
+
 
 def sample_checkpoint(path, prompt: str, length: int, *, temperature: float = 0.8, top_k: int | None = None,
                       seed: int | None = None, device: str = "auto") -> str:
     """The prompt followed by `length` tokens sampled from the checkpoint's language model."""
+    check_sampling(prompt, length, temperature, top_k, seed)  # before loading anything
     opened = open_checkpoint(path, resolve_device(device))
     if opened.cfg.task != "lm":
         raise GrutrainError(f"{path} is a {opened.cfg.task} model; sample generates text from language models (task lm)")

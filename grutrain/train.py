@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from grutrain.capacity import check_model_fits
 from grutrain.checkpoint import TrainerState, check_training_state, load_checkpoint, save_checkpoint, training_payload
 from grutrain.config import Config, config_to_dict, config_to_yaml, flatten_config
 from grutrain.errors import GrutrainError, TrainingInterrupted
@@ -26,10 +27,10 @@ from grutrain.metrics import MetricsLogger
 from grutrain.monitor import Monitor
 from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
-from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, clear_run_dir, holds_run,
-                             resolve_run_dir)
+from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, discard_set_aside, holds_run,
+                             resolve_run_dir, restore_set_aside, set_aside_run, write_run_file)
 from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
-                              set_threads)
+                              set_threads, sigterm_raises)
 from grutrain.step import StepResult, train_step
 from grutrain.tasks import training_task
 
@@ -96,7 +97,8 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
     dist = Distributed()
     device = dist.start(resolve_device(cfg.train.device), timeout_s=cfg.train.dist_timeout_s)
     try:
-        return _fit_on_this_rank(cfg, dist, device, resume, overwrite, progress if dist.is_main else "none")
+        with sigterm_raises():  # installed before any slow read: a SIGTERM there still cleans up
+            return _fit_on_this_rank(cfg, dist, device, resume, overwrite, progress if dist.is_main else "none")
     finally:
         dist.stop()
 
@@ -117,7 +119,7 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
     if error:
         raise GrutrainError(error)
     run_dir = Path(run_dir)
-    started = False
+    started, aside = False, None
     # Everything that can fail on bad input happens before an earlier run's files are touched.
     try:
         saved = None
@@ -129,18 +131,23 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, resume: bool, over
         # same rows, and give the same gradient, as one batch of K*B.
         task = training_task(cfg, rows_per_step=cfg.train.batch_size * cfg.train.accumulate, saved=saved,
                              rank=dist.rank, world_size=dist.world_size)
+        check_model_fits(task, cfg)  # an impossible size is refused here, not by the allocator
         run = setup(cfg, run_dir, task, saved, device, amp_dtype, dist)
-        if overwrite and dist.is_main:
-            clear_run_dir(run_dir)
+        if overwrite and dist.is_main and holds_run(run_dir):
+            aside = set_aside_run(run_dir)  # deleted by the first checkpoint, restored if none gets written
         started = True
         return train(run, progress)
     finally:
+        if aside is not None:
+            restore_set_aside(run_dir, aside)
         if lock is not None:
             lock.release()
         if fresh and not started:  # bad input: leave no empty run directory behind
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
+                if cfg.run.dir is None:  # and a runs/ made for it alone
+                    run_dir.parent.rmdir()
 
 
 @dataclass
@@ -223,7 +230,7 @@ def train(run: Run, progress: str) -> dict:
     """Loop to the last step and finish; on any failure summary.json says so before the error propagates."""
     cfg, dist = run.cfg, run.dist
     if dist.is_main:
-        (run.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        write_run_file(run.run_dir / "config.yaml", config_to_yaml(cfg))
     run.baselines = run.task.baselines()
     run.started_at = time.time()
     write_summary(run, "running", pid=os.getpid())
@@ -390,6 +397,7 @@ def save(run: Run, name: Path) -> None:
         rng=rank_rngs[0], rank_rng=rank_rngs, task_state=run.task.state())
     try:
         save_checkpoint(payload, run.run_dir / name)
+        discard_set_aside(run.run_dir)  # --overwrite: the run this one replaces can go now
     finally:
         dist.barrier()
 
@@ -408,7 +416,7 @@ def write_summary(run: Run, status: str, **extra) -> dict:
                "best": {run.monitor.metric: run.monitor.best, "step": run.monitor.best_step},
                "baselines": run.baselines, "wall_time_s": run.wall_time(), **extra}
     if run.dist.is_main:
-        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_run_file(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

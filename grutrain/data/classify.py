@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from grutrain.data.classify_files import NUMERIC, TEXT, Examples, file_format, parse_float, read_examples
 from grutrain.data.text import Vocabulary
+from grutrain.data.timeseries import check_normalisation
 from grutrain.errors import GrutrainError
 
 
@@ -94,6 +95,7 @@ class Encoder:
             # A channel that is constant (or never observed) is only centred.
             mean = torch.where(torch.isnan(mean), torch.zeros_like(mean), mean)
             std = torch.where(torch.isnan(std) | (std < 1e-12), torch.ones_like(std), std)
+            check_normalisation(mean.numpy(), std.numpy(), "the training examples")
             state["mean"], state["std"] = mean.tolist(), std.tolist()
         return cls(state)
 

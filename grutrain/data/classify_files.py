@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".ts": "ts"}
 TEXT, NUMERIC = "text", "numeric"
@@ -106,10 +107,7 @@ def _read_text(path: str | Path, what: str) -> str:
         raise GrutrainError(f"{what} {str(path)!r} is a directory; give a JSONL, CSV or .ts file")
     if not path.exists():
         raise GrutrainError(f"{what} {str(path)!r} not found; give a JSONL, CSV or .ts file of examples")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise GrutrainError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    raw = read_input(path, what)  # a regular file that fits in memory; I/O errors as one line
     if not raw.strip():
         raise GrutrainError(f"{what} {str(path)!r} is empty; give a file with examples in it")
     try:
@@ -149,6 +147,9 @@ def _read_jsonl(text: str, source: str, require_labels: bool) -> Examples:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise GrutrainError(f"{source}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                "each line must be an object like {\"x\": \"mary\", \"y\": \"female\"}") from None
+        except RecursionError:
+            raise GrutrainError(f"{source}: line {number} is nested too deeply to be an example; "
                                 "each line must be an object like {\"x\": \"mary\", \"y\": \"female\"}") from None
         if not isinstance(obj, dict):
             raise GrutrainError(f"{source}: line {number} is not a JSON object; "

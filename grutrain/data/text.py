@@ -23,6 +23,7 @@ import torch
 from grutrain.config import TextDataConfig
 from grutrain.data.batching import EpochSampler
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 UNK = "<unk>"
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
@@ -35,7 +36,7 @@ def read_text_file(path: str | Path) -> str:
         raise GrutrainError(f"data.path {str(path)!r} is a directory; give a UTF-8 text file")
     if not path.exists():
         raise GrutrainError(f"data file {str(path)!r} not found; check data.path (e.g. data/alice29.txt)")
-    raw = path.read_bytes()
+    raw = read_input(path, "data file")  # a regular file that fits in memory
     if not raw.strip():
         raise GrutrainError(f"data file {str(path)!r} is empty; give a UTF-8 text file with some text in it")
     if b"\x00" in raw[:65536]:
@@ -110,6 +111,9 @@ def load_text_splits(cfg: TextDataConfig, vocab: Vocabulary | None = None, path:
     train_s, val_s, test_s = split_by_position(len(tokens), cfg.val_fraction, cfg.test_fraction)
     if vocab is None:
         vocab = Vocabulary.build(tokens[train_s], cfg.min_freq)
+        if len(vocab.tokens) < 2:  # only <unk>: nothing to predict or to sample
+            raise GrutrainError(f"data.min_freq {cfg.min_freq} leaves no token in the vocabulary but {UNK} "
+                                f"(no token occurs that often in {str(path or cfg.path)!r}); lower data.min_freq")
     ids = vocab.encode(tokens)
     return TextSplits(vocab, ids[train_s], ids[val_s], ids[test_s])
 

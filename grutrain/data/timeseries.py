@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from grutrain.errors import GrutrainError
+from grutrain.inputs import read_input
 
 # Cells read as missing (case-insensitive), besides empty ones: what pandas and R write for NaN/NA.
 MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
@@ -284,7 +285,7 @@ def _read_csv_text(path: Path, source: str, role: str) -> str:
         raise GrutrainError(f"{role} {source!r} is a directory; give a CSV file")
     if not path.exists():
         raise GrutrainError(f"{role} {source!r} not found; give the path to a CSV file (e.g. data/sunspots.csv)")
-    raw = path.read_bytes()
+    raw = read_input(path, role)  # a regular file that fits in memory; I/O errors as one line
     if b"\x00" in raw[:65536]:
         raise GrutrainError(f"{source} looks binary (it contains NUL bytes); give a CSV text file")
     try:
@@ -390,10 +391,22 @@ def window_starts(lo: int, hi: int, input_len: int, horizon: int, history: int =
     return np.arange(first, hi - horizon + 1, dtype=np.int64)
 
 
+def check_normalisation(mean, std, what: str) -> None:
+    """Refuse values whose mean or spread overflows, or that float32 cannot hold once normalised."""
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    scale = np.where(std > 0, std, 1.0)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (np.abs(mean) / scale < 1e30).all()
+            and (np.abs(mean) < 1e38).all() and (std < 1e38).all()):
+        raise GrutrainError(f"{what} hold values too large to normalise (the mean or standard deviation of a "
+                            "column is not finite in float32); rescale the data, e.g. divide it by 1e6")
+
+
 def fit_normalisation(values: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-column mean and standard deviation of the training rows (a constant column keeps std 1)."""
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = values.mean(axis=0)
+        std = values.std(axis=0)
+    check_normalisation(mean, std, "the training rows")
     std = np.where(np.isfinite(std) & (std > 1e-12 * np.maximum(np.abs(mean), 1.0)), std, 1.0)
     return [float(x) for x in mean], [float(x) for x in std]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from grutrain.capacity import check_model_loads
 from grutrain.checkpoint import load_checkpoint
 from grutrain.config import Config, validate_config
 from grutrain.errors import GrutrainError
@@ -66,6 +67,7 @@ def open_checkpoint(path: str | Path, device: torch.device) -> OpenedCheckpoint:
     try:
         cfg = validate_config(payload["config"])  # checked like a YAML's
         task = task_class(cfg.task).from_checkpoint(cfg, payload["task_state"])
+        check_model_loads(task.build_model, "its config")  # an impossible size is refused, not allocated
         model = task.build_model()
     except GrutrainError as exc:
         raise GrutrainError(f"{path}: {exc}") from None

@@ -27,6 +27,9 @@ def write_starter(task: str, output: str | Path | None = None) -> Path:
     """Write the starter config to `output` (default `<task>.yaml` here); never over an existing file."""
     path = Path(output) if output is not None else Path(f"{task}.yaml")
     text = starter_text(task, str(path))
+    from grutrain.outputs import check_output
+
+    check_output(path, "--output")  # not a link, FIFO or device; the "x" below keeps any existing file
     try:
         with open(path, "x", encoding="utf-8") as f:  # "x": fails if the file exists, even in a race
             f.write(text)
