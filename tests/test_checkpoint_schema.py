@@ -61,6 +61,7 @@ def test_resume_from_a_v1_checkpoint(tmp_path, run_cli, monkeypatch):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(V1 / "last.pt", run_dir / "checkpoints" / "last.pt")
+    shutil.copy(V1 / "config.yaml", run_dir / "config.yaml")  # as the v1 run wrote it
     config = load_checkpoint(V1 / "last.pt")["config"]  # the run's own config, in today's keys
     config["run"]["dir"] = str(run_dir)
     config["train"]["max_steps"] = 6
