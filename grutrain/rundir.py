@@ -229,3 +229,18 @@ def restore_set_aside(path: Path, aside: Path) -> None:
     for child in list(aside.iterdir()):
         os.rename(child, path / child.name)
     aside.rmdir()
+
+
+def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:
+    """Link last.pt as step-N.pt and delete all but the `keep` latest of those."""
+    checkpoints = run_dir / LAST_CHECKPOINT.parent
+    target = checkpoints / f"step-{step:08d}.pt"
+    tmp = checkpoints / f".{target.name}.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoints / LAST_CHECKPOINT.name, tmp)  # files are replaced, never rewritten, so a link is safe
+        os.replace(tmp, target)
+    except OSError:
+        shutil.copyfile(checkpoints / LAST_CHECKPOINT.name, target)
+    for old in sorted(checkpoints.glob("step-*.pt"))[:-keep]:
+        old.unlink()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -19,24 +18,21 @@ from pathlib import Path
 import torch
 
 from grutrain.capacity import check_model_fits
-from grutrain.checkpoint import TrainerState, check_training_state, load_checkpoint, save_checkpoint, training_payload
-from grutrain.config import Config, config_to_dict, config_to_yaml, flatten_config
+from grutrain.checkpoint import TrainerState, load_checkpoint, save_checkpoint, training_payload
+from grutrain.config import Config, config_to_dict, config_to_yaml
 from grutrain.errors import GrutrainError, TrainingInterrupted
 from grutrain.hparams import FINAL_PREFIX
 from grutrain.metrics import MetricsLogger
 from grutrain.monitor import Monitor
 from grutrain.optim import build_optimizer, lr_at
 from grutrain.progress import TrainingProgress
+from grutrain.resume import check_resumable
 from grutrain.rundir import (BEST_CHECKPOINT, LAST_CHECKPOINT, LOCK_FILE, RunLock, discard_set_aside, holds_run,
-                             resolve_run_dir, restore_set_aside, set_aside_run, write_run_file)
+                             keep_periodic_copy, resolve_run_dir, restore_set_aside, set_aside_run, write_run_file)
 from grutrain.runtime import (Distributed, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state,
                               set_threads, sigterm_raises)
 from grutrain.step import StepResult, train_step
 from grutrain.tasks import training_task
-
-# Keys that may differ between a run and its resumption: how long, where, on what hardware.
-RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s"}
-
 
 @contextlib.contextmanager
 def stop_on_signals():
@@ -60,27 +56,6 @@ def stop_on_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-def check_resumable(saved: dict, config: Config, world_size: int, path: Path) -> None:
-    """A run resumes only under its own config, but may be given more steps or another dir.
-
-    The per-process batch may change with the number of processes, as long as the global batch
-    (batch_size x accumulate x processes) stays the same: then the data order is the same too.
-    """
-    check_training_state(saved, path)
-    before, now = flatten_config(saved["config"]), flatten_config(config_to_dict(config))
-    changed = sorted(k for k in before.keys() | now.keys()
-                     if k not in RESUMABLE_CHANGES | {"train.batch_size"} and before.get(k) != now.get(k))
-    if changed:
-        raise GrutrainError(f"cannot resume {str(path)!r}: the config differs from the run's in {', '.join(changed)}; "
-                            "resume with the run's own config (its config.yaml)")
-    saved_global = saved["trainer"].get("global_batch") or before["train.batch_size"]
-    accumulate = config.train.accumulate
-    if config.train.batch_size * accumulate * world_size != saved_global:
-        raise GrutrainError(f"cannot resume {str(path)!r}: it was trained with a global batch of {saved_global}, "
-                            f"now train.batch_size={config.train.batch_size} x {accumulate} accumulated x "
-                            f"{world_size} processes; set train.batch_size={saved_global // world_size // accumulate}")
 
 
 def weights_are_finite(model) -> bool:
@@ -418,18 +393,3 @@ def write_summary(run: Run, status: str, **extra) -> dict:
     if run.dist.is_main:
         write_run_file(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:
-    """Link last.pt as step-N.pt and delete all but the `keep` latest of those."""
-    checkpoints = run_dir / LAST_CHECKPOINT.parent
-    target = checkpoints / f"step-{step:08d}.pt"
-    tmp = checkpoints / f".{target.name}.link"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(checkpoints / LAST_CHECKPOINT.name, tmp)  # files are replaced, never rewritten, so a link is safe
-        os.replace(tmp, target)
-    except OSError:
-        shutil.copyfile(checkpoints / LAST_CHECKPOINT.name, target)
-    for old in sorted(checkpoints.glob("step-*.pt"))[:-keep]:
-        old.unlink()
