@@ -19,7 +19,6 @@ def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     from grutrain.runtime import resolve_device
     from grutrain.tasks import load_trained_model, task_module
 
-    open_input(input_path, "--input").close()  # a regular file that fits, before the model is loaded
     dev = resolve_device(device)
     payload = load_checkpoint(path, map_location=dev)
     model, cfg = load_trained_model(payload, dev, source=str(path))
@@ -27,6 +26,7 @@ def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     if not hasattr(module, "predict"):
         raise GrutrainError(f"{path} is a {cfg.task} model, which has no predict; "
                             "use grutrain eval (or grutrain sample for a language model)")
+    open_input(input_path, "--input").close()  # a regular file that fits: a FIFO would block the reader
     return require_finite(module.predict(payload, model, cfg, Path(input_path), dev), f"{path}: the predictions")
 
 

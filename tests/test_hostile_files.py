@@ -19,6 +19,23 @@ def world(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("hostile-files"))
 
 
+@pytest.fixture(scope="module")
+def forecast_best(tmp_path_factory):
+    """A tiny forecast run's best.pt (predict needs a model that predicts)."""
+    from test_forecast import HEADER, forecast_config, series_rows, write_csv
+
+    from grutrain.cli import main
+
+    root = tmp_path_factory.mktemp("hostile-forecast")
+    data = write_csv(root / "series.csv", HEADER, series_rows(120))
+    config = write_yaml(root / "fc.yaml", forecast_config(data, root / "run") | {
+        "train": {"max_steps": 2, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "device": "cpu"}})
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(config), "--quiet"])
+    assert info.value.code == 0
+    return root / "run" / "checkpoints" / "best.pt"
+
+
 @pytest.fixture
 def run_copy(world, tmp_path):
     return Path(shutil.copytree(world["run"], tmp_path / "old-run"))
@@ -245,7 +262,7 @@ def special_input(kind: str, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["fifo", "zero", "urandom"])
 @pytest.mark.parametrize("command", ["fit", "eval", "predict", "resume"])
-def test_inputs_must_be_regular_files(world, run_cli, tmp_path, monkeypatch, command, kind):
+def test_inputs_must_be_regular_files(world, forecast_best, run_cli, tmp_path, monkeypatch, command, kind):
     monkeypatch.chdir(tmp_path)
     source = special_input(kind, tmp_path)
     if command == "fit":
@@ -253,7 +270,7 @@ def test_inputs_must_be_regular_files(world, run_cli, tmp_path, monkeypatch, com
     elif command == "eval":
         args = ["eval", world["best"], "--data", source]
     elif command == "predict":
-        args = ["predict", world["best"], "--input", source]
+        args = ["predict", forecast_best, "--input", source]
     else:  # a checkpoint that is not a file
         args = ["eval", source]
     before = snapshot_tree(tmp_path)
