@@ -333,3 +333,24 @@ def test_random_argument_lists_end_in_0_1_or_2_without_a_traceback(world, run_cl
     check()
     # Whatever the arguments, the run and the data they name are byte for byte as they were.
     assert snapshot_tree(world["run"]) == run_before and world["corpus"].read_bytes() == corpus_before
+
+
+def test_a_writer_threads_disk_error_prints_no_traceback(tmp_path):
+    """TensorBoard writes from a thread: its OSError is reported by the main thread, not as a thread traceback."""
+    script = tmp_path / "thread.py"
+    script.write_text(
+        "import threading\n"
+        "from grutrain import streams\n"
+        "streams.prepare()\n"
+        "def writer():\n"
+        "    raise OSError(28, 'No space left on device')\n"
+        "t = threading.Thread(target=writer); t.start(); t.join()\n"
+        "def other():\n"
+        "    raise ValueError('a bug stays visible')\n"
+        "t = threading.Thread(target=other); t.start(); t.join()\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert "No space left" not in proc.stderr
+    assert "a bug stays visible" in proc.stderr  # only OSErrors are left to the main thread
