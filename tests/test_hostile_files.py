@@ -353,3 +353,44 @@ def test_nested_json_in_classify_data(run_cli, tmp_path):
     code, out, err = run_cli(["fit", config, "-q"])
     refused(code, out, err, "nested too deeply")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("what", ["config", "data", "checkpoint"])
+def test_an_io_error_while_reading_is_one_line(world, run_cli, tmp_path, monkeypatch, what):
+    """EIO from the disk (simulated: every read of the chosen file fails) names the file, no traceback."""
+    import errno
+    import io
+
+    import grutrain.inputs
+
+    config = write_yaml(tmp_path / "c.yaml", tiny_config(world["root"], run={"dir": str(tmp_path / "r")}))
+    bad = {"config": config, "data": world["corpus"], "checkpoint": world["best"]}[what]
+    real_fdopen = os.fdopen
+
+    class FailingReads(io.RawIOBase):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def fileno(self):
+            return self.fd
+
+        def close(self):
+            os.close(self.fd)
+            super().close()
+
+    def fdopen(fd, *args, **kwargs):
+        if os.path.samefile(f"/proc/self/fd/{fd}", bad):
+            return io.BufferedReader(FailingReads(fd))
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(grutrain.inputs.os, "fdopen", fdopen)
+    args = ["eval", world["best"], "--json"] if what == "checkpoint" else ["fit", config, "-q"]
+    code, out, err = run_cli(args)
+    refused(code, out, err, "Input/output error" if what != "checkpoint" else str(bad))
+    assert not (tmp_path / "r").exists()
