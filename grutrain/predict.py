@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from grutrain import json_text
+from grutrain.errors import GrutrainError
 from grutrain.evaluate import naming_the_file
 from grutrain.inputs import open_input
 from grutrain.json_text import require_finite
@@ -17,8 +18,11 @@ from grutrain.tasks import open_checkpoint
 
 def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     """One dict per prediction (a forecast step, a classified example), from the task's `predict`."""
-    open_input(input_path, "--input").close()  # a regular file that fits, before the model is loaded
     opened = open_checkpoint(path, resolve_device(device))
+    if not opened.task.predicts:
+        raise GrutrainError(f"{path} is a {opened.cfg.task} model, which has no predict; "
+                            "use grutrain eval (or grutrain sample for a language model)")
+    open_input(input_path, "--input").close()  # a regular file that fits: a FIFO would block the reader
     with naming_the_file(path):
         rows = opened.task.predict(opened.model, Path(input_path), opened.device)
         return require_finite(rows, "the predictions")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 
 
 def _is_open(fd: int) -> bool:
@@ -44,6 +45,16 @@ def prepare() -> str | None:
             reconfigure(errors="backslashreplace")
         except (ValueError, OSError):
             pass
+    # A writer thread (TensorBoard's) that hits a full disk would print its own traceback; the
+    # error reaches the main thread at the next write and is reported there, in one line.
+    default_hook = threading.excepthook
+    if not getattr(default_hook, "quiet_os_errors", False):  # once per process
+        def quiet_os_errors(args) -> None:
+            if not issubclass(args.exc_type, OSError):
+                default_hook(args)
+
+        quiet_os_errors.quiet_os_errors = True
+        threading.excepthook = quiet_os_errors
     return problem
 
 

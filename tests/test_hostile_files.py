@@ -19,6 +19,23 @@ def world(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("hostile-files"))
 
 
+@pytest.fixture(scope="module")
+def forecast_best(tmp_path_factory):
+    """A tiny forecast run's best.pt (predict needs a model that predicts)."""
+    from test_forecast import HEADER, forecast_config, series_rows, write_csv
+
+    from grutrain.cli import main
+
+    root = tmp_path_factory.mktemp("hostile-forecast")
+    data = write_csv(root / "series.csv", HEADER, series_rows(120))
+    config = write_yaml(root / "fc.yaml", forecast_config(data, root / "run") | {
+        "train": {"max_steps": 2, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "device": "cpu"}})
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(config), "--quiet"])
+    assert info.value.code == 0
+    return root / "run" / "checkpoints" / "best.pt"
+
+
 @pytest.fixture
 def run_copy(world, tmp_path):
     return Path(shutil.copytree(world["run"], tmp_path / "old-run"))
@@ -245,7 +262,7 @@ def special_input(kind: str, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["fifo", "zero", "urandom"])
 @pytest.mark.parametrize("command", ["fit", "eval", "predict", "resume"])
-def test_inputs_must_be_regular_files(world, run_cli, tmp_path, monkeypatch, command, kind):
+def test_inputs_must_be_regular_files(world, forecast_best, run_cli, tmp_path, monkeypatch, command, kind):
     monkeypatch.chdir(tmp_path)
     source = special_input(kind, tmp_path)
     if command == "fit":
@@ -253,7 +270,7 @@ def test_inputs_must_be_regular_files(world, run_cli, tmp_path, monkeypatch, com
     elif command == "eval":
         args = ["eval", world["best"], "--data", source]
     elif command == "predict":
-        args = ["predict", world["best"], "--input", source]
+        args = ["predict", forecast_best, "--input", source]
     else:  # a checkpoint that is not a file
         args = ["eval", source]
     before = snapshot_tree(tmp_path)
@@ -335,4 +352,45 @@ def test_nested_json_in_classify_data(run_cli, tmp_path):
                                               "run": {"dir": str(tmp_path / "r")}})
     code, out, err = run_cli(["fit", config, "-q"])
     refused(code, out, err, "nested too deeply")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("what", ["config", "data", "checkpoint"])
+def test_an_io_error_while_reading_is_one_line(world, run_cli, tmp_path, monkeypatch, what):
+    """EIO from the disk (simulated: every read of the chosen file fails) names the file, no traceback."""
+    import errno
+    import io
+
+    import grutrain.inputs
+
+    config = write_yaml(tmp_path / "c.yaml", tiny_config(world["root"], run={"dir": str(tmp_path / "r")}))
+    bad = {"config": config, "data": world["corpus"], "checkpoint": world["best"]}[what]
+    real_fdopen = os.fdopen
+
+    class FailingReads(io.RawIOBase):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def fileno(self):
+            return self.fd
+
+        def close(self):
+            os.close(self.fd)
+            super().close()
+
+    def fdopen(fd, *args, **kwargs):
+        if os.path.samefile(f"/proc/self/fd/{fd}", bad):
+            return io.BufferedReader(FailingReads(fd))
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(grutrain.inputs.os, "fdopen", fdopen)
+    args = ["eval", world["best"], "--json"] if what == "checkpoint" else ["fit", config, "-q"]
+    code, out, err = run_cli(args)
+    refused(code, out, err, "Input/output error" if what != "checkpoint" else str(bad))
     assert not (tmp_path / "r").exists()

@@ -41,6 +41,7 @@ class Sampler(Protocol):
 class Task(Protocol):
     name: str
     cfg: Any  # the task's validated config (grutrain.config.Config)
+    predicts: bool  # whether `predict` gives outputs for new inputs (forecast, classify)
 
     # Training side: set by from_config, None/unused when built from a checkpoint.
     sampler: Sampler | None

@@ -28,6 +28,7 @@ EVAL_BATCH = 256  # examples per forward pass when evaluating (no gradients: lar
 
 class ClassifyTask:
     name = "classify"
+    predicts = True  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0

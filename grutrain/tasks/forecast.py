@@ -133,6 +133,7 @@ def forecast_data(model, held: HeldOut, mean, std, spec: WindowSpec, device) -> 
 
 class ForecastTask:
     name = "forecast"
+    predicts = True  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0

@@ -28,6 +28,7 @@ SPLITS = ("val", "test")
 
 class LanguageModelTask:
     name = "lm"
+    predicts = False  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0

@@ -99,6 +99,7 @@ def check_fingerprint(fingerprints: dict, split_name: str, split: Split) -> None
 
 class SyntheticTask:
     name = "synthetic"
+    predicts = False  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0
