@@ -2,9 +2,11 @@
 
 Two layer functions compute one direction of one layer over a whole sequence:
 
-- ``reference_gru_layer`` (here): the equations transcribed step by step, the readable
-  definition every other implementation is tested against;
-- ``fused_gru_layer`` (``grutrain.gru_fused``): the fast path, same signature and results.
+- ``reference_gru_layer`` (``grutrain.gru_reference``): the equations transcribed step by step,
+  the readable definition every other implementation is tested against;
+- ``fused_gru_layer`` (``grutrain.gru_fused``): the fast path, same signature and results;
+
+``grutrain.gru_paths`` picks one for the context (tracing, export and torch.func take the reference).
 
 ``GRU`` stacks them into layers and directions exactly like ``torch.nn.GRU``, so state dicts
 move between the two and both give the same outputs and gradients.
@@ -15,203 +17,16 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-RESETS = ("after", "before")
-IMPLS = ("fused", "reference")
+from grutrain.gru_paths import IMPLS, layer_function
+from grutrain.gru_reference import RESETS, GRUInputError, autocast_enabled, check_reset, reference_gru_layer
 
-LayerFunction = Callable[..., tuple[Tensor, Tensor]]
-
-
-class GRUInputError(ValueError, RuntimeError):
-    """A bad argument or input of the GRU.
-
-    Both a ValueError (what grutrain always raised) and a RuntimeError (what torch.nn.GRU raises
-    for most shape errors), so code written for either type keeps catching it.
-    """
-
-
-def _check_reset(reset: str) -> None:
-    if reset not in RESETS:
-        raise GRUInputError(f"reset must be 'after' or 'before', got {reset!r}")
-
-
-def reference_gru_layer(
-    x: Tensor,
-    h0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-    reset: str = "after",
-) -> tuple[Tensor, Tensor]:
-    """Run one direction of one GRU layer over a time-major sequence, one step at a time.
-
-    Args:
-        x: input, [T, B, I].
-        h0: initial state, [B, H].
-        weight_ih: [3H, I], rows ordered r, z, n (W_ir | W_iz | W_in), as in torch.nn.GRU.
-        weight_hh: [3H, H], rows ordered r, z, n (W_hr | W_hz | W_hn).
-        bias_ih, bias_hh: [3H] (b_ir | b_iz | b_in and b_hr | b_hz | b_hn), or None for no bias.
-        reset: where the reset gate acts in the candidate n:
-            "after":  n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))   (torch.nn.GRU, cuDNN)
-            "before": n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)   (original paper, d2l.ai)
-
-    Returns:
-        (output [T, B, H], the state at every step; h_T [B, H], the last state).
-    """
-    _check_reset(reset)
-    return _reference_loop(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset)
-
-
-def _reference_loop(
-    x: Tensor,
-    h0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None,
-    bias_hh: Tensor | None,
-    reset: str,
-) -> tuple[Tensor, Tensor]:
-    """reference_gru_layer's loop. Written so TorchScript can compile it: a jit-traced GRU calls
-    the compiled loop and so runs at any sequence length (see ``_scripted_loop``)."""
-    # The input projections don't depend on the state, so all steps share one matmul.
-    x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
-    h = h0  # [B, H]
-    outputs = []
-    # unbind gives every step its own view; indexing x_proj[t] in the loop would make each
-    # step's backward scatter into a full [T, B, 3H] buffer, O(T^2) in total.
-    for x_t in x_proj.unbind(0):  # x_t: [B, 3H]
-        h = _reference_step(x_t, h, weight_hh, bias_hh, reset)
-        outputs.append(h)
-    return torch.stack(outputs), h  # [T, B, H], [B, H]
-
-
-def _reference_step(x_t: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, reset: str) -> Tensor:
-    """One step of the equations: x_t = x W_ih^T + b_ih [B, 3H] (r, z, n), h [B, H] -> h' [B, H]."""
-    hidden_size = h.shape[1]
-    x_r, x_z, x_n = x_t.chunk(3, dim=1)  # each [B, H]
-    if reset == "after":
-        h_r, h_z, h_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)  # each [B, H]
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-    else:
-        # r must multiply h before W_hn, so the n rows get their own matmul on r * h.
-        w_hrz, w_hn = weight_hh[: 2 * hidden_size], weight_hh[2 * hidden_size :]  # [2H, H], [H, H]
-        b_hrz: Tensor | None = None
-        b_hn: Tensor | None = None
-        if bias_hh is not None:
-            b_hrz, b_hn = bias_hh[: 2 * hidden_size], bias_hh[2 * hidden_size :]
-        h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)  # each [B, H]
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
-    return z * h + (1 - z) * n  # [B, H]
-
-
-def _scan_layer(
-    x: Tensor,
-    h0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-    reset: str = "after",
-) -> tuple[Tensor, Tensor]:
-    """The reference equations with the time loop as torch's ``scan``, for torch.export: the
-    exported program then takes any sequence length, where the Python loop would be unrolled."""
-    from torch._higher_order_ops.scan import scan  # checked by _scan_available
-
-    x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
-
-    def step(h: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
-        h_new = _reference_step(x_t, h, weight_hh, bias_hh, reset)
-        return h_new, h_new.clone()  # scan wants the carry and the output as separate tensors
-
-    h_last, output = scan(step, h0, x_proj)
-    return output, h_last  # [T, B, H], [B, H]
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device type
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-
-
-def _fused_layer_function() -> LayerFunction:
-    try:
-        # Imported here so this module (the reference) works without the fast path.
-        from grutrain.gru_fused import fused_gru_layer
-    except ModuleNotFoundError as error:
-        # Only a missing gru_fused module falls back; an error *inside* it must surface.
-        if error.name != "grutrain.gru_fused":
-            raise
-        return reference_gru_layer
-    return fused_gru_layer
-
-
-_scripted = None
-
-
-def _scripted_loop() -> LayerFunction:
-    """_reference_loop compiled by TorchScript (once). torch.jit.trace records a call to it with
-    its loop intact, where tracing the Python loop would bake in the example's length."""
-    global _scripted
-    if _scripted is None:
-        with warnings.catch_warnings():  # torch.jit.script's deprecation: the caller chose jit
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _scripted = torch.jit.script(_reference_loop)
-    return _scripted
-
-
-def _scan_available() -> bool:
-    try:
-        from torch._higher_order_ops.scan import scan  # noqa: F401  (torch >= 2.6)
-    except ImportError:
-        return False
-    return True
-
-
-def _is_exporting() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(getattr(compiler, "is_exporting", lambda: False)())
-
-
-def _is_compiling() -> bool:
-    """torch.compile (dynamo) or torch.export is recording this call."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling()) or _is_exporting()
-
-
-def _functorch_active() -> bool:
-    """A torch.func transform (grad, vmap, jacrev, ...) wraps this call."""
-    try:
-        return torch._C._functorch.peek_interpreter_stack() is not None
-    except AttributeError:  # a torch without functorch's interpreter stack
-        return False
-
-
-def _layer_function(impl: str) -> LayerFunction:
-    """The function that runs one direction of one layer for ``impl`` in the current context.
-
-    The fused path is a hand-written autograd.Function over in-place kernels, which tracers,
-    compilers and torch.func transforms cannot record; under them the reference equations run
-    (the same function, recorded op by op), so code written for torch.nn.GRU keeps working.
-    """
-    if torch.jit.is_tracing():
-        return _scripted_loop()
-    if _is_exporting() and _scan_available():
-        return _scan_layer
-    if impl == "reference" or _is_compiling() or _functorch_active():
-        return reference_gru_layer
-    return _fused_layer_function()
+__all__ = ["GRU", "GRUInputError", "RESETS", "IMPLS", "reference_gru_layer"]
 
 
 class GRU(nn.Module):
@@ -371,7 +186,7 @@ class GRU(nn.Module):
             raise GRUInputError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         if proj_size != 0:
             raise GRUInputError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        _check_reset(reset)
+        check_reset(reset)
         if impl not in IMPLS:
             raise GRUInputError(f"impl must be 'fused' or 'reference', got {impl!r}")
         if dropout > 0 and num_layers == 1:
@@ -459,7 +274,7 @@ class GRU(nn.Module):
                 f"GRU: input.size(-1) must equal input_size={self.input_size}, got {input.size(-1)}"
             )
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and not _autocast_enabled(input.device.type):
+        if input.dtype != weight_dtype and not autocast_enabled(input.device.type):
             raise GRUInputError(
                 f"GRU: input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}); "
                 f"convert the input with input.to({weight_dtype}) or the model with model.to({input.dtype})"
@@ -554,7 +369,7 @@ class GRU(nn.Module):
         # with the forward output at t.
         reverse = padding.reverse if padding is not None else (lambda t: t.flip(0))
 
-        layer_fn = _layer_function(self.impl)
+        layer_fn = layer_function(self.impl)
         final_states = []  # num_layers * num_directions tensors of [B, H]
         for layer in range(self.num_layers):
             direction_outputs = []  # each [T, B, H]

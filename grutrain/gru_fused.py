@@ -54,19 +54,11 @@ import torch
 from torch import Tensor
 
 from grutrain.gru_matmul import accumulate_mm, batched_lowp, lowered, mm_into, project, step_matmul
+from grutrain.gru_reference import autocast_enabled, reference_gru_layer
 
 __all__ = ["fused_gru_layer"]
 
 RESETS = ("after", "before")
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device type
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
 
 
 def _rotate_rows(w: Tensor, hidden: int) -> Tensor:
@@ -440,8 +432,6 @@ def _differentiable_backward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, grad_out, grad_
     """The gradients as a graph (double backward, e.g. a gradient penalty): the hand-written
     kernels record none, so the layer is recomputed with the step-by-step reference equations
     and those are differentiated with create_graph=True. Costs one more forward of this layer."""
-    from grutrain.gru import reference_gru_layer  # imported here: grutrain.gru imports this module
-
     inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
     wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
     with torch.autocast(x.device.type, enabled=False):
@@ -496,7 +486,7 @@ def fused_gru_layer(
         h0 = x.new_zeros((B, H))
 
     device_type = x.device.type
-    if _autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         amp_dtype = _autocast_dtype(device_type)
         # torch.nn.GRU's output dtype under autocast: cuDNN's RNN is on autocast's low-precision
         # list (it returns amp_dtype); on CPU torch.nn.GRU is not an autocast op and returns its

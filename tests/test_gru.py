@@ -3,7 +3,6 @@ step-by-step transcription of the equations written here (reset="before")."""
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -11,7 +10,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from grutrain.gru import GRU, _layer_function, reference_gru_layer
+from grutrain.gru import GRU, reference_gru_layer
+from grutrain.gru_paths import layer_function
 
 IMPLS = ["reference", "fused"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -321,14 +321,11 @@ def test_extra_repr_shows_sizes_and_reset():
 
 # --- implementation details that matter ------------------------------------------------------------
 
-def test_fused_impl_dispatches_to_gru_fused_when_present():
-    if importlib.util.find_spec("grutrain.gru_fused") is None:
-        assert _layer_function("fused") is reference_gru_layer  # the documented fallback
-        pytest.skip("grutrain.gru_fused not written yet; impl='fused' runs the reference")
+def test_impl_picks_the_layer_function():
     from grutrain.gru_fused import fused_gru_layer
 
-    assert _layer_function("fused") is fused_gru_layer
-    assert _layer_function("reference") is reference_gru_layer
+    assert layer_function("fused") is fused_gru_layer
+    assert layer_function("reference") is reference_gru_layer
 
 
 def test_reference_layer_backward_does_not_index_per_step():
