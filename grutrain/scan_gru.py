@@ -9,46 +9,18 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from grutrain.errors import GrutrainError
+from grutrain.gru_reference import scan_available, scan_layer
 
 
-def _scan():
-    try:
-        from torch._higher_order_ops.scan import scan
-    except ImportError:
+def scan_gru_layer(*args, **kwargs) -> tuple[Tensor, Tensor]:
+    """gru_reference.scan_layer (the reference equations with the time loop as `scan`), or a one-line
+    error on a torch without torch.export's scan."""
+    if not scan_available():
         raise GrutrainError(f"pt2 export needs a torch with torch.export's scan (2.6 or newer); this is torch "
-                            f"{torch.__version__}. Use --format onnx or state-dict") from None
-    return scan
-
-
-def scan_gru_layer(x: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
-                   bias_hh: Tensor | None, reset: str) -> tuple[Tensor, Tensor]:
-    """One direction of one layer, x [T, B, I], h0 [B, H] -> (output [T, B, H], h_T [B, H]).
-
-    grutrain.gru.reference_gru_layer's equations, with the time loop as torch's `scan`.
-    """
-    hidden_size = weight_hh.shape[1]
-    x_proj = F.linear(x, weight_ih, bias_ih)  # [T, B, 3H]
-
-    def step(h: Tensor, x_t: Tensor):  # h [B, H], x_t [B, 3H]
-        # Sliced in here: scan refuses closed-over tensors that are views of one another.
-        w_hrz, w_hn = weight_hh[: 2 * hidden_size], weight_hh[2 * hidden_size:]
-        b_hrz, b_hn = (None, None) if bias_hh is None else (bias_hh[: 2 * hidden_size], bias_hh[2 * hidden_size:])
-        x_r, x_z, x_n = x_t.chunk(3, dim=1)
-        h_r, h_z = F.linear(h, w_hrz, b_hrz).chunk(2, dim=1)
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        if reset == "after":
-            n = torch.tanh(x_n + r * F.linear(h, w_hn, b_hn))
-        else:
-            n = torch.tanh(x_n + F.linear(r * h, w_hn, b_hn))
-        h_new = z * h + (1 - z) * n
-        return h_new, h_new.clone()  # scan wants the carry and the output as separate tensors
-
-    h_last, output = _scan()(step, h0, x_proj)
-    return output, h_last
+                            f"{torch.__version__}. Use --format onnx or state-dict")
+    return scan_layer(*args, **kwargs)
 
 
 class ScanGRU(nn.Module):
