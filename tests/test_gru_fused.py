@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import grutrain.gru_fused as gf
+import grutrain.gru_fused_backward as gfb
 import grutrain.gru_matmul as gm
 from grutrain.gru_fused import fused_gru_layer
 
@@ -111,7 +112,7 @@ def test_long_sequences_split_into_chunks_and_blocks(monkeypatch, reset):
     row = 3 * 3 * 5 * 8  # bytes of one step of the [B, 3H] gate buffer
     for chunk_steps, block_steps in [(1, 1), (3, 2), (4, 4), (100, 3)]:
         monkeypatch.setattr(gf, "_CHUNK_BYTES", chunk_steps * row)
-        monkeypatch.setattr(gf, "_BLOCK_BYTES", block_steps * row)
+        monkeypatch.setattr(gfb, "_BLOCK_BYTES", block_steps * row)
         assert len(gf._chunks(11, row)) == -(-11 // chunk_steps)
         assert_all_close(run_with_grads(fused_gru_layer, inputs, reset), expected, torch.float64)
         with torch.no_grad():
@@ -245,7 +246,8 @@ def test_packed_path_end_to_end(monkeypatch, reset):
     with torch.no_grad():  # no memory budget here, so the packed path runs
         out, h_T = fused_gru_layer(*inputs, reset=reset)
     assert_all_close([out, h_T], expected[:2], torch.float32)
-    monkeypatch.setattr(gf, "step_matmul", lambda w, b, *args, **kwargs: _force_packed(w, b))
+    for module in (gf, gfb):  # the forward's and the backward's per-step products
+        monkeypatch.setattr(module, "step_matmul", lambda w, b, *args, **kwargs: _force_packed(w, b))
     assert_all_close(run_with_grads(fused_gru_layer, inputs, reset), expected, torch.float32)
 
 
