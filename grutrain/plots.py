@@ -134,10 +134,13 @@ def per_position_loss_figure(position_loss: Sequence[float], carried_loss: float
 
 def forecast_figure(actual: Sequence, forecast: Sequence, naive: Sequence | None = None,
                     seasonal_naive: Sequence | None = None, names: Sequence[str] | None = None,
-                    x: Sequence | None = None, title: str = "forecasts"):
-    """Actual series against the forecasts, one panel per target (at most 4).
+                    x: Sequence | None = None, title: str = "forecasts",
+                    lower: Sequence | None = None, upper: Sequence | None = None):
+    """Actual series against the forecasts, one panel per target (at most 4), the model's interval
+    [lower, upper] shaded when given.
 
-    actual, forecast, naive, seasonal_naive: [N] or [N, targets] on the original scale; x: [N] positions.
+    actual, forecast, naive, seasonal_naive, lower, upper: [N] or [N, targets] on the original scale;
+    x: [N] positions.
     """
     actual = np.asarray(actual, dtype=float)
     actual = actual[:, None] if actual.ndim == 1 else actual
@@ -152,6 +155,9 @@ def forecast_figure(actual: Sequence, forecast: Sequence, naive: Sequence | None
               "seasonal naive": dict(color="tab:olive", linestyle=":", linewidth=1.0)}
     for j in range(panels):
         ax = figure.add_subplot(panels, 1, j + 1)
+        if lower is not None and upper is not None:
+            low, high = (np.asarray(v, dtype=float).reshape(actual.shape)[:, j] for v in (lower, upper))
+            ax.fill_between(x, low, high, color="tab:red", alpha=0.2, linewidth=0, label="model interval")
         ax.plot(x, actual[:, j], color="black", linewidth=1.6, label="actual")
         for name, values in series.items():
             ax.plot(x, values[:, j], label=name, **styles[name])
@@ -238,53 +244,33 @@ def _lm_figure(payload, model, cfg, split, device, data_path):
 
 
 @torch.no_grad()
-def forecast_data(model, values: np.ndarray, starts: np.ndarray, mean, std, spec, device) -> dict:
-    """The one-step-ahead forecasts of the windows at `starts` (rows of `values`, original scale) with
-    the actual values and the baselines: forecast_figure's arguments.
+def forecast_data(model, series, starts: np.ndarray, device) -> dict:
+    """The one-step-ahead forecasts of the windows at `starts` with the actual values, the naive and
+    the best seasonal-naive forecasts and, with quantiles, the outermost interval: forecast_figure's
+    arguments. series: the forecast task's PreparedSeries (values, layout, normalisation)."""
+    from grutrain.data.forecast_windows import seasonal_naive_baselines
 
-    spec: the forecast task's WindowSpec (input_len, horizon, n_targets, season); mean, std: the
-    normalisation of every column.
-    """
-    from grutrain.data.timeseries import gather_windows, naive_forecast, seasonal_naive_forecast
-    from grutrain.tasks.forecast import forecast_normalised, normalise
-
-    was_training = model.training
-    model.eval()
-    x = gather_windows(normalise(values, mean, std), torch.from_numpy(starts),
-                       torch.arange(-spec.input_len, 0)).to(device)  # [W, input_len, F]
-    T = spec.n_targets
-    predicted = forecast_normalised(model, x, spec).cpu().double().numpy()[:, 0, :]  # one step ahead: [W, T]
-    model.train(was_training)
-    seasonal = seasonal_naive_forecast(values, starts, spec.horizon, T, spec.season)[:, 0, :] if spec.season else None
-    return {"actual": values[starts, :T], "forecast": predicted * np.asarray(std[:T]) + np.asarray(mean[:T]),
-            "naive": naive_forecast(values, starts, spec.horizon, T)[:, 0, :], "seasonal_naive": seasonal,
-            "x": starts - starts[0]}
+    layout, T = series.layout, series.layout.n_targets
+    forecast = series.forecast(model, starts, device)[:, 0]  # one step ahead: [W, T, Q]
+    baselines = seasonal_naive_baselines(series.values, starts, layout.horizon, T, list(layout.seasons))
+    actual = series.values[starts, :T]
+    seasonal = [v[:, 0] for k, v in baselines.items() if k != "naive"]
+    best = min(seasonal, key=lambda f: float(np.abs(f - actual).mean())) if seasonal else None
+    out = {"actual": actual, "forecast": forecast[..., layout.median_index or 0], "naive": baselines["naive"][:, 0],
+           "seasonal_naive": best, "x": starts - starts[0]}
+    if layout.quantiles:
+        out["lower"], out["upper"] = forecast[..., 0], forecast[..., -1]
+    return out
 
 
 def _forecast_figure(payload, model, cfg, split, device, data_path):
-    from grutrain.data.timeseries import load_series, window_starts
-    from grutrain.tasks.forecast import WindowSpec
+    from grutrain.tasks.forecast import series_for_checkpoint
 
-    spec = WindowSpec.of(cfg)
-    norm = payload.get("normalisation") or {}
-    if not {"mean", "std"} <= set(norm):
-        raise GrutrainError("the checkpoint is damaged: it has no normalisation (mean and std)")
-    if data_path is not None:
-        table, _ = load_series(cfg.data, path=data_path, role="--data", split=False)
-        values, lo, hi, name = table.values, 0, len(table), Path(data_path).name
-    else:
-        series = payload.get("eval_series") or {}
-        try:
-            values = series["values"].double().numpy()
-            lo, hi = (int(v) for v in series[split])
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise GrutrainError("the checkpoint holds no held-out series to plot; pass --data") from None
-        name = split
-    starts = window_starts(lo, hi, spec.input_len, spec.horizon, spec.history)
-    if len(starts) == 0:
-        raise GrutrainError(f"the {name} split holds no forecast window to plot")
-    data = forecast_data(model, values, starts, norm["mean"], norm["std"], spec, device)
-    ahead = f" (the first of each forecast's {spec.horizon} steps)" if spec.horizon > 1 else ""
+    series, starts, name = series_for_checkpoint(payload, cfg, split, data_path)
+    name = Path(name).name if data_path is not None else name
+    data = forecast_data(model, series, starts, device)
+    horizon = series.layout.horizon
+    ahead = f" (the first of each forecast's {horizon} steps)" if horizon > 1 else ""
     return forecast_figure(**data, names=cfg.data.target_columns, title=f"{name}: one-step-ahead forecasts{ahead}")
 
 

@@ -64,6 +64,9 @@ def forecast_config(path: Path, run_dir: Path, **data) -> dict:
         "task": "forecast",
         "data": {"path": str(path), "target_columns": ["y"], "input_columns": ["x2"], "time_column": "month",
                  "input_len": L, "horizon": H, "season": S, "missing": "error",
+                 # the naive anchor and no calendar inputs: what these tests compute by hand
+                 # (tests/test_forecast_anchoring.py covers the seasonal anchor and calendar inputs)
+                 "anchor": "naive", "calendar": "none",
                  "val_fraction": 0.2, "test_fraction": 0.2, **data},
         "model": {"hidden_size": 8},
         "optim": {"lr": 0.01},
@@ -348,11 +351,14 @@ def test_training_windows_never_reach_held_out_targets(trained):
     assert len(starts) == train_stop - L - H + 1
     assert task.eval_starts["val"].tolist() == list(range(144, 192 - H + 1))
     assert task.eval_starts["test"].tolist() == list(range(192, 240 - H + 1))
-    # A batch is the normalised rows [start - L, start) -> targets [start, start + H).
-    x, y = task._make_batch(torch.tensor([0]))
+    # A batch is the normalised rows [start - L, start), the target relative to the last of them
+    # (the naive anchor) -> targets [start, start + H).
+    x, anchor, y = task._make_batch(torch.tensor([0]))
     s = int(starts[0])
     z = (trained["values"] - np.array(task.mean)) / np.array(task.std)
-    assert x[0].numpy() == pytest.approx(z[s - L:s], abs=1e-6)
+    assert x[0, :, 0].numpy() == pytest.approx(z[s - L:s, 0] - z[s - 1, 0], abs=1e-6)
+    assert x[0, :, 1].numpy() == pytest.approx(z[s - L:s, 1], abs=1e-6)
+    assert anchor[0, :, 0].numpy() == pytest.approx(np.full(H, z[s - 1, 0]), abs=1e-6)
     assert y[0, :, 0].numpy() == pytest.approx(z[s:s + H, 0], abs=1e-6)
 
 

@@ -222,7 +222,7 @@ def test_the_calls_for_each_tasks_on_evaluation(tmp_path, text_file, monkeypatch
 
     # forecast (ForecastTask.on_evaluation)
     task, model, _ = task_for("forecast", ["model.hidden_size=4"])
-    data = plots.forecast_data(model, task.values, task.eval_starts["val"], task.mean, task.std, task.spec, device)
+    data = plots.forecast_data(model, task.series, task.eval_starts["val"], device)
     plots.log_figure(metrics, 10, "val/forecast", plots.forecast_figure(**data, names=task.cfg.data.target_columns))
     assert len(data["actual"]) == len(task.eval_starts["val"])
 

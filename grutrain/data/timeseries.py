@@ -39,6 +39,9 @@ _DATE_FORMATS = [
     ("%Y-%m-%dT%H:%M:%S", "YYYY-MM-DDTHH:MM:SS"),
     ("%Y-%m-%d %H:%M", "YYYY-MM-DD HH:MM"),
     ("%Y-%m-%dT%H:%M", "YYYY-MM-DDTHH:MM"),
+    ("%Y-%m-%dT%H:%M:%S%z", "YYYY-MM-DDTHH:MM:SS+HH:MM"),  # ISO 8601 with a UTC offset (or Z)
+    ("%Y-%m-%d %H:%M:%S%z", "YYYY-MM-DD HH:MM:SS+HH:MM"),
+    ("%Y-%m-%dT%H:%M%z", "YYYY-MM-DDTHH:MM+HH:MM"),
     ("%Y-%m", "YYYY-MM"),
     ("%Y/%m/%d", "YYYY/MM/DD"),
 ]
@@ -352,7 +355,7 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
 
     With split=False the whole file is one block (eval --data, predict).
     """
-    columns = list(cfg.target_columns) + list(cfg.input_columns)
+    columns = list(cfg.target_columns) + list(cfg.input_columns) + list(getattr(cfg, "known_columns", []))
     check_columns(cfg)
     table = read_series_csv(path or cfg.path, columns, cfg.time_column, cfg.missing, role=role)
     if cfg.missing != "interpolate":
@@ -364,7 +367,8 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
 
 def check_columns(cfg) -> None:
     targets, inputs = list(cfg.target_columns), list(cfg.input_columns)
-    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs)):
+    known = list(getattr(cfg, "known_columns", []))
+    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs), ("data.known_columns", known)):
         repeated = sorted({c for c in names if names.count(c) > 1})
         if repeated:
             raise GrutrainError(f"{name} names {repeated[0]!r} twice; list each column once")
@@ -372,7 +376,11 @@ def check_columns(cfg) -> None:
     if both:
         raise GrutrainError(f"data.input_columns repeats the target column {both[0]!r}; targets are inputs already, "
                             "drop it from data.input_columns")
-    if cfg.time_column is not None and cfg.time_column in targets + inputs:
+    twice = [c for c in known if c in targets + inputs]
+    if twice:
+        raise GrutrainError(f"data.known_columns repeats {twice[0]!r}, a target or past-only input column; "
+                            "list each column in one of data.target_columns, data.input_columns, data.known_columns")
+    if cfg.time_column is not None and cfg.time_column in targets + inputs + known:
         raise GrutrainError(f"data.time_column {cfg.time_column!r} is also a target or input column; "
                             "the time column only orders the rows")
 

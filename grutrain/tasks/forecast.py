@@ -9,104 +9,59 @@ must beat; and a series that trends out of the training range (CO2) never leaves
 inputs the model was trained on (Mauna Loa CO2, 13 weeks ahead: test MAE 0.45 ppm, against
 0.85-1.9 ppm when the same model reads absolute values).
 
-Metrics on the original scale (MAE, RMSE, sMAPE; see data/timeseries.forecast_errors) always come
-with the naive (last value repeated) and, given data.season, seasonal-naive forecasts on the same
-windows. Target cells that were blank in the file (filled by interpolation) are not scored.
+With data.anchor (default auto) the head predicts the residual over the baseline with the lowest
+in-sample MAE on the training rows instead: with data.season [48, 336] on half-hourly demand that
+is "the same half-hour last week" (data/forecast_windows.py). Calendar inputs from a date time
+column and data.known_columns are fed for the horizon too; data.quantiles trains with the pinball
+loss. Metrics (tasks/forecast_series.py) always come with the naive and every seasonal-naive
+forecast on the same windows, the best one named as the baseline. Target cells that were blank in
+the file (filled by interpolation) are not scored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from grutrain.data import calendar as cal
 from grutrain.data.batching import ShuffledBatches
-from grutrain.data.timeseries import (forecast_errors, fit_normalisation, gather_windows, load_series,
-                                      naive_forecast, seasonal_naive_forecast, window_starts)
+from grutrain.data.forecast_windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
+from grutrain.data.timeseries import fit_normalisation, load_series, window_starts
 from grutrain.errors import GrutrainError
+from grutrain.forecast_metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
-
-EVAL_BATCH = 512  # windows per forward pass at evaluation
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    input_len: int
-    horizon: int
-    n_targets: int
-    season: int | None
-
-    @classmethod
-    def of(cls, cfg) -> "WindowSpec":
-        return cls(cfg.data.input_len, cfg.data.horizon, len(cfg.data.target_columns), cfg.data.season)
-
-    @property
-    def history(self) -> int:
-        """Rows an evaluated window needs before its first target (inputs, and one season for the baseline)."""
-        return max(self.input_len, self.season or 0)
-
-
-def forecast_normalised(model, x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """x [B, input_len, F] normalised -> forecast [B, horizon, n_targets] normalised (float32)."""
-    last = x[:, -1:, : spec.n_targets]  # [B, 1, T]
-    relative = torch.cat([x[:, :, : spec.n_targets] - last, x[:, :, spec.n_targets:]], dim=-1)
-    out, _ = model(relative)  # [B, horizon * n_targets]
-    change = out.float().view(x.shape[0], spec.horizon, spec.n_targets)
-    return last.float() + change
-
-
-def normalise(values: np.ndarray, mean, std) -> torch.Tensor:
-    return torch.from_numpy((values - np.asarray(mean)) / np.asarray(std)).float()  # [N, F]
-
-
-@torch.no_grad()
-def evaluate_windows(model, values: np.ndarray, observed: np.ndarray, starts: np.ndarray, mean, std,
-                     spec: WindowSpec, device, amp_dtype=None) -> dict[str, float]:
-    """Loss (MSE, normalised scale) and MAE/RMSE/sMAPE (original scale) over the windows at `starts`."""
-    was_training = model.training
-    model.eval()
-    norm = normalise(values, mean, std)
-    before = torch.arange(-spec.input_len, 0)
-    preds = []
-    for chunk in torch.from_numpy(starts).split(EVAL_BATCH):
-        x = gather_windows(norm, chunk, before).to(device)  # [B, input_len, F]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            preds.append(forecast_normalised(model, x, spec).cpu())
-    model.train(was_training)
-    T, ahead = spec.n_targets, np.arange(spec.horizon)
-    pred = torch.cat(preds).double().numpy()  # [W, horizon, T]
-    actual = gather_windows(values, starts, ahead)[:, :, :T]
-    mask = gather_windows(observed, starts, ahead)[:, :, :T]
-    if not mask.any():
-        raise GrutrainError("every target value of the evaluated windows was blank in the file; nothing to score")
-    actual_norm = (actual - np.asarray(mean[:T])) / np.asarray(std[:T])
-    loss = float(((pred - actual_norm)[mask] ** 2).mean())
-    original = pred * np.asarray(std[:T]) + np.asarray(mean[:T])
-    return {"loss": loss, **forecast_errors(original, actual, mask)}
-
-
-def baseline_metrics(values: np.ndarray, observed: np.ndarray, starts: np.ndarray, spec: WindowSpec) -> dict:
-    """{"naive_mae": ..., "seasonal_naive_mae": ..., ...} on the same windows and cells as the model."""
-    T, ahead = spec.n_targets, np.arange(spec.horizon)
-    actual = gather_windows(values, starts, ahead)[:, :, :T]
-    mask = gather_windows(observed, starts, ahead)[:, :, :T]
-    out = {f"naive_{k}": v for k, v in forecast_errors(naive_forecast(values, starts, spec.horizon, T),
-                                                        actual, mask).items()}
-    if spec.season:
-        seasonal = seasonal_naive_forecast(values, starts, spec.horizon, T, spec.season)
-        out.update({f"seasonal_naive_{k}": v for k, v in forecast_errors(seasonal, actual, mask).items()})
-    return out
+from grutrain.tasks.forecast_series import PreparedSeries, normalise  # noqa: F401  (normalise: plots, export)
 
 
 def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
-def _describe_window(spec: WindowSpec) -> str:
-    return f"data.input_len={spec.input_len} + data.horizon={spec.horizon}"
+def _describe_window(layout: WindowLayout) -> str:
+    return f"data.input_len={layout.input_len} + data.horizon={layout.horizon}"
+
+
+def base_layout(cfg, anchor_lag: int = 1, n_calendar: int = 0, scale: tuple = ()) -> WindowLayout:
+    d = cfg.data
+    return WindowLayout(d.input_len, d.horizon, len(d.target_columns), len(d.input_columns), len(d.known_columns),
+                        n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale)
+
+
+def calendar_of(table, cfg, cycles: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """(cycles, [N, 2 * cycles] features) of a table; `cycles` None: choose them from the spacing."""
+    mode = cfg.data.calendar
+    use = table.time_column is not None and mode != "none" and (table.time_axis.kind == "date" or mode == "epoch_seconds")
+    if cycles == [] or (cycles is None and not use):
+        return [], np.zeros((len(table), 0), dtype=np.float32)
+    if not use:
+        raise GrutrainError(f"{table.source}: the model reads calendar inputs, so the data needs its time column "
+                            f"{cfg.data.time_column!r} with dates")
+    when = cal.as_datetimes(table.times, table.time_axis.kind, mode == "epoch_seconds", table.source)
+    cycles = cal.choose_cycles(when) if cycles is None else cycles
+    return cycles, cal.calendar_features(when, cycles)
 
 
 class ForecastTask:
@@ -115,77 +70,98 @@ class ForecastTask:
     def __init__(self, cfg, saved: dict | None, rank: int, world_size: int):
         self.cfg = cfg
         d = cfg.data
-        self.spec = spec = WindowSpec.of(cfg)
         table, (train_b, val_b, test_b) = load_series(d)
-        needed = spec.input_len + spec.horizon
+        layout = base_layout(cfg)
+        needed = layout.input_len + layout.horizon
         if len(table) < needed:
             after = " after dropping rows with blanks" if d.missing == "drop" else ""
             raise GrutrainError(f"{d.path} has {_rows(len(table))}{after}; one window needs {needed} "
-                                f"({_describe_window(spec)}); lower them or give a longer series")
+                                f"({_describe_window(layout)}); lower them or give a longer series")
         n_train = train_b.stop
         if n_train < needed:
             raise GrutrainError(f"the training block has {n_train} of {len(table)} rows, fewer than the {needed} one "
-                                f"window needs ({_describe_window(spec)}); lower data.val_fraction/data.test_fraction, "
+                                f"window needs ({_describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
                                 "data.input_len or data.horizon")
         self.columns = table.columns
-        if saved is not None:  # a resumed run keeps the normalisation it was trained with
+        T = layout.n_targets
+        if saved is not None:  # a resumed run keeps the normalisation and layout it was trained with
             norm = _check_normalisation(saved, cfg)
-            self.mean, self.std = norm["mean"], norm["std"]
+            mean, std = norm["mean"], norm["std"]
+            layout, cycles, scale = _saved_layout(saved, cfg)
+            cycles, calendar = calendar_of(table, cfg, cycles)
         else:
-            self.mean, self.std = fit_normalisation(table.values[train_b])
+            mean, std = fit_normalisation(table.values[train_b])
+            cycles, calendar = calendar_of(table, cfg, None)
+            train_targets = table.values[train_b, :T]
+            lag = choose_anchor_lag(train_targets, d.seasons, d.anchor)
+            train_norm = (train_targets - np.asarray(mean[:T])) / np.asarray(std[:T])
+            layout = base_layout(cfg, lag, calendar.shape[1], residual_scale(train_norm, lag))
+            scale = [float(x) for x in seasonal_scale(train_targets, d.seasons[0] if d.seasons else 1)]
+        self.layout, self.cycles = layout, cycles
+        self.series = PreparedSeries(table.values, table.observed, calendar, mean, std, layout, scale)
+        self.mean, self.std, self.norm = mean, std, self.series.norm
         self.values, self.observed, self.blocks = table.values, table.observed, {"val": val_b, "test": test_b}
-        self.norm = normalise(self.values, self.mean, self.std)  # [N, F]
-        self.train_starts = torch.from_numpy(window_starts(0, n_train, spec.input_len, spec.horizon))
-        self.eval_starts = {split: window_starts(b.start, b.stop, spec.input_len, spec.horizon, spec.history)
+        self.train_starts = torch.from_numpy(window_starts(0, n_train, layout.input_len, layout.horizon, layout.history))
+        if len(self.train_starts) == 0:
+            raise GrutrainError(f"the training block has {n_train} rows, too few for one window with "
+                                f"{layout.history} rows of history (data.input_len, and one anchor season before "
+                                "them); set data.anchor=naive, lower data.input_len or give a longer series")
+        self.eval_starts = {split: window_starts(b.start, b.stop, layout.input_len, layout.horizon, layout.history)
                             for split, b in self.blocks.items()}
         if len(self.eval_starts["val"]) == 0:
             raise GrutrainError(f"the validation block has {val_b.stop - val_b.start} rows, too few for one window "
-                                f"(data.horizon={spec.horizon} targets, {spec.history} rows of history before them); "
+                                f"(data.horizon={layout.horizon} targets, {layout.history} rows of history before them); "
                                 "raise data.val_fraction or lower data.horizon")
-        self._before = torch.arange(-spec.input_len, 0)
-        self._ahead = torch.arange(spec.horizon)
         self.sampler = ShuffledBatches(len(self.train_starts), cfg.train.batch_size, cfg.train.seed + 1,
                                        self._make_batch, rank=rank, world_size=world_size, what="windows")
         self.carries_state = False
-        self.items_per_batch = self.sampler.global_batch * spec.input_len  # time steps read
+        self.items_per_batch = self.sampler.global_batch * layout.input_len  # time steps read
 
-    def _make_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _make_batch(self, indices: torch.Tensor):
         starts = self.train_starts[indices]
-        x = gather_windows(self.norm, starts, self._before)  # [B, input_len, F]
-        y = gather_windows(self.norm, starts, self._ahead)[:, :, : self.spec.n_targets]  # [B, horizon, T]
-        return x, y
+        x, anchor = self.series.inputs(starts)
+        return x, anchor, self.series.targets(starts)
 
     def build_model(self) -> SequenceModel:
-        return _model(self.cfg, len(self.columns))
+        return _model(self.cfg, self.layout)
 
     def loss(self, model, batch, hidden):
-        x, y = batch
-        return F.mse_loss(forecast_normalised(model, x, self.spec), y.float()), None
+        x, anchor, y = batch
+        output, _ = model(x)
+        forecast = add_anchor(output, anchor, self.layout)  # [B, H, T, Q]
+        if self.layout.quantiles:
+            return pinball_loss(forecast, y.float(), self.layout.quantiles), None
+        return F.mse_loss(forecast[..., 0], y.float()), None
 
     def has_split(self, split: str) -> bool:
         return len(self.eval_starts[split]) > 0
 
     def evaluate(self, model, split: str, device, amp_dtype=None) -> dict[str, float]:
-        return evaluate_windows(model, self.values, self.observed, self.eval_starts[split], self.mean, self.std,
-                                self.spec, device, amp_dtype)
+        metrics = self.series.score(model, self.eval_starts[split], device, amp_dtype)
+        best = self.series.baselines(self.eval_starts[split], metrics["mae"])
+        metrics["mae_vs_baseline"] = best["mae_vs_baseline"]
+        return metrics
 
     def baselines(self) -> dict[str, float]:
         out = {}
         for split in ("val", "test"):
             if self.has_split(split):
-                metrics = baseline_metrics(self.values, self.observed, self.eval_starts[split], self.spec)
-                out.update({f"{split}/{k}": v for k, v in metrics.items()})
+                metrics = self.series.baselines(self.eval_starts[split])
+                out.update({f"{split}/{k}": v for k, v in metrics.items() if isinstance(v, float)})
         return out
 
     def checkpoint_state(self) -> dict:
         # The held-out rows (and the history their first windows read) travel with the model,
         # so `grutrain eval` needs only the checkpoint.
-        first = max(0, self.blocks["val"].start - self.spec.history)
+        first = max(0, self.blocks["val"].start - self.layout.history)
         return {
-            "normalisation": {"columns": list(self.columns), "n_targets": self.spec.n_targets,
+            "normalisation": {"columns": list(self.columns), "n_targets": self.layout.n_targets,
                               "mean": list(self.mean), "std": list(self.std)},
+            "forecast_layout": {**self.layout.to_dict(), "calendar_cycles": list(self.cycles),
+                                "mase_scale": list(self.series.mase_scale)},
             "eval_series": {"values": torch.from_numpy(self.values[first:].copy()),
                             "observed": torch.from_numpy(self.observed[first:].copy()),
+                            "calendar": torch.from_numpy(np.ascontiguousarray(self.series.calendar[first:])),
                             **{split: [b.start - first, b.stop - first] for split, b in self.blocks.items()}},
         }
 
@@ -193,22 +169,29 @@ class ForecastTask:
         from grutrain import plots
 
         if plots.have_matplotlib():  # the plot extra; without it TensorBoard just has no figure
-            data = plots.forecast_data(model, self.values, self.eval_starts["val"], self.mean, self.std, self.spec, device)
+            data = plots.forecast_data(model, self.series, self.eval_starts["val"], device)
             figure = plots.forecast_figure(**data, names=self.cfg.data.target_columns)
             plots.log_figure(metrics, step, "val/forecast", figure)
 
     def final_extras(self, model, device) -> dict:
-        return {}
+        names = {split: self.series.baselines(self.eval_starts[split])["baseline"]
+                 for split in ("val", "test") if self.has_split(split)}
+        return {"baseline": names, "anchor_lag": self.layout.anchor_lag, "calendar": list(self.cycles)}
 
 
-def _model(cfg, n_features: int) -> SequenceModel:
-    spec = WindowSpec.of(cfg)
-    return SequenceModel(cfg.model, output_size=spec.horizon * spec.n_targets, input_size=n_features, per_step=False)
+def _model(cfg, layout: WindowLayout) -> SequenceModel:
+    model = SequenceModel(cfg.model, output_size=layout.n_outputs, input_size=layout.n_inputs, per_step=False)
+    if layout.anchor_lag > 1 or layout.quantiles:
+        # A zero head forecasts the anchor exactly: training starts from the baseline, not from noise
+        # around it (measured on data/taylor.csv, see docs/forecasting.md).
+        torch.nn.init.zeros_(model.head.weight)
+        torch.nn.init.zeros_(model.head.bias)
+    return model
 
 
 def _check_normalisation(payload: dict, cfg) -> dict:
     norm = payload.get("normalisation")
-    columns = list(cfg.data.target_columns) + list(cfg.data.input_columns)
+    columns = list(cfg.data.target_columns) + list(cfg.data.input_columns) + list(cfg.data.known_columns)
     ok = (isinstance(norm, dict) and norm.get("columns") == columns
           and all(isinstance(norm.get(k), list) and len(norm[k]) == len(columns)
                   and all(isinstance(v, float) for v in norm[k]) for k in ("mean", "std")))
@@ -218,43 +201,69 @@ def _check_normalisation(payload: dict, cfg) -> dict:
     return norm
 
 
+def _saved_layout(payload: dict, cfg) -> tuple[WindowLayout, list[str], list[float]]:
+    """(layout, calendar cycles, MASE scale) a checkpoint was trained with; a checkpoint from before
+    anchoring and calendar inputs is the naive-anchored layout with no calendar."""
+    saved = payload.get("forecast_layout")
+    if saved is None:
+        layout = base_layout(cfg)
+        return layout, [], [float("nan")] * layout.n_targets
+    try:
+        saved = dict(saved)
+        cycles, scale = list(saved.pop("calendar_cycles")), [float(v) for v in saved.pop("mase_scale")]
+        layout = WindowLayout.from_dict(saved)
+    except (TypeError, KeyError, ValueError):
+        raise GrutrainError("the checkpoint is damaged: its forecast layout is unreadable") from None
+    if layout.n_calendar != 2 * len(cycles) or len(scale) != layout.n_targets:
+        raise GrutrainError("the checkpoint is damaged: its forecast layout does not fit its calendar inputs")
+    return layout, cycles, scale
+
+
 def build(cfg, saved, rank, world_size) -> ForecastTask:
     return ForecastTask(cfg, saved, rank, world_size)
 
 
 def model_for_checkpoint(payload: dict, cfg) -> SequenceModel:
-    norm = _check_normalisation(payload, cfg)
-    return _model(cfg, len(norm["columns"]))
+    _check_normalisation(payload, cfg)
+    return _model(cfg, _saved_layout(payload, cfg)[0])
 
 
-def evaluate_checkpoint(payload: dict, model, cfg, split: str, data_path, device) -> dict:
-    """The model's metrics next to the baselines' on its own held-out split, or on every window of another CSV."""
+def series_for_checkpoint(payload: dict, cfg, split: str, data_path) -> tuple[PreparedSeries, np.ndarray, str]:
+    """(prepared series, window starts, name) of a checkpoint's held-out split or of another CSV."""
     norm = _check_normalisation(payload, cfg)
-    spec = WindowSpec.of(cfg)
+    layout, cycles, scale = _saved_layout(payload, cfg)
     if data_path is not None:
         table, _ = load_series(cfg.data, path=data_path, role="--data", split=False)
+        _, calendar = calendar_of(table, cfg, cycles)
         values, observed, name = table.values, table.observed, str(data_path)
-        starts = window_starts(0, len(table), spec.input_len, spec.horizon, spec.history)
+        starts = window_starts(0, len(table), layout.input_len, layout.horizon, layout.history)
         if len(starts) == 0:
-            season = f", data.season={spec.season}" if spec.season else ""
             raise GrutrainError(f"{data_path} has {_rows(len(table))}; evaluating one window needs "
-                                f"{spec.history + spec.horizon} ({_describe_window(spec)}{season})")
+                                f"{layout.history + layout.horizon} ({_describe_window(layout)} and "
+                                f"{layout.history} rows of history for the anchor and the seasonal baselines)")
     else:
         series = payload.get("eval_series")
         try:
             values, observed = series["values"].double().numpy(), series["observed"].bool().numpy()
+            calendar = series["calendar"].numpy() if "calendar" in series else np.zeros((len(values), 0), np.float32)
             lo, hi = (int(v) for v in series[split])
         except (TypeError, KeyError, AttributeError, ValueError):
             raise GrutrainError("the checkpoint is damaged: it holds no held-out series; pass --data") from None
         if values.ndim != 2 or values.shape != observed.shape or values.shape[1] != len(norm["columns"]) \
-                or not 0 <= lo <= hi <= len(values):
+                or calendar.shape != (len(values), layout.n_calendar) or not 0 <= lo <= hi <= len(values):
             raise GrutrainError("the checkpoint is damaged: its held-out series does not fit its columns; pass --data")
-        starts, name = window_starts(lo, hi, spec.input_len, spec.horizon, spec.history), split
+        starts, name = window_starts(lo, hi, layout.input_len, layout.horizon, layout.history), split
         if len(starts) == 0:
             raise GrutrainError(f"the {split} split holds no window (data.{split}_fraction was too small); "
                                 "evaluate another split or pass --data")
-    metrics = evaluate_windows(model, values, observed, starts, norm["mean"], norm["std"], spec, device)
-    return {"split": name, "windows": len(starts), **metrics, **baseline_metrics(values, observed, starts, spec)}
+    return PreparedSeries(values, observed, calendar, norm["mean"], norm["std"], layout, scale), starts, name
+
+
+def evaluate_checkpoint(payload: dict, model, cfg, split: str, data_path, device) -> dict:
+    """The model's metrics next to every baseline's on its own held-out split, or on every window of another CSV."""
+    series, starts, name = series_for_checkpoint(payload, cfg, split, data_path)
+    metrics = series.score(model, starts, device, by_step=True)
+    return {"split": name, "windows": len(starts), **metrics, **series.baselines(starts, metrics["mae"])}
 
 
 @torch.no_grad()
@@ -262,26 +271,44 @@ def predict(payload: dict, model, cfg, input_path: Path, device) -> list[dict]:
     """The `horizon` values after the end of the input CSV, on the original scale, one row per step ahead.
 
     Each row: step (1..horizon), the time of that step when the CSV has the time column and its
-    spacing can be inferred (last time + step * the median spacing), and one value per target.
+    spacing can be inferred (last time + step * the median spacing), one value per target (the
+    median with quantiles) and, with quantiles, `<target>_q<quantile>` columns.
     """
     norm = _check_normalisation(payload, cfg)
-    spec = WindowSpec.of(cfg)
+    layout, cycles, scale = _saved_layout(payload, cfg)
+    if layout.n_known:
+        raise GrutrainError("predict does not yet take the future values of data.known_columns; "
+                            "evaluate this model with `grutrain eval --data` instead")
     table, _ = load_series(cfg.data, path=input_path, role="--input", split=False)
-    if len(table) < spec.input_len:
+    need = layout.history
+    if len(table) < need:
         after = " after dropping rows with blanks" if cfg.data.missing == "drop" else ""
         raise GrutrainError(f"--input {input_path} has {_rows(len(table))}{after}; the model reads the last "
-                            f"{spec.input_len} (data.input_len), so give at least {spec.input_len}")
-    x = normalise(table.values[-spec.input_len:], norm["mean"], norm["std"])[None].to(device)  # [1, L, F]
-    model.eval()
-    forecast = forecast_normalised(model, x, spec)[0].cpu().double().numpy()  # [horizon, T]
-    T = spec.n_targets
-    forecast = forecast * np.asarray(norm["std"][:T]) + np.asarray(norm["mean"][:T])
-    times = table.time_axis.next_values(table.times, spec.horizon) if table.time_column else None
+                            f"{need} (data.input_len, and one anchor season before them), so give at least {need}")
+    times = table.time_axis.next_values(table.times, layout.horizon) if table.time_column else None
+    values, observed = table.values, table.observed
+    calendar = np.zeros((len(table) + layout.horizon, 0), dtype=np.float32)
+    if cycles:
+        if times is None:
+            raise GrutrainError(f"--input {input_path}: the times after its end cannot be inferred (one row or "
+                                "repeated times), and the model needs them for its calendar inputs")
+        future = [table.time_axis.parse(str(t)) for t in times]
+        extended = type(table)(table.source, table.columns, values, observed, table.lines, table.time_column,
+                               table.time_axis, list(table.times) + future)
+        extended.values = np.concatenate([values, np.zeros((layout.horizon, values.shape[1]))])
+        _, calendar = calendar_of(extended, cfg, cycles)
+    padded = np.concatenate([values, np.zeros((layout.horizon, values.shape[1]))])  # horizon rows: read for calendar only
+    series = PreparedSeries(padded, np.ones(padded.shape, bool), calendar, norm["mean"], norm["std"], layout, scale)
+    forecast = series.forecast(model, np.array([len(table)]), device)[0]  # [H, T, Q]
     rows = []
-    for k in range(spec.horizon):
+    for k in range(layout.horizon):
         row = {"step": k + 1}
         if times is not None:
             row[table.time_column] = times[k]
-        row.update({name: float(f"{forecast[k, j]:.7g}") for j, name in enumerate(cfg.data.target_columns)})
+        for j, target in enumerate(cfg.data.target_columns):
+            point = forecast[k, j, layout.median_index or 0]
+            row[target] = float(f"{point:.7g}")
+            for i, q in enumerate(layout.quantiles):
+                row[f"{target}_q{q:g}"] = float(f"{forecast[k, j, i]:.7g}")
         rows.append(row)
     return rows

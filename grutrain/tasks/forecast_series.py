@@ -1,0 +1,121 @@
+"""One series prepared for the forecaster: normalised features, calendar inputs, the window
+layout, and the forecasts and scores of any windows of it (model and baselines).
+
+Metrics on the original scale for each evaluated split: MAE, RMSE, sMAPE, MASE (scaled by the
+training rows' in-sample seasonal-naive MAE with the first season, or lag 1 without one), the MAE
+of each step ahead, and with quantiles the mean pinball loss and the coverage of each central
+interval. The same point metrics come for the naive forecast and each seasonal naive; the one with
+the lowest MAE on the windows scored is named `baseline`, and `mae_vs_baseline` is the model's MAE
+over it (below 1: the model beats every baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from grutrain.data.forecast_windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
+from grutrain.data.timeseries import forecast_errors, gather_windows
+from grutrain.errors import GrutrainError
+from grutrain.forecast_metrics import interval_coverage, mae_by_step, mase, pinball_loss
+
+EVAL_BATCH = 512  # windows per forward pass at evaluation
+
+
+def normalise(values: np.ndarray, mean, std) -> torch.Tensor:
+    return torch.from_numpy((values - np.asarray(mean)) / np.asarray(std)).float()  # [N, F]
+
+
+@dataclass
+class PreparedSeries:
+    values: np.ndarray  # [N, F] original scale (targets, past-only inputs, known inputs)
+    observed: np.ndarray  # [N, F] bool: False where the file had a blank
+    calendar: np.ndarray  # [N, C] float32
+    mean: list
+    std: list
+    layout: WindowLayout
+    mase_scale: list  # [T]
+
+    def __post_init__(self):
+        self.norm = normalise(self.values, self.mean, self.std)
+        self.calendar_t = torch.from_numpy(np.asarray(self.calendar, dtype=np.float32).reshape(len(self.values), -1))
+
+    def inputs(self, starts: torch.Tensor):
+        return make_inputs(self.norm, self.calendar_t, starts, self.layout)
+
+    def targets(self, starts: torch.Tensor) -> torch.Tensor:
+        return gather_windows(self.norm, starts, torch.arange(self.layout.horizon))[:, :, : self.layout.n_targets]
+
+    @torch.no_grad()
+    def forecast(self, model, starts: np.ndarray, device, amp_dtype=None) -> np.ndarray:
+        """[W, horizon, T, Q] on the original scale (Q = 1 without quantiles)."""
+        was_training = model.training
+        model.eval()
+        out = []
+        for chunk in torch.from_numpy(np.asarray(starts)).split(EVAL_BATCH):
+            x, anchor = self.inputs(chunk)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                output, _ = model(x.to(device))
+            out.append(add_anchor(output.cpu(), anchor, self.layout))
+        model.train(was_training)
+        T = self.layout.n_targets
+        z = torch.cat(out).double().numpy()
+        return z * np.asarray(self.std[:T])[:, None] + np.asarray(self.mean[:T])[:, None]
+
+    def _actual(self, starts):
+        T, ahead = self.layout.n_targets, np.arange(self.layout.horizon)
+        actual = gather_windows(self.values, starts, ahead)[:, :, :T]
+        mask = gather_windows(self.observed, starts, ahead)[:, :, :T]
+        if not mask.any():
+            raise GrutrainError("every target value of the evaluated windows was blank in the file; nothing to score")
+        return actual, mask
+
+    def point_metrics(self, point: np.ndarray, actual, mask) -> dict:
+        scale = np.asarray(self.mase_scale, dtype=np.float64)
+        return {**forecast_errors(point, actual, mask), "mase": mase(point, actual, mask, scale)}
+
+    def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False) -> dict:
+        """The model's loss (normalised scale) and metrics (original scale) over the windows at `starts`."""
+        layout, T = self.layout, self.layout.n_targets
+        actual, mask = self._actual(starts)
+        forecast = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
+        std, mean = np.asarray(self.std[:T]), np.asarray(self.mean[:T])
+        actual_norm = (actual - mean) / std
+        if layout.quantiles:
+            loss = pinball_loss(((forecast - mean[:, None]) / std[:, None])[mask], actual_norm[mask], layout.quantiles)
+            point = forecast[..., layout.median_index]
+        else:
+            point = forecast[..., 0]
+            loss = float(((((point - mean) / std) - actual_norm)[mask] ** 2).mean())
+        out = {"loss": loss, **self.point_metrics(point, actual, mask)}
+        if layout.quantiles:
+            out["pinball"] = pinball_loss(forecast[mask], actual[mask], layout.quantiles)
+            qs = layout.quantiles
+            for i in range(len(qs) // 2):  # central intervals: the i-th lowest with the i-th highest quantile
+                lo, hi = qs[i], qs[-1 - i]
+                nominal = round(100 * (hi - lo))
+                out[f"coverage_{nominal}"] = interval_coverage(forecast[..., i], forecast[..., -1 - i], actual, mask)
+        if by_step:
+            out["mae_by_step"] = mae_by_step(point, actual, mask)
+        return out
+
+    def baselines(self, starts: np.ndarray, model_mae: float | None = None) -> dict:
+        """naive_* and seasonal_naive_<s>_* metrics, the name of the best `baseline` and its metrics as
+        baseline_*, and (given the model's MAE) mae_vs_baseline."""
+        layout = self.layout
+        actual, mask = self._actual(starts)
+        forecasts = seasonal_naive_baselines(self.values, np.asarray(starts), layout.horizon, layout.n_targets,
+                                             list(layout.seasons))
+        out, best = {}, None
+        for name, f in forecasts.items():
+            metrics = self.point_metrics(f, actual, mask)
+            out.update({f"{name}_{k}": v for k, v in metrics.items()})
+            if best is None or metrics["mae"] < best[1]["mae"]:
+                best = (name, metrics)
+        out["baseline"] = best[0]
+        out.update({f"baseline_{k}": v for k, v in best[1].items()})
+        if model_mae is not None:
+            out["mae_vs_baseline"] = model_mae / best[1]["mae"] if best[1]["mae"] > 0 else float("nan")
+        return out
