@@ -25,14 +25,18 @@ def seasonal_scale(train: np.ndarray, lag: int) -> np.ndarray:
     return np.nanmean(diffs, axis=0)
 
 
-def mase(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray, scale: np.ndarray) -> float:
-    """Mean absolute scaled error: each target's MAE over `mask` divided by its `scale` ([T]),
-    averaged over the targets. Below 1: better than the in-sample seasonal naive one step ahead."""
+def mase(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray, scale) -> float:
+    """Mean absolute scaled error: each cell's absolute error divided by its series' `scale` (the
+    in-sample seasonal-naive MAE: [T], or per window [W, 1, T] for several series), averaged over
+    the scored cells of each target, then over the targets. Below 1: better than the in-sample
+    seasonal naive forecast one step ahead."""
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), actual.shape)
+    scaled = np.abs(forecast - actual) / np.where(scale > 0, scale, np.nan)
     per_target = []
     for j in range(actual.shape[-1]):
-        m = mask[..., j]
-        if m.any() and np.isfinite(scale[j]) and scale[j] > 0:
-            per_target.append(np.abs(forecast[..., j][m] - actual[..., j][m]).mean() / scale[j])
+        cells = scaled[..., j][mask[..., j] & np.isfinite(scaled[..., j])]
+        if cells.size:
+            per_target.append(cells.mean())
     return float(np.mean(per_target)) if per_target else math.nan
 
 

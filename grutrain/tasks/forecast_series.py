@@ -30,16 +30,24 @@ def normalise(values: np.ndarray, mean, std) -> torch.Tensor:
 
 @dataclass
 class PreparedSeries:
+    """One series, or several laid end to end (data/panel.py) with each row's own series' numbers."""
+
     values: np.ndarray  # [N, F] original scale (targets, past-only inputs, known inputs)
     observed: np.ndarray  # [N, F] bool: False where the file had a blank
     calendar: np.ndarray  # [N, C] float32
-    mean: list
+    mean: list  # [F], or [N, F]: each row's series' normalisation
     std: list
     layout: WindowLayout
-    mase_scale: list  # [T]
+    mase_scale: list  # [T], or [N, T]
+    row_series: np.ndarray | None = None  # [N] each row's series (several series)
+    ids: list | None = None  # the series' names
 
     def __post_init__(self):
-        self.norm = normalise(self.values, self.mean, self.std)
+        shape = self.values.shape
+        self.row_mean = np.broadcast_to(np.asarray(self.mean, dtype=np.float64), shape)
+        self.row_std = np.broadcast_to(np.asarray(self.std, dtype=np.float64), shape)
+        self.row_scale = np.broadcast_to(np.asarray(self.mase_scale, dtype=np.float64), (shape[0], self.layout.n_targets))
+        self.norm = normalise(self.values, self.row_mean, self.row_std)
         self.calendar_t = torch.from_numpy(np.asarray(self.calendar, dtype=np.float32).reshape(len(self.values), -1))
 
     def inputs(self, starts: torch.Tensor):
@@ -60,9 +68,9 @@ class PreparedSeries:
                 output, _ = model(x.to(device))
             out.append(add_anchor(output.cpu(), anchor, self.layout))
         model.train(was_training)
-        T = self.layout.n_targets
+        T, starts = self.layout.n_targets, np.asarray(starts)
         z = torch.cat(out).double().numpy()
-        return z * np.asarray(self.std[:T])[:, None] + np.asarray(self.mean[:T])[:, None]
+        return z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
 
     def _actual(self, starts):
         T, ahead = self.layout.n_targets, np.arange(self.layout.horizon)
@@ -72,8 +80,8 @@ class PreparedSeries:
             raise GrutrainError("every target value of the evaluated windows was blank in the file; nothing to score")
         return actual, mask
 
-    def point_metrics(self, point: np.ndarray, actual, mask) -> dict:
-        scale = np.asarray(self.mase_scale, dtype=np.float64)
+    def point_metrics(self, point: np.ndarray, actual, mask, starts) -> dict:
+        scale = self.row_scale[np.asarray(starts)][:, None, :]  # [W, 1, T]
         return {**forecast_errors(point, actual, mask), "mase": mase(point, actual, mask, scale)}
 
     def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False) -> dict:
@@ -81,15 +89,16 @@ class PreparedSeries:
         layout, T = self.layout, self.layout.n_targets
         actual, mask = self._actual(starts)
         forecast = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
-        std, mean = np.asarray(self.std[:T]), np.asarray(self.mean[:T])
+        starts = np.asarray(starts)
+        std, mean = self.row_std[starts, None, :T], self.row_mean[starts, None, :T]  # [W, 1, T]
         actual_norm = (actual - mean) / std
         if layout.quantiles:
-            loss = pinball_loss(((forecast - mean[:, None]) / std[:, None])[mask], actual_norm[mask], layout.quantiles)
+            loss = pinball_loss(((forecast - mean[..., None]) / std[..., None])[mask], actual_norm[mask], layout.quantiles)
             point = forecast[..., layout.median_index]
         else:
             point = forecast[..., 0]
             loss = float(((((point - mean) / std) - actual_norm)[mask] ** 2).mean())
-        out = {"loss": loss, **self.point_metrics(point, actual, mask)}
+        out = {"loss": loss, **self.point_metrics(point, actual, mask, starts)}
         if layout.quantiles:
             out["pinball"] = pinball_loss(forecast[mask], actual[mask], layout.quantiles)
             qs = layout.quantiles
@@ -99,6 +108,23 @@ class PreparedSeries:
                 out[f"coverage_{nominal}"] = interval_coverage(forecast[..., i], forecast[..., -1 - i], actual, mask)
         if by_step:
             out["mae_by_step"] = mae_by_step(point, actual, mask)
+        if by_step and self.ids is not None and len(self.ids) > 1:
+            out["per_series"] = self._per_series(point, actual, mask, starts)
+        return out
+
+    def _per_series(self, point, actual, mask, starts) -> dict:
+        """{id: {mae, mase, baseline, baseline_mae}} for each series with scored windows."""
+        which = self.row_series[starts]
+        out = {}
+        for index, name in enumerate(self.ids):
+            rows = which == index
+            if not rows.any() or not mask[rows].any():
+                continue
+            mine = self.point_metrics(point[rows], actual[rows], mask[rows], starts[rows])
+            best = self.baselines(starts[rows], mine["mae"])
+            out[name] = {"windows": int(rows.sum()), "mae": mine["mae"], "mase": mine["mase"],
+                         "baseline": best["baseline"], "baseline_mae": best["baseline_mae"],
+                         "mae_vs_baseline": best["mae_vs_baseline"]}
         return out
 
     def baselines(self, starts: np.ndarray, model_mae: float | None = None) -> dict:
@@ -110,7 +136,7 @@ class PreparedSeries:
                                              list(layout.seasons))
         out, best = {}, None
         for name, f in forecasts.items():
-            metrics = self.point_metrics(f, actual, mask)
+            metrics = self.point_metrics(f, actual, mask, starts)
             out.update({f"{name}_{k}": v for k, v in metrics.items()})
             if best is None or metrics["mae"] < best[1]["mae"]:
                 best = (name, metrics)
