@@ -71,6 +71,8 @@ class ForecastDataConfig(Section):
     target_columns: list[str] = Field(default_factory=list, description="the columns to forecast")
     input_columns: list[str] = Field(default_factory=list, description="extra input columns (known covariates)")
     time_column: Optional[str] = Field(None, description="sorted by it when given; otherwise file order")
+    id_column: Optional[str] = Field(None, description="long format: the column naming each row's series "
+                                     "(one global model, each series normalised and split on its own)")
     input_len: int = Field(24, gt=0, description="time steps the model sees")
     horizon: int = Field(1, gt=0, description="time steps it predicts, all at once (direct multi-step)")
     known_columns: list[str] = Field(default_factory=list,

@@ -81,14 +81,16 @@ class WindowLayout:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def choose_anchor_lag(train_targets: np.ndarray, seasons: list[int], mode: str) -> int:
+def choose_anchor_lag(train_targets, seasons: list[int], mode: str) -> int:
     """The anchor lag: `naive` -> 1; `seasonal` -> the season whose seasonal-naive forecast has the
     lowest in-sample MAE on the training rows; `auto` -> the lowest among 1 and the seasons. Chosen
-    on training rows only, so the held-out blocks never steer it."""
+    on training rows only, so the held-out blocks never steer it. `train_targets`: [N, T], or a list
+    of them (several series, normalised: their errors are averaged)."""
     if mode == "naive" or not seasons:
         return 1
+    parts = train_targets if isinstance(train_targets, list) else [train_targets]
     candidates = list(seasons) if mode == "seasonal" else [1, *seasons]
-    errors = [float(np.nanmean(seasonal_scale(train_targets, lag))) for lag in candidates]
+    errors = [float(np.nanmean([np.nanmean(seasonal_scale(p, lag)) for p in parts])) for lag in candidates]
     usable = [(e, lag) for e, lag in zip(errors, candidates) if np.isfinite(e)]
     return min(usable)[1] if usable else 1
 
@@ -141,11 +143,14 @@ def _scale(layout: WindowLayout) -> torch.Tensor:
     return torch.tensor(layout.residual_scale or [1.0] * layout.n_targets, dtype=torch.float32)  # [T]
 
 
-def residual_scale(train_norm_targets: np.ndarray, lag: int) -> tuple[float, ...]:
-    """Per target, the standard deviation of z_t - z_{t-lag} over the training rows (1 for lag 1)."""
-    if lag <= 1 or len(train_norm_targets) <= lag:
+def residual_scale(train_norm_targets, lag: int) -> tuple[float, ...]:
+    """Per target, the standard deviation of z_t - z_{t-lag} over the training rows (1 for lag 1);
+    `train_norm_targets` [N, T] or a list of them (several series, pooled)."""
+    parts = train_norm_targets if isinstance(train_norm_targets, list) else [train_norm_targets]
+    parts = [p for p in parts if len(p) > lag]
+    if lag <= 1 or not parts:
         return ()
-    diffs = train_norm_targets[lag:] - train_norm_targets[:-lag]
+    diffs = np.concatenate([p[lag:] - p[:-lag] for p in parts])
     std = np.nanstd(diffs, axis=0)
     return tuple(float(s) if np.isfinite(s) and s > 1e-12 else 1.0 for s in std)
 

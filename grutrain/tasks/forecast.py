@@ -29,7 +29,8 @@ from torch.nn import functional as F
 from grutrain.data import calendar as cal
 from grutrain.data.batching import ShuffledBatches
 from grutrain.data.forecast_windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
-from grutrain.data.timeseries import fit_normalisation, load_series, window_starts
+from grutrain.data.panel import Panel, load_panel
+from grutrain.data.timeseries import SeriesTable, fit_normalisation, window_starts
 from grutrain.errors import GrutrainError
 from grutrain.forecast_metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
@@ -64,51 +65,93 @@ def calendar_of(table, cfg, cycles: list[str] | None) -> tuple[list[str], np.nda
     return cycles, cal.calendar_features(when, cycles)
 
 
+def calendar_of_panel(panel: Panel, cfg, cycles: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """calendar_of for each series, the cycles chosen from the first (longest-spanning) series."""
+    if cycles is None:
+        longest = max(panel.tables, key=len)
+        cycles, _ = calendar_of(longest, cfg, None)
+    parts = [calendar_of(t, cfg, cycles)[1] for t in panel.tables]
+    return cycles, np.concatenate(parts)
+
+
+def _saved_series(payload: dict, ids: list[str], norm: dict, scale: list) -> tuple[list, list]:
+    """([(mean, std)] and [MASE scale] per series of `ids`) from a checkpoint; one series: its normalisation."""
+    saved = payload.get("forecast_series")
+    if saved is None:
+        if len(ids) > 1:
+            raise GrutrainError("the checkpoint was trained on one series; this CSV holds several (data.id_column)")
+        return [(norm["mean"], norm["std"])], [scale]
+    try:
+        index = {name: i for i, name in enumerate(saved["ids"])}
+        unknown = [name for name in ids if name not in index]
+        if unknown:
+            raise GrutrainError(f"series {unknown[0]!r} was not in the training data; the model knows the series "
+                                f"{', '.join(map(repr, saved['ids'][:5]))}{', ...' if len(saved['ids']) > 5 else ''}")
+        return ([(list(saved["mean"][index[n]]), list(saved["std"][index[n]])) for n in ids],
+                [list(saved["mase_scale"][index[n]]) for n in ids])
+    except (KeyError, TypeError, IndexError):
+        raise GrutrainError("the checkpoint is damaged: its per-series normalisation is unreadable") from None
+
+
 class ForecastTask:
     name = "forecast"
 
     def __init__(self, cfg, saved: dict | None, rank: int, world_size: int):
         self.cfg = cfg
         d = cfg.data
-        table, (train_b, val_b, test_b) = load_series(d)
+        panel = load_panel(d)
         layout = base_layout(cfg)
         needed = layout.input_len + layout.horizon
-        if len(table) < needed:
-            after = " after dropping rows with blanks" if d.missing == "drop" else ""
-            raise GrutrainError(f"{d.path} has {_rows(len(table))}{after}; one window needs {needed} "
-                                f"({_describe_window(layout)}); lower them or give a longer series")
-        n_train = train_b.stop
-        if n_train < needed:
-            raise GrutrainError(f"the training block has {n_train} of {len(table)} rows, fewer than the {needed} one "
-                                f"window needs ({_describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
-                                "data.input_len or data.horizon")
-        self.columns = table.columns
-        T = layout.n_targets
+        for name, table, (train_b, _, _) in zip(panel.ids, panel.tables, panel.blocks):
+            what = f"series {name!r} of {d.path}" if name else str(d.path)
+            if len(table) < needed:
+                after = " after dropping rows with blanks" if d.missing == "drop" else ""
+                raise GrutrainError(f"{what} has {_rows(len(table))}{after}; one window needs {needed} "
+                                    f"({_describe_window(layout)}); lower them or give a longer series")
+            if train_b.stop < needed:
+                raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
+                                    f"{train_b.stop} of {len(table)} rows, fewer than the {needed} one window needs "
+                                    f"({_describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
+                                    "data.input_len or data.horizon")
+        self.columns, self.ids, T = panel.tables[0].columns, panel.ids, layout.n_targets
+        # Each series is normalised by its own training rows ([S, F]); the held-out rows never reach it.
+        series_norm = [fit_normalisation(t.values[blocks[0]]) for t, blocks in zip(panel.tables, panel.blocks)]
         if saved is not None:  # a resumed run keeps the normalisation and layout it was trained with
             norm = _check_normalisation(saved, cfg)
-            mean, std = norm["mean"], norm["std"]
             layout, cycles, scale = _saved_layout(saved, cfg)
-            cycles, calendar = calendar_of(table, cfg, cycles)
+            series_norm, scale = _saved_series(saved, panel.ids, norm, scale)
+            cycles, calendar = calendar_of_panel(panel, cfg, cycles)
         else:
-            mean, std = fit_normalisation(table.values[train_b])
-            cycles, calendar = calendar_of(table, cfg, None)
-            train_targets = table.values[train_b, :T]
-            lag = choose_anchor_lag(train_targets, d.seasons, d.anchor)
-            train_norm = (train_targets - np.asarray(mean[:T])) / np.asarray(std[:T])
+            cycles, calendar = calendar_of_panel(panel, cfg, None)
+            train_norm = [(t.values[blocks[0], :T] - np.asarray(m[:T])) / np.asarray(sd[:T])
+                          for t, blocks, (m, sd) in zip(panel.tables, panel.blocks, series_norm)]
+            lag = choose_anchor_lag(train_norm, d.seasons, d.anchor)
             layout = base_layout(cfg, lag, calendar.shape[1], residual_scale(train_norm, lag))
-            scale = [float(x) for x in seasonal_scale(train_targets, d.seasons[0] if d.seasons else 1)]
-        self.layout, self.cycles = layout, cycles
-        self.series = PreparedSeries(table.values, table.observed, calendar, mean, std, layout, scale)
-        self.mean, self.std, self.norm = mean, std, self.series.norm
-        self.values, self.observed, self.blocks = table.values, table.observed, {"val": val_b, "test": test_b}
-        self.train_starts = torch.from_numpy(window_starts(0, n_train, layout.input_len, layout.horizon, layout.history))
+            first_season = d.seasons[0] if d.seasons else 1
+            scale = [[float(x) for x in seasonal_scale(t.values[blocks[0], :T], first_season)]
+                     for t, blocks in zip(panel.tables, panel.blocks)]
+        self.layout, self.cycles, self.panel = layout, cycles, panel
+        rows = panel.row_series()
+        self.series_norm, self.series_scale = series_norm, scale
+        row_mean = np.asarray([m for m, _ in series_norm])[rows]  # [N, F]
+        row_std = np.asarray([sd for _, sd in series_norm])[rows]
+        self.series = PreparedSeries(panel.values, panel.observed, calendar, row_mean, row_std, layout,
+                                     np.asarray(scale)[rows], rows, panel.ids)
+        # One series: its normalisation as before; several: the first series' (the per-series ones are
+        # in the checkpoint's forecast_series).
+        self.mean, self.std = series_norm[0]
+        self.norm = self.series.norm
+        self.values, self.observed = self.series.values, self.series.observed
+        self.blocks = {"val": panel.blocks[0][1], "test": panel.blocks[0][2]}  # the single series' blocks
+        self.train_starts = torch.from_numpy(panel.starts("train", layout.input_len, layout.horizon, layout.history))
         if len(self.train_starts) == 0:
-            raise GrutrainError(f"the training block has {n_train} rows, too few for one window with "
+            raise GrutrainError(f"the training block has {panel.blocks[0][0].stop} rows, too few for one window with "
                                 f"{layout.history} rows of history (data.input_len, and one anchor season before "
                                 "them); set data.anchor=naive, lower data.input_len or give a longer series")
-        self.eval_starts = {split: window_starts(b.start, b.stop, layout.input_len, layout.horizon, layout.history)
-                            for split, b in self.blocks.items()}
+        self.eval_starts = {split: panel.starts(split, layout.input_len, layout.horizon, layout.history)
+                            for split in ("val", "test")}
         if len(self.eval_starts["val"]) == 0:
+            val_b = panel.blocks[0][1]
             raise GrutrainError(f"the validation block has {val_b.stop - val_b.start} rows, too few for one window "
                                 f"(data.horizon={layout.horizon} targets, {layout.history} rows of history before them); "
                                 "raise data.val_fraction or lower data.horizon")
@@ -153,17 +196,30 @@ class ForecastTask:
     def checkpoint_state(self) -> dict:
         # The held-out rows (and the history their first windows read) travel with the model,
         # so `grutrain eval` needs only the checkpoint.
-        first = max(0, self.blocks["val"].start - self.layout.history)
-        return {
+        state = {
             "normalisation": {"columns": list(self.columns), "n_targets": self.layout.n_targets,
                               "mean": list(self.mean), "std": list(self.std)},
             "forecast_layout": {**self.layout.to_dict(), "calendar_cycles": list(self.cycles),
-                                "mase_scale": list(self.series.mase_scale)},
-            "eval_series": {"values": torch.from_numpy(self.values[first:].copy()),
-                            "observed": torch.from_numpy(self.observed[first:].copy()),
-                            "calendar": torch.from_numpy(np.ascontiguousarray(self.series.calendar[first:])),
-                            **{split: [b.start - first, b.stop - first] for split, b in self.blocks.items()}},
+                                "mase_scale": list(self.series_scale[0])},
         }
+        if len(self.ids) == 1:
+            first = max(0, self.blocks["val"].start - self.layout.history)
+            state["eval_series"] = {
+                "values": torch.from_numpy(self.values[first:].copy()),
+                "observed": torch.from_numpy(self.observed[first:].copy()),
+                "calendar": torch.from_numpy(np.ascontiguousarray(self.series.calendar[first:])),
+                **{split: [b.start - first, b.stop - first] for split, b in self.blocks.items()}}
+            return state
+        # Several series: every row (they are small), and per series its normalisation and MASE scale.
+        state["forecast_series"] = {"ids": list(self.ids), "mean": [list(m) for m, _ in self.series_norm],
+                                    "std": [list(sd) for _, sd in self.series_norm],
+                                    "mase_scale": [list(x) for x in self.series_scale]}
+        state["eval_series"] = {
+            "values": torch.from_numpy(self.values.copy()), "observed": torch.from_numpy(self.observed.copy()),
+            "calendar": torch.from_numpy(np.ascontiguousarray(self.series.calendar)),
+            "row_series": torch.from_numpy(self.series.row_series.copy()),
+            **{f"{split}_starts": torch.from_numpy(starts.copy()) for split, starts in self.eval_starts.items()}}
+        return state
 
     def on_evaluation(self, model, device, step: int, metrics) -> None:
         from grutrain import plots
@@ -228,35 +284,63 @@ def model_for_checkpoint(payload: dict, cfg) -> SequenceModel:
     return _model(cfg, _saved_layout(payload, cfg)[0])
 
 
+def _prepared_panel(panel: Panel, payload: dict, cfg, layout: WindowLayout, cycles, scale) -> PreparedSeries:
+    norm = _check_normalisation(payload, cfg)
+    series_norm, series_scale = _saved_series(payload, panel.ids, norm, scale)
+    _, calendar = calendar_of_panel(panel, cfg, cycles)
+    rows = panel.row_series()
+    return PreparedSeries(panel.values, panel.observed, calendar, np.asarray([m for m, _ in series_norm])[rows],
+                          np.asarray([sd for _, sd in series_norm])[rows], layout, np.asarray(series_scale)[rows],
+                          rows, panel.ids)
+
+
 def series_for_checkpoint(payload: dict, cfg, split: str, data_path) -> tuple[PreparedSeries, np.ndarray, str]:
     """(prepared series, window starts, name) of a checkpoint's held-out split or of another CSV."""
     norm = _check_normalisation(payload, cfg)
     layout, cycles, scale = _saved_layout(payload, cfg)
     if data_path is not None:
-        table, _ = load_series(cfg.data, path=data_path, role="--data", split=False)
-        _, calendar = calendar_of(table, cfg, cycles)
-        values, observed, name = table.values, table.observed, str(data_path)
-        starts = window_starts(0, len(table), layout.input_len, layout.horizon, layout.history)
+        panel = load_panel(cfg.data, path=data_path, role="--data", split=False)
+        series = _prepared_panel(panel, payload, cfg, layout, cycles, scale)
+        starts = panel.starts("all", layout.input_len, layout.horizon, layout.history)
         if len(starts) == 0:
-            raise GrutrainError(f"{data_path} has {_rows(len(table))}; evaluating one window needs "
+            raise GrutrainError(f"{data_path} has {_rows(max(len(t) for t in panel.tables))}"
+                                f"{' in its longest series' if len(panel.ids) > 1 else ''}; evaluating one window needs "
                                 f"{layout.history + layout.horizon} ({_describe_window(layout)} and "
                                 f"{layout.history} rows of history for the anchor and the seasonal baselines)")
+        return series, starts, str(data_path)
+    stored = payload.get("eval_series")
+    several = payload.get("forecast_series")
+    try:
+        values, observed = stored["values"].double().numpy(), stored["observed"].bool().numpy()
+        calendar = stored["calendar"].numpy() if "calendar" in stored else np.zeros((len(values), 0), np.float32)
+        if several is not None:
+            rows = stored["row_series"].numpy()
+            starts = stored[f"{split}_starts"].numpy()
+        else:
+            lo, hi = (int(v) for v in stored[split])
+    except (TypeError, KeyError, AttributeError, ValueError):
+        raise GrutrainError("the checkpoint is damaged: it holds no held-out series; pass --data") from None
+    fits = values.ndim == 2 and values.shape == observed.shape and values.shape[1] == len(norm["columns"]) \
+        and calendar.shape == (len(values), layout.n_calendar)
+    if several is None:
+        fits = fits and 0 <= lo <= hi <= len(values)
     else:
-        series = payload.get("eval_series")
-        try:
-            values, observed = series["values"].double().numpy(), series["observed"].bool().numpy()
-            calendar = series["calendar"].numpy() if "calendar" in series else np.zeros((len(values), 0), np.float32)
-            lo, hi = (int(v) for v in series[split])
-        except (TypeError, KeyError, AttributeError, ValueError):
-            raise GrutrainError("the checkpoint is damaged: it holds no held-out series; pass --data") from None
-        if values.ndim != 2 or values.shape != observed.shape or values.shape[1] != len(norm["columns"]) \
-                or calendar.shape != (len(values), layout.n_calendar) or not 0 <= lo <= hi <= len(values):
-            raise GrutrainError("the checkpoint is damaged: its held-out series does not fit its columns; pass --data")
-        starts, name = window_starts(lo, hi, layout.input_len, layout.horizon, layout.history), split
-        if len(starts) == 0:
-            raise GrutrainError(f"the {split} split holds no window (data.{split}_fraction was too small); "
-                                "evaluate another split or pass --data")
-    return PreparedSeries(values, observed, calendar, norm["mean"], norm["std"], layout, scale), starts, name
+        fits = fits and rows.shape == (len(values),) and (len(starts) == 0 or 0 <= starts.min() <= starts.max() < len(values))
+    if not fits:
+        raise GrutrainError("the checkpoint is damaged: its held-out series does not fit its columns; pass --data")
+    if several is None:
+        series = PreparedSeries(values, observed, calendar, norm["mean"], norm["std"], layout, scale)
+        starts = window_starts(lo, hi, layout.input_len, layout.horizon, layout.history)
+    else:
+        ids = list(several["ids"])
+        series_norm, series_scale = _saved_series(payload, ids, norm, scale)
+        series = PreparedSeries(values, observed, calendar, np.asarray([m for m, _ in series_norm])[rows],
+                                np.asarray([sd for _, sd in series_norm])[rows], layout,
+                                np.asarray(series_scale)[rows], rows, ids)
+    if len(starts) == 0:
+        raise GrutrainError(f"the {split} split holds no window (data.{split}_fraction was too small); "
+                            "evaluate another split or pass --data")
+    return series, starts, split
 
 
 def evaluate_checkpoint(payload: dict, model, cfg, split: str, data_path, device) -> dict:
@@ -268,37 +352,47 @@ def evaluate_checkpoint(payload: dict, model, cfg, split: str, data_path, device
 
 @torch.no_grad()
 def predict(payload: dict, model, cfg, input_path: Path, device) -> list[dict]:
-    """The `horizon` values after the end of the input CSV, on the original scale, one row per step ahead.
+    """The `horizon` values after the end of the input CSV (of each series in it), on the original
+    scale, one row per step ahead.
 
-    Each row: step (1..horizon), the time of that step when the CSV has the time column and its
-    spacing can be inferred (last time + step * the median spacing), one value per target (the
-    median with quantiles) and, with quantiles, `<target>_q<quantile>` columns.
+    Each row: the series id (long format), step (1..horizon), the time of that step when the CSV
+    has the time column and its spacing can be inferred (last time + step * the median spacing), one
+    value per target (the median with quantiles) and, with quantiles, `<target>_q<quantile>` columns.
     """
     norm = _check_normalisation(payload, cfg)
     layout, cycles, scale = _saved_layout(payload, cfg)
     if layout.n_known:
         raise GrutrainError("predict does not yet take the future values of data.known_columns; "
                             "evaluate this model with `grutrain eval --data` instead")
-    table, _ = load_series(cfg.data, path=input_path, role="--input", split=False)
+    panel = load_panel(cfg.data, path=input_path, role="--input", split=False)
+    series_norm, series_scale = _saved_series(payload, panel.ids, norm, scale)
+    rows = []
+    for name, table, (mean, std), mase_scale in zip(panel.ids, panel.tables, series_norm, series_scale):
+        for row in _predict_series(model, cfg, table, mean, std, mase_scale, layout, cycles, input_path, device):
+            rows.append({cfg.data.id_column: name, **row} if cfg.data.id_column else row)
+    return rows
+
+
+def _predict_series(model, cfg, table, mean, std, scale, layout, cycles, input_path, device) -> list[dict]:
     need = layout.history
     if len(table) < need:
         after = " after dropping rows with blanks" if cfg.data.missing == "drop" else ""
-        raise GrutrainError(f"--input {input_path} has {_rows(len(table))}{after}; the model reads the last "
+        which = f" (series {table.ids[0]!r})" if table.ids else ""
+        raise GrutrainError(f"--input {input_path}{which} has {_rows(len(table))}{after}; the model reads the last "
                             f"{need} (data.input_len, and one anchor season before them), so give at least {need}")
     times = table.time_axis.next_values(table.times, layout.horizon) if table.time_column else None
-    values, observed = table.values, table.observed
-    calendar = np.zeros((len(table) + layout.horizon, 0), dtype=np.float32)
+    # The horizon's rows are appended (zeros) for their calendar inputs; their values are never read.
+    padded = np.concatenate([table.values, np.zeros((layout.horizon, table.values.shape[1]))])
+    calendar = np.zeros((len(padded), 0), dtype=np.float32)
     if cycles:
         if times is None:
             raise GrutrainError(f"--input {input_path}: the times after its end cannot be inferred (one row or "
                                 "repeated times), and the model needs them for its calendar inputs")
         future = [table.time_axis.parse(str(t)) for t in times]
-        extended = type(table)(table.source, table.columns, values, observed, table.lines, table.time_column,
-                               table.time_axis, list(table.times) + future)
-        extended.values = np.concatenate([values, np.zeros((layout.horizon, values.shape[1]))])
+        extended = SeriesTable(table.source, table.columns, padded, np.ones(padded.shape, bool), table.lines,
+                               table.time_column, table.time_axis, list(table.times) + future)
         _, calendar = calendar_of(extended, cfg, cycles)
-    padded = np.concatenate([values, np.zeros((layout.horizon, values.shape[1]))])  # horizon rows: read for calendar only
-    series = PreparedSeries(padded, np.ones(padded.shape, bool), calendar, norm["mean"], norm["std"], layout, scale)
+    series = PreparedSeries(padded, np.ones(padded.shape, bool), calendar, mean, std, layout, scale)
     forecast = series.forecast(model, np.array([len(table)]), device)[0]  # [H, T, Q]
     rows = []
     for k in range(layout.horizon):
@@ -306,8 +400,7 @@ def predict(payload: dict, model, cfg, input_path: Path, device) -> list[dict]:
         if times is not None:
             row[table.time_column] = times[k]
         for j, target in enumerate(cfg.data.target_columns):
-            point = forecast[k, j, layout.median_index or 0]
-            row[target] = float(f"{point:.7g}")
+            row[target] = float(f"{forecast[k, j, layout.median_index or 0]:.7g}")
             for i, q in enumerate(layout.quantiles):
                 row[f"{target}_q{q:g}"] = float(f"{forecast[k, j, i]:.7g}")
         rows.append(row)
