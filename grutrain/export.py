@@ -474,6 +474,15 @@ def usage_metadata(payload: dict, cfg) -> dict:
     if cfg.task == "forecast":
         norm = payload.get("normalisation") or {}
         n_targets = norm.get("n_targets")
+        layout = payload.get("forecast_layout") or {}
+        if layout.get("anchor_lag", 1) > 1 or layout.get("calendar_cycles") or layout.get("quantiles") \
+                or payload.get("forecast_series"):
+            # Seasonal anchoring, calendar inputs, quantiles or several series: the inputs and outputs are
+            # those of grutrain/data/forecast_windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
+            return {"normalisation": norm, "forecast_layout": layout, "forecast_series": payload.get("forecast_series"),
+                    "target_columns": data.get("target_columns"),
+                    "preprocessing": "see docs/forecasting.md, 'What the model reads' (make_inputs)",
+                    "postprocessing": "see docs/forecasting.md, 'What the model reads' (add_anchor)"}
         return {"normalisation": norm, "input_len": data.get("input_len"), "horizon": data.get("horizon"),
                 "target_columns": data.get("target_columns"), "input_columns": data.get("input_columns"),
                 "preprocessing": "z = (value - mean) / std for the last input_len rows of the columns in "
