@@ -80,7 +80,7 @@ def main() -> None:
 
     best = min(v[0] for k, v in rows.items() if k.startswith("seasonal") or k == "naive")
     print(f"{d.path}: {n_windows} windows of {horizon} steps, origins {step} rows apart, in the test block")
-    print(f"| model | test MAE | RMSE | MASE | MAE / best seasonal naive | wall s |")
+    print("| model | test MAE | RMSE | MASE | MAE / best seasonal naive | wall s |")
     print("|---|---|---|---|---|---|")
     for name, (mae, rmse, mase, wall) in rows.items():
         print(f"| {name} | {mae:.4g} | {rmse:.4g} | {mase:.3f} | {mae / best:.3f} | {wall:.1f} |")

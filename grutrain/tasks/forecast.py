@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from grutrain.data import calendar as cal
 from grutrain.data.batching import ShuffledBatches
 from grutrain.data.forecast_windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
 from grutrain.data.panel import Panel, load_panel
@@ -34,7 +33,7 @@ from grutrain.data.timeseries import SeriesTable, fit_normalisation, window_star
 from grutrain.errors import GrutrainError
 from grutrain.forecast_metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
-from grutrain.tasks.forecast_series import PreparedSeries, normalise  # noqa: F401  (normalise: plots, export)
+from grutrain.tasks.forecast_series import PreparedSeries, calendar_of, calendar_of_panel, saved_series
 
 
 def _rows(n: int) -> str:
@@ -49,48 +48,6 @@ def base_layout(cfg, anchor_lag: int = 1, n_calendar: int = 0, scale: tuple = ()
     d = cfg.data
     return WindowLayout(d.input_len, d.horizon, len(d.target_columns), len(d.input_columns), len(d.known_columns),
                         n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale)
-
-
-def calendar_of(table, cfg, cycles: list[str] | None) -> tuple[list[str], np.ndarray]:
-    """(cycles, [N, 2 * cycles] features) of a table; `cycles` None: choose them from the spacing."""
-    mode = cfg.data.calendar
-    use = table.time_column is not None and mode != "none" and (table.time_axis.kind == "date" or mode == "epoch_seconds")
-    if cycles == [] or (cycles is None and not use):
-        return [], np.zeros((len(table), 0), dtype=np.float32)
-    if not use:
-        raise GrutrainError(f"{table.source}: the model reads calendar inputs, so the data needs its time column "
-                            f"{cfg.data.time_column!r} with dates")
-    when = cal.as_datetimes(table.times, table.time_axis.kind, mode == "epoch_seconds", table.source)
-    cycles = cal.choose_cycles(when) if cycles is None else cycles
-    return cycles, cal.calendar_features(when, cycles)
-
-
-def calendar_of_panel(panel: Panel, cfg, cycles: list[str] | None) -> tuple[list[str], np.ndarray]:
-    """calendar_of for each series, the cycles chosen from the first (longest-spanning) series."""
-    if cycles is None:
-        longest = max(panel.tables, key=len)
-        cycles, _ = calendar_of(longest, cfg, None)
-    parts = [calendar_of(t, cfg, cycles)[1] for t in panel.tables]
-    return cycles, np.concatenate(parts)
-
-
-def _saved_series(payload: dict, ids: list[str], norm: dict, scale: list) -> tuple[list, list]:
-    """([(mean, std)] and [MASE scale] per series of `ids`) from a checkpoint; one series: its normalisation."""
-    saved = payload.get("forecast_series")
-    if saved is None:
-        if len(ids) > 1:
-            raise GrutrainError("the checkpoint was trained on one series; this CSV holds several (data.id_column)")
-        return [(norm["mean"], norm["std"])], [scale]
-    try:
-        index = {name: i for i, name in enumerate(saved["ids"])}
-        unknown = [name for name in ids if name not in index]
-        if unknown:
-            raise GrutrainError(f"series {unknown[0]!r} was not in the training data; the model knows the series "
-                                f"{', '.join(map(repr, saved['ids'][:5]))}{', ...' if len(saved['ids']) > 5 else ''}")
-        return ([(list(saved["mean"][index[n]]), list(saved["std"][index[n]])) for n in ids],
-                [list(saved["mase_scale"][index[n]]) for n in ids])
-    except (KeyError, TypeError, IndexError):
-        raise GrutrainError("the checkpoint is damaged: its per-series normalisation is unreadable") from None
 
 
 class ForecastTask:
@@ -119,7 +76,7 @@ class ForecastTask:
         if saved is not None:  # a resumed run keeps the normalisation and layout it was trained with
             norm = _check_normalisation(saved, cfg)
             layout, cycles, scale = _saved_layout(saved, cfg)
-            series_norm, scale = _saved_series(saved, panel.ids, norm, scale)
+            series_norm, scale = saved_series(saved, panel.ids, norm, scale)
             cycles, calendar = calendar_of_panel(panel, cfg, cycles)
         else:
             cycles, calendar = calendar_of_panel(panel, cfg, None)
@@ -286,7 +243,7 @@ def model_for_checkpoint(payload: dict, cfg) -> SequenceModel:
 
 def _prepared_panel(panel: Panel, payload: dict, cfg, layout: WindowLayout, cycles, scale) -> PreparedSeries:
     norm = _check_normalisation(payload, cfg)
-    series_norm, series_scale = _saved_series(payload, panel.ids, norm, scale)
+    series_norm, series_scale = saved_series(payload, panel.ids, norm, scale)
     _, calendar = calendar_of_panel(panel, cfg, cycles)
     rows = panel.row_series()
     return PreparedSeries(panel.values, panel.observed, calendar, np.asarray([m for m, _ in series_norm])[rows],
@@ -333,7 +290,7 @@ def series_for_checkpoint(payload: dict, cfg, split: str, data_path) -> tuple[Pr
         starts = window_starts(lo, hi, layout.input_len, layout.horizon, layout.history)
     else:
         ids = list(several["ids"])
-        series_norm, series_scale = _saved_series(payload, ids, norm, scale)
+        series_norm, series_scale = saved_series(payload, ids, norm, scale)
         series = PreparedSeries(values, observed, calendar, np.asarray([m for m, _ in series_norm])[rows],
                                 np.asarray([sd for _, sd in series_norm])[rows], layout,
                                 np.asarray(series_scale)[rows], rows, ids)
@@ -365,7 +322,7 @@ def predict(payload: dict, model, cfg, input_path: Path, device) -> list[dict]:
         raise GrutrainError("predict does not yet take the future values of data.known_columns; "
                             "evaluate this model with `grutrain eval --data` instead")
     panel = load_panel(cfg.data, path=input_path, role="--input", split=False)
-    series_norm, series_scale = _saved_series(payload, panel.ids, norm, scale)
+    series_norm, series_scale = saved_series(payload, panel.ids, norm, scale)
     rows = []
     for name, table, (mean, std), mase_scale in zip(panel.ids, panel.tables, series_norm, series_scale):
         for row in _predict_series(model, cfg, table, mean, std, mase_scale, layout, cycles, input_path, device):

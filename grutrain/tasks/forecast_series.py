@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from grutrain.data import calendar as cal
 from grutrain.data.forecast_windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
 from grutrain.errors import GrutrainError
@@ -145,3 +146,45 @@ class PreparedSeries:
         if model_mae is not None:
             out["mae_vs_baseline"] = model_mae / best[1]["mae"] if best[1]["mae"] > 0 else float("nan")
         return out
+
+
+def calendar_of(table, cfg, cycles: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """(cycles, [N, 2 * cycles] features) of a table; `cycles` None: choose them from the spacing."""
+    mode = cfg.data.calendar
+    use = table.time_column is not None and mode != "none" and (table.time_axis.kind == "date" or mode == "epoch_seconds")
+    if cycles == [] or (cycles is None and not use):
+        return [], np.zeros((len(table), 0), dtype=np.float32)
+    if not use:
+        raise GrutrainError(f"{table.source}: the model reads calendar inputs, so the data needs its time column "
+                            f"{cfg.data.time_column!r} with dates")
+    when = cal.as_datetimes(table.times, table.time_axis.kind, mode == "epoch_seconds", table.source)
+    cycles = cal.choose_cycles(when) if cycles is None else cycles
+    return cycles, cal.calendar_features(when, cycles)
+
+
+def calendar_of_panel(panel, cfg, cycles: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """calendar_of for each series, the cycles chosen from the first (longest-spanning) series."""
+    if cycles is None:
+        longest = max(panel.tables, key=len)
+        cycles, _ = calendar_of(longest, cfg, None)
+    parts = [calendar_of(t, cfg, cycles)[1] for t in panel.tables]
+    return cycles, np.concatenate(parts)
+
+
+def saved_series(payload: dict, ids: list[str], norm: dict, scale: list) -> tuple[list, list]:
+    """([(mean, std)] and [MASE scale] per series of `ids`) from a checkpoint; one series: its normalisation."""
+    saved = payload.get("forecast_series")
+    if saved is None:
+        if len(ids) > 1:
+            raise GrutrainError("the checkpoint was trained on one series; this CSV holds several (data.id_column)")
+        return [(norm["mean"], norm["std"])], [scale]
+    try:
+        index = {name: i for i, name in enumerate(saved["ids"])}
+        unknown = [name for name in ids if name not in index]
+        if unknown:
+            raise GrutrainError(f"series {unknown[0]!r} was not in the training data; the model knows the series "
+                                f"{', '.join(map(repr, saved['ids'][:5]))}{', ...' if len(saved['ids']) > 5 else ''}")
+        return ([(list(saved["mean"][index[n]]), list(saved["std"][index[n]])) for n in ids],
+                [list(saved["mase_scale"][index[n]]) for n in ids])
+    except (KeyError, TypeError, IndexError):
+        raise GrutrainError("the checkpoint is damaged: its per-series normalisation is unreadable") from None
