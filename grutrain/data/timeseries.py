@@ -40,6 +40,9 @@ _DATE_FORMATS = [
     ("%Y-%m-%dT%H:%M:%S", "YYYY-MM-DDTHH:MM:SS"),
     ("%Y-%m-%d %H:%M", "YYYY-MM-DD HH:MM"),
     ("%Y-%m-%dT%H:%M", "YYYY-MM-DDTHH:MM"),
+    ("%Y-%m-%dT%H:%M:%S%z", "YYYY-MM-DDTHH:MM:SS+HH:MM"),  # ISO 8601 with a UTC offset (or Z)
+    ("%Y-%m-%d %H:%M:%S%z", "YYYY-MM-DD HH:MM:SS+HH:MM"),
+    ("%Y-%m-%dT%H:%M%z", "YYYY-MM-DDTHH:MM+HH:MM"),
     ("%Y-%m", "YYYY-MM"),
     ("%Y/%m/%d", "YYYY/MM/DD"),
 ]
@@ -162,23 +165,26 @@ class SeriesTable:
     time_column: str | None = None
     time_axis: TimeAxis | None = None
     times: list = field(default_factory=list)  # parsed time values, one per row
+    ids: list = field(default_factory=list)  # long format (data.id_column): the series of each row
 
     def __len__(self) -> int:
         return len(self.values)
 
     def take(self, rows) -> "SeriesTable":
-        rows = np.asarray(rows)
+        rows = np.asarray(rows, dtype=np.int64)
         times = [self.times[i] for i in rows] if self.times else []
+        ids = [self.ids[i] for i in rows] if self.ids else []
         return SeriesTable(self.source, self.columns, self.values[rows], self.observed[rows], self.lines[rows],
-                           self.time_column, self.time_axis, times)
+                           self.time_column, self.time_axis, times, ids)
 
 
 def read_series_csv(path: str | Path, columns: list[str], time_column: str | None, missing: str,
-                    source: str | None = None, role: str = "data.path") -> SeriesTable:
+                    source: str | None = None, role: str = "data.path", id_column: str | None = None) -> SeriesTable:
     """Read `columns` (and `time_column`) of a CSV as numbers; sort by time; blanks stay NaN.
 
     `role` names where the file came from in messages (data.path, --input, --data). Rows with a
-    blank time are dropped under missing=drop and refused otherwise.
+    blank time are dropped under missing=drop and refused otherwise. With `id_column` (long format,
+    several series) the rows are sorted by (id, time) and `ids` holds each row's series.
     """
     path = Path(path)
     source = source or str(path)
@@ -191,7 +197,7 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
     if header is None or not any(h.strip() for h in header):
         raise GrutrainError(f"{source} is empty; a forecast CSV needs a header row and one row per time step")
     header = [h.strip() for h in header]
-    wanted = list(columns) + ([time_column] if time_column else [])
+    wanted = list(columns) + ([time_column] if time_column else []) + ([id_column] if id_column else [])
     absent = [c for c in wanted if c not in header]
     if absent:
         which = "columns" if len(absent) > 1 else "column"
@@ -236,6 +242,12 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
                                     "fix the cell or leave it blank and set data.missing")
             values[r, f] = value
     table = SeriesTable(source, list(columns), values, ~np.isnan(values), np.asarray(lines, dtype=np.int64))
+    if id_column is not None:
+        table.ids = [row[header.index(id_column)].strip() for row in rows]
+        blank_id = next((i for i, v in enumerate(table.ids) if _is_missing(v)), None)
+        if blank_id is not None:
+            raise GrutrainError(f"{source} line {lines[blank_id]}: the id column {id_column!r} is blank; "
+                                "every row of a long-format CSV names its series")
     if time_column is None:
         return table
 
@@ -251,11 +263,13 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
         table = table.take(keep)
         cells = [cells[i] for i in keep]
     axis, times = _parse_times(cells, table.lines, source, time_column)
-    order = sorted(range(len(times)), key=lambda i: times[i])
+    ids = table.ids or [""] * len(times)
+    order = sorted(range(len(times)), key=lambda i: (ids[i], times[i]))
     for a, b in zip(order[:-1], order[1:]):
-        if times[a] == times[b]:
-            raise GrutrainError(f"{source}: the time {cells[a].strip()!r} appears twice (lines {table.lines[a]} and "
-                                f"{table.lines[b]}); each time step needs one row")
+        if times[a] == times[b] and ids[a] == ids[b]:
+            which = f" for id {ids[a]!r}" if table.ids else ""
+            raise GrutrainError(f"{source}: the time {cells[a].strip()!r} appears twice{which} (lines {table.lines[a]} "
+                                f"and {table.lines[b]}); each time step of a series needs one row")
     table = table.take(order)
     table.time_column, table.time_axis, table.times = time_column, axis, [times[i] for i in order]
     return table
@@ -337,7 +351,7 @@ def fill_missing(table: SeriesTable, missing: str, blocks: list[slice] | None = 
             part[:, f] = np.interp(positions, positions[seen], part[seen, f])  # edges: nearest value
         values[block] = part
     return SeriesTable(table.source, table.columns, values, table.observed, table.lines, table.time_column,
-                       table.time_axis, table.times)
+                       table.time_axis, table.times, table.ids)
 
 
 def split_blocks(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
@@ -353,7 +367,7 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
 
     With split=False the whole file is one block (eval --data, predict).
     """
-    columns = list(cfg.target_columns) + list(cfg.input_columns)
+    columns = list(cfg.target_columns) + list(cfg.input_columns) + list(getattr(cfg, "known_columns", []))
     check_columns(cfg)
     table = read_series_csv(path or cfg.path, columns, cfg.time_column, cfg.missing, role=role)
     if cfg.missing != "interpolate":
@@ -365,7 +379,8 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
 
 def check_columns(cfg) -> None:
     targets, inputs = list(cfg.target_columns), list(cfg.input_columns)
-    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs)):
+    known = list(getattr(cfg, "known_columns", []))
+    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs), ("data.known_columns", known)):
         repeated = sorted({c for c in names if names.count(c) > 1})
         if repeated:
             raise GrutrainError(f"{name} names {repeated[0]!r} twice; list each column once")
@@ -373,7 +388,11 @@ def check_columns(cfg) -> None:
     if both:
         raise GrutrainError(f"data.input_columns repeats the target column {both[0]!r}; targets are inputs already, "
                             "drop it from data.input_columns")
-    if cfg.time_column is not None and cfg.time_column in targets + inputs:
+    twice = [c for c in known if c in targets + inputs]
+    if twice:
+        raise GrutrainError(f"data.known_columns repeats {twice[0]!r}, a target or past-only input column; "
+                            "list each column in one of data.target_columns, data.input_columns, data.known_columns")
+    if cfg.time_column is not None and cfg.time_column in targets + inputs + known:
         raise GrutrainError(f"data.time_column {cfg.time_column!r} is also a target or input column; "
                             "the time column only orders the rows")
 
