@@ -79,11 +79,3 @@ def load_panel(cfg, path=None, role: str = "data.path", split: bool = True) -> P
         blocks.append(these)
     return Panel([name for name, _ in parts], tables, blocks)
 
-
-def check_lengths(panel: Panel, needed: int, what: str) -> None:
-    """Refuse a series shorter than `needed` rows, naming it (the first one found)."""
-    for name, table in zip(panel.ids, panel.tables):
-        if len(table) < needed:
-            label = f"series {name!r}" if name else table.source
-            raise GrutrainError(f"{label} has {len(table)} rows, fewer than the {needed} {what}; "
-                                "drop that series from the CSV or lower data.input_len / data.horizon")
