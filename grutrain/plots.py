@@ -122,10 +122,13 @@ def per_position_loss_figure(position_loss: Sequence[float], carried_loss: float
 
 def forecast_figure(actual: Sequence, forecast: Sequence, naive: Sequence | None = None,
                     seasonal_naive: Sequence | None = None, names: Sequence[str] | None = None,
-                    x: Sequence | None = None, title: str = "forecasts"):
-    """Actual series against the forecasts, one panel per target (at most 4).
+                    x: Sequence | None = None, title: str = "forecasts",
+                    lower: Sequence | None = None, upper: Sequence | None = None):
+    """Actual series against the forecasts, one panel per target (at most 4), the model's interval
+    [lower, upper] shaded when given.
 
-    actual, forecast, naive, seasonal_naive: [N] or [N, targets] on the original scale; x: [N] positions.
+    actual, forecast, naive, seasonal_naive, lower, upper: [N] or [N, targets] on the original scale;
+    x: [N] positions.
     """
     actual = np.asarray(actual, dtype=float)
     actual = actual[:, None] if actual.ndim == 1 else actual
@@ -140,6 +143,9 @@ def forecast_figure(actual: Sequence, forecast: Sequence, naive: Sequence | None
               "seasonal naive": dict(color="tab:olive", linestyle=":", linewidth=1.0)}
     for j in range(panels):
         ax = figure.add_subplot(panels, 1, j + 1)
+        if lower is not None and upper is not None:
+            low, high = (np.asarray(v, dtype=float).reshape(actual.shape)[:, j] for v in (lower, upper))
+            ax.fill_between(x, low, high, color="tab:red", alpha=0.2, linewidth=0, label="model interval")
         ax.plot(x, actual[:, j], color="black", linewidth=1.6, label="actual")
         for name, values in series.items():
             ax.plot(x, values[:, j], label=name, **styles[name])

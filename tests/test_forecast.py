@@ -64,6 +64,9 @@ def forecast_config(path: Path, run_dir: Path, **data) -> dict:
         "task": "forecast",
         "data": {"path": str(path), "target_columns": ["y"], "input_columns": ["x2"], "time_column": "month",
                  "input_len": L, "horizon": H, "season": S, "missing": "error",
+                 # the naive anchor and no calendar inputs: what these tests compute by hand
+                 # (tests/test_forecast_anchoring.py covers the seasonal anchor and calendar inputs)
+                 "anchor": "naive", "calendar": "none",
                  "val_fraction": 0.2, "test_fraction": 0.2, **data},
         "model": {"hidden_size": 8},
         "optim": {"lr": 0.01},
@@ -293,7 +296,7 @@ def test_the_shipped_configs_load_their_data():
         cfg = validate_config(yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
         cfg.data.path = str(REPO / cfg.data.path)
         task = ForecastTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
-        assert len(task.series["values"]) == rows and len(task.train_starts) == windows
+        assert len(task.series.values) == rows and len(task.train_starts) == windows
         assert task.has_split("val") and task.has_split("test")
         assert set(task.baselines()) >= {"test/naive_mae", "test/seasonal_naive_mae", "val/seasonal_naive_smape"}
 
@@ -351,11 +354,14 @@ def test_training_windows_never_reach_held_out_targets(trained):
     assert len(starts) == train_stop - L - H + 1
     assert task.eval_starts("val").tolist() == list(range(144, 192 - H + 1))
     assert task.eval_starts("test").tolist() == list(range(192, 240 - H + 1))
-    # A batch is the normalised rows [start - L, start) -> targets [start, start + H).
-    x, y = task._make_batch(torch.tensor([0]))
+    # A batch is the normalised rows [start - L, start), the target relative to the last of them
+    # (the naive anchor) -> targets [start, start + H).
+    x, anchor, y = task._make_batch(torch.tensor([0]))
     s = int(starts[0])
     z = (trained["values"] - np.array(task.mean)) / np.array(task.std)
-    assert x[0].numpy() == pytest.approx(z[s - L:s], abs=1e-6)
+    assert x[0, :, 0].numpy() == pytest.approx(z[s - L:s, 0] - z[s - 1, 0], abs=1e-6)
+    assert x[0, :, 1].numpy() == pytest.approx(z[s - L:s, 1], abs=1e-6)
+    assert anchor[0, :, 0].numpy() == pytest.approx(np.full(H, z[s - 1, 0]), abs=1e-6)
     assert y[0, :, 0].numpy() == pytest.approx(z[s:s + H, 0], abs=1e-6)
 
 
@@ -382,13 +388,13 @@ def test_interpolated_blanks_stay_in_their_split_and_are_not_scored(tmp_path):
     cfg = validate_config(forecast_config(data, tmp_path / "run", missing="interpolate"))
     task = ForecastTask.from_config(cfg, rows_per_step=cfg.train.batch_size)
     # Row 143 takes the training block's nearest value, not a value drawn towards the val block's first row.
-    assert task.series["values"][143, 0] == values[142]
-    assert task.series["values"][150, 0] == pytest.approx((values[149] + values[151]) / 2)
+    assert task.series.values[143, 0] == values[142]
+    assert task.series.values[150, 0] == pytest.approx((values[149] + values[151]) / 2)
     # The normalisation saw only training rows (row 143 as filled).
     train = np.concatenate([values[:143], values[142:143]])
     assert task.mean[0] == pytest.approx(train.mean(), rel=1e-12)
     # Metrics skip the blank target cell: naive MAE over the other cells, by hand.
-    errors = [abs(task.series["values"][s - 1, 0] - values[s + k]) for s in range(144, 192 - H + 1) for k in range(H)
+    errors = [abs(task.series.values[s - 1, 0] - values[s + k]) for s in range(144, 192 - H + 1) for k in range(H)
               if s + k != 150]
     assert task.baselines()["val/naive_mae"] == pytest.approx(float(np.mean(errors)), rel=1e-12)
     # A head that outputs zero forecasts the last value: the model's metrics are then the naive ones,

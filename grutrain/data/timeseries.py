@@ -1,5 +1,5 @@
-"""Time series from a CSV for task forecast: reading, missing values, the time axis, splits,
-windows, normalisation, error metrics and the naive baselines.
+"""Time series from a CSV for task forecast: reading, missing values, splits, windows,
+normalisation, error metrics and the naive baselines (the time axis: data/time_axis.py).
 
 A CSV has a header row. The columns a config names are read (targets, extra inputs, an optional
 time column); every other column is ignored. Rows are sorted by the time column when there is one.
@@ -15,132 +15,16 @@ never reaches across one either.
 
 from __future__ import annotations
 
-import calendar
 import csv
 import math
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
+from grutrain.data.time_axis import MISSING_TOKENS, TimeAxis, _is_missing, _parse_number, _parse_times  # noqa: F401
 from grutrain.errors import GrutrainError
 from grutrain.inputs import read_input
-
-# Cells read as missing (case-insensitive), besides empty ones: what pandas and R write for NaN/NA.
-MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
-
-_YYYYMMDD_RE = re.compile(r"^\d{8}$")
-# Tried in order on the first time value; every other value must then parse the same way.
-_DATE_FORMATS = [
-    ("%Y%m%d", "YYYYMMDD"),
-    ("%Y-%m-%d", "YYYY-MM-DD"),
-    ("%Y-%m-%d %H:%M:%S", "YYYY-MM-DD HH:MM:SS"),
-    ("%Y-%m-%dT%H:%M:%S", "YYYY-MM-DDTHH:MM:SS"),
-    ("%Y-%m-%d %H:%M", "YYYY-MM-DD HH:MM"),
-    ("%Y-%m-%dT%H:%M", "YYYY-MM-DDTHH:MM"),
-    ("%Y-%m", "YYYY-MM"),
-    ("%Y/%m/%d", "YYYY/MM/DD"),
-]
-
-
-# --------------------------------------------------------------------------- the time axis
-
-
-@dataclass
-class TimeAxis:
-    """How a time column's text reads as values that sort and step.
-
-    kind "number": numbers (years, seconds, ...), written back as integers when they all are;
-    kind "date": dates in the strftime format `fmt` (8-digit integers such as 19580329 that are
-    valid dates read as YYYYMMDD dates, so that steps are calendar steps).
-    """
-
-    kind: str
-    fmt: str | None = None
-    label: str = "a number"
-    integral: bool = False
-
-    @classmethod
-    def candidates(cls, first: str) -> list["TimeAxis"]:
-        """The readings of the first value, most specific first."""
-        text = first.strip()
-        found = []
-        if _YYYYMMDD_RE.match(text) and _try_strptime(text, "%Y%m%d") is not None:
-            found.append(cls("date", "%Y%m%d", "a date YYYYMMDD"))
-        if _parse_number(text) is not None:
-            found.append(cls("number"))
-        for fmt, label in _DATE_FORMATS[1:]:
-            if _try_strptime(text, fmt) is not None:
-                found.append(cls("date", fmt, f"a date {label}"))
-        return found
-
-    def parse(self, text: str):
-        """float or datetime, or None when `text` is not of this axis' kind."""
-        text = text.strip()
-        if self.kind == "date":
-            return _try_strptime(text, self.fmt)
-        return _parse_number(text)
-
-    def format(self, value):
-        if self.kind == "date":
-            text = value.strftime(self.fmt)
-            return int(text) if self.fmt == "%Y%m%d" else text
-        if self.integral and float(value).is_integer():
-            return int(value)
-        return float(f"{value:.12g}")  # 2000.1 + 3 * 0.1 prints as 2000.4, not 2000.4000000000001
-
-    def next_values(self, values: list, horizon: int) -> list | None:
-        """The `horizon` times after the last of `values`: last + k * the typical (median) spacing.
-
-        Dates that all fall on the same day of the month (monthly, quarterly, yearly data) step by
-        whole calendar months. None when no positive spacing can be inferred (one row, duplicates).
-        """
-        if len(values) < 2:
-            return None
-        if self.kind != "date":
-            step = float(np.median(np.diff(np.asarray(values, dtype=np.float64))))
-            if not step > 0:
-                return None
-            return [self.format(values[-1] + k * step) for k in range(1, horizon + 1)]
-        same_day = len({(v.day, v.time()) for v in values}) == 1
-        if same_day:
-            months = np.diff([v.year * 12 + v.month for v in values])
-            step_months = int(np.median(months))
-            if step_months > 0 and np.all(months > 0):
-                return [self.format(_add_months(values[-1], k * step_months)) for k in range(1, horizon + 1)]
-        seconds = float(np.median([(b - a).total_seconds() for a, b in zip(values[:-1], values[1:])]))
-        if not seconds > 0:
-            return None
-        step = timedelta(seconds=seconds)
-        return [self.format(values[-1] + k * step) for k in range(1, horizon + 1)]
-
-
-def _try_strptime(text: str, fmt: str):
-    try:
-        return datetime.strptime(text, fmt)
-    except ValueError:
-        return None
-
-
-def _add_months(when: datetime, months: int) -> datetime:
-    index = when.year * 12 + when.month - 1 + months
-    year, month = divmod(index, 12)
-    day = min(when.day, calendar.monthrange(year, month + 1)[1])
-    return when.replace(year=year, month=month + 1, day=day)
-
-
-def _parse_number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _is_missing(text: str) -> bool:
-    return text.strip().lower() in MISSING_TOKENS
 
 
 # --------------------------------------------------------------------------- reading
@@ -162,23 +46,26 @@ class SeriesTable:
     time_column: str | None = None
     time_axis: TimeAxis | None = None
     times: list = field(default_factory=list)  # parsed time values, one per row
+    ids: list = field(default_factory=list)  # long format (data.id_column): the series of each row
 
     def __len__(self) -> int:
         return len(self.values)
 
     def take(self, rows) -> "SeriesTable":
-        rows = np.asarray(rows)
+        rows = np.asarray(rows, dtype=np.int64)
         times = [self.times[i] for i in rows] if self.times else []
+        ids = [self.ids[i] for i in rows] if self.ids else []
         return SeriesTable(self.source, self.columns, self.values[rows], self.observed[rows], self.lines[rows],
-                           self.time_column, self.time_axis, times)
+                           self.time_column, self.time_axis, times, ids)
 
 
 def read_series_csv(path: str | Path, columns: list[str], time_column: str | None, missing: str,
-                    source: str | None = None, role: str = "data.path") -> SeriesTable:
+                    source: str | None = None, role: str = "data.path", id_column: str | None = None) -> SeriesTable:
     """Read `columns` (and `time_column`) of a CSV as numbers; sort by time; blanks stay NaN.
 
     `role` names where the file came from in messages (data.path, --input, --data). Rows with a
-    blank time are dropped under missing=drop and refused otherwise.
+    blank time are dropped under missing=drop and refused otherwise. With `id_column` (long format,
+    several series) the rows are sorted by (id, time) and `ids` holds each row's series.
     """
     path = Path(path)
     source = source or str(path)
@@ -191,7 +78,7 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
     if header is None or not any(h.strip() for h in header):
         raise GrutrainError(f"{source} is empty; a forecast CSV needs a header row and one row per time step")
     header = [h.strip() for h in header]
-    wanted = list(columns) + ([time_column] if time_column else [])
+    wanted = list(columns) + ([time_column] if time_column else []) + ([id_column] if id_column else [])
     absent = [c for c in wanted if c not in header]
     if absent:
         which = "columns" if len(absent) > 1 else "column"
@@ -236,6 +123,12 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
                                     "fix the cell or leave it blank and set data.missing")
             values[r, f] = value
     table = SeriesTable(source, list(columns), values, ~np.isnan(values), np.asarray(lines, dtype=np.int64))
+    if id_column is not None:
+        table.ids = [row[header.index(id_column)].strip() for row in rows]
+        blank_id = next((i for i, v in enumerate(table.ids) if _is_missing(v)), None)
+        if blank_id is not None:
+            raise GrutrainError(f"{source} line {lines[blank_id]}: the id column {id_column!r} is blank; "
+                                "every row of a long-format CSV names its series")
     if time_column is None:
         return table
 
@@ -251,33 +144,16 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
         table = table.take(keep)
         cells = [cells[i] for i in keep]
     axis, times = _parse_times(cells, table.lines, source, time_column)
-    order = sorted(range(len(times)), key=lambda i: times[i])
+    ids = table.ids or [""] * len(times)
+    order = sorted(range(len(times)), key=lambda i: (ids[i], times[i]))
     for a, b in zip(order[:-1], order[1:]):
-        if times[a] == times[b]:
-            raise GrutrainError(f"{source}: the time {cells[a].strip()!r} appears twice (lines {table.lines[a]} and "
-                                f"{table.lines[b]}); each time step needs one row")
+        if times[a] == times[b] and ids[a] == ids[b]:
+            which = f" for id {ids[a]!r}" if table.ids else ""
+            raise GrutrainError(f"{source}: the time {cells[a].strip()!r} appears twice{which} (lines {table.lines[a]} "
+                                f"and {table.lines[b]}); each time step of a series needs one row")
     table = table.take(order)
     table.time_column, table.time_axis, table.times = time_column, axis, [times[i] for i in order]
     return table
-
-
-def _parse_times(cells: list[str], lines, source: str, time_column: str) -> tuple[TimeAxis, list]:
-    """The first reading of the first cell under which every cell parses, and the parsed values."""
-    candidates = TimeAxis.candidates(cells[0])
-    if not candidates:
-        raise GrutrainError(f"{source} line {lines[0]}, time column {time_column!r}: {cells[0].strip()!r} is "
-                            "neither a number nor a date (YYYY-MM-DD, YYYYMMDD, YYYY-MM, ...)")
-    failure = None
-    for axis in candidates:
-        times = [axis.parse(cell) for cell in cells]
-        bad = next((i for i, t in enumerate(times) if t is None), None)
-        if bad is None:
-            axis.integral = axis.kind == "number" and all(float(t).is_integer() for t in times)
-            return axis, times
-        failure = failure or (axis, bad)
-    axis, bad = failure
-    raise GrutrainError(f"{source} line {lines[bad]}, time column {time_column!r}: {cells[bad].strip()!r} is not "
-                        f"{axis.label} like the first value {cells[0].strip()!r}")
 
 
 def _read_csv_text(path: Path, source: str, role: str) -> str:
@@ -337,7 +213,7 @@ def fill_missing(table: SeriesTable, missing: str, blocks: list[slice] | None = 
             part[:, f] = np.interp(positions, positions[seen], part[seen, f])  # edges: nearest value
         values[block] = part
     return SeriesTable(table.source, table.columns, values, table.observed, table.lines, table.time_column,
-                       table.time_axis, table.times)
+                       table.time_axis, table.times, table.ids)
 
 
 def split_blocks(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
@@ -353,7 +229,7 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
 
     With split=False the whole file is one block (eval --data, predict).
     """
-    columns = list(cfg.target_columns) + list(cfg.input_columns)
+    columns = list(cfg.target_columns) + list(cfg.input_columns) + list(getattr(cfg, "known_columns", []))
     check_columns(cfg)
     table = read_series_csv(path or cfg.path, columns, cfg.time_column, cfg.missing, role=role)
     if cfg.missing != "interpolate":
@@ -365,7 +241,8 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
 
 def check_columns(cfg) -> None:
     targets, inputs = list(cfg.target_columns), list(cfg.input_columns)
-    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs)):
+    known = list(getattr(cfg, "known_columns", []))
+    for name, names in (("data.target_columns", targets), ("data.input_columns", inputs), ("data.known_columns", known)):
         repeated = sorted({c for c in names if names.count(c) > 1})
         if repeated:
             raise GrutrainError(f"{name} names {repeated[0]!r} twice; list each column once")
@@ -373,7 +250,11 @@ def check_columns(cfg) -> None:
     if both:
         raise GrutrainError(f"data.input_columns repeats the target column {both[0]!r}; targets are inputs already, "
                             "drop it from data.input_columns")
-    if cfg.time_column is not None and cfg.time_column in targets + inputs:
+    twice = [c for c in known if c in targets + inputs]
+    if twice:
+        raise GrutrainError(f"data.known_columns repeats {twice[0]!r}, a target or past-only input column; "
+                            "list each column in one of data.target_columns, data.input_columns, data.known_columns")
+    if cfg.time_column is not None and cfg.time_column in targets + inputs + known:
         raise GrutrainError(f"data.time_column {cfg.time_column!r} is also a target or input column; "
                             "the time column only orders the rows")
 

@@ -1,0 +1,81 @@
+"""Many series in one long-format CSV (data.id_column): one row per (series id, time step).
+
+Each series is read, sorted by time and split on its own: the blocks [train | val | test] are
+cut by time within each series, blanks are filled within each series' blocks, and each series
+is normalised by the mean and standard deviation of its own training rows (a global model then
+sees every series on one scale; the held-out rows never reach the normalisation).
+
+The series are laid end to end in one array of rows; `offsets` say where each begins, and a
+window never crosses from one series into the next. A single-series CSV is a panel of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from grutrain.data.timeseries import SeriesTable, check_columns, fill_missing, read_series_csv, split_blocks, window_starts
+from grutrain.errors import GrutrainError
+
+
+@dataclass
+class Panel:
+    ids: list[str]  # one per series ("" for a single-series CSV)
+    tables: list[SeriesTable]  # one per series, rows sorted by time
+    blocks: list[tuple[slice, slice, slice] | None]  # per series: train, val, test rows (None: unsplit)
+
+    @property
+    def offsets(self) -> list[int]:
+        return [int(x) for x in np.cumsum([0] + [len(t) for t in self.tables])[:-1]]
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.concatenate([t.values for t in self.tables])
+
+    @property
+    def observed(self) -> np.ndarray:
+        return np.concatenate([t.observed for t in self.tables])
+
+    def row_series(self) -> np.ndarray:
+        """[N] the index of each row's series."""
+        return np.repeat(np.arange(len(self.tables)), [len(t) for t in self.tables])
+
+    def starts(self, which: str, input_len: int, horizon: int, history: int) -> np.ndarray:
+        """Window starts (rows of the concatenated array) of block `which` (train, val, test, all) of every series."""
+        out = []
+        for offset, table, blocks in zip(self.offsets, self.tables, self.blocks):
+            if which == "all" or blocks is None:
+                lo, hi = 0, len(table)
+            else:
+                block = dict(zip(("train", "val", "test"), blocks))[which]
+                lo, hi = block.start, block.stop
+            out.append(offset + window_starts(lo, hi, input_len, horizon, history))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def load_panel(cfg, path=None, role: str = "data.path", split: bool = True) -> Panel:
+    """The series of a forecast CSV, each with blanks handled and (split=True) its own time blocks."""
+    columns = list(cfg.target_columns) + list(cfg.input_columns) + list(cfg.known_columns)
+    check_columns(cfg)
+    id_column = cfg.id_column
+    if id_column is not None and id_column in columns + ([cfg.time_column] if cfg.time_column else []):
+        raise GrutrainError(f"data.id_column {id_column!r} is also a target, input or time column; "
+                            "the id column only names each row's series")
+    table = read_series_csv(path or cfg.path, columns, cfg.time_column, cfg.missing, role=role, id_column=id_column)
+    if id_column is None:
+        parts = [("", table)]
+    else:
+        if cfg.time_column is None:
+            raise GrutrainError("data.id_column needs data.time_column: the rows of each series are ordered by time")
+        ids = np.asarray(table.ids)
+        parts = [(name, table.take(np.flatnonzero(ids == name))) for name in dict.fromkeys(table.ids)]
+    tables, blocks = [], []
+    for name, part in parts:
+        if cfg.missing != "interpolate":
+            part = fill_missing(part, cfg.missing)  # drop changes the row count: split after it
+        these = split_blocks(len(part), cfg.val_fraction, cfg.test_fraction) if split else None
+        tables.append(fill_missing(part, cfg.missing, list(these) if these else None))
+        blocks.append(these)
+    return Panel([name for name, _ in parts], tables, blocks)
+
