@@ -66,6 +66,24 @@ def fit(
         sys.stdout.write(summary["sample"] + "\n")
 
 
+@app.command(epilog="Example: grutrain prepare configs/charlm.yaml data.path=big.txt   (then grutrain fit reuses the cache)")
+def prepare(
+    config: Path = typer.Argument(..., help="YAML config of a language model, e.g. configs/bpe.yaml"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key=value, e.g. data.path=big.txt"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Tokenise the config's text file once into its token cache (fit does this itself when needed)."""
+    from grutrain.config import load_config
+    from grutrain.prepare import prepare as run_prepare
+
+    info = run_prepare(load_config(config, overrides or []), progress=not as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    out.print(f"{info['tokens']:,} {info['tokenizer']} tokens (vocabulary {info['vocab_size']}, {info['dtype']}) "
+              f"in {info['cache']}  ({info['seconds']:.1f} s)")
+
+
 @app.command("eval", epilog="Example: grutrain eval runs/charlm-1/checkpoints/best.pt --split test --json")
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),
@@ -115,7 +133,7 @@ def sample(
 ) -> None:
     """Generate text from a trained language model."""
     from grutrain.checkpoint import load_checkpoint
-    from grutrain.data.text import Vocabulary
+    from grutrain.data.tokenizers import tokenizer_from_checkpoint
     from grutrain.runtime import resolve_device
     from grutrain.sample import generate
     from grutrain.tasks import load_trained_model
@@ -126,8 +144,8 @@ def sample(
     if cfg.task != "lm":
         raise GrutrainError(f"{checkpoint} is a {cfg.task} model; sample generates text from language models (task lm)")
     data_cfg = payload["config"]["data"]
-    text = generate(model, Vocabulary(payload["vocab"]), prompt, length, tokenizer=data_cfg["tokenizer"],
-                    lowercase=data_cfg["lowercase"], temperature=temperature, top_k=top_k, seed=seed, device=dev)
+    text = generate(model, tokenizer_from_checkpoint(payload), prompt, length, lowercase=data_cfg["lowercase"],
+                    temperature=temperature, top_k=top_k, seed=seed, device=dev)
     sys.stdout.write(text + "\n")
 
 

@@ -217,22 +217,16 @@ def position_losses(model, tokens: torch.Tensor, seq_len: int, device, batch_siz
 
 
 def _lm_figure(payload, model, cfg, split, device, data_path):
-    from grutrain.data.text import Vocabulary, read_text_file, tokenize
+    from grutrain.data.lm_corpus import held_out
+    from grutrain.data.text import long_tensor
     from grutrain.evaluate import evaluate_lm
 
-    vocab = Vocabulary(payload["vocab"])
-    if data_path is not None:
-        tokens = vocab.encode(tokenize(read_text_file(data_path), cfg.data.tokenizer, cfg.data.lowercase))
-        name = Path(data_path).name
-    elif "eval_tokens" in payload:
-        tokens, name = payload["eval_tokens"][split].long(), split
-    else:
-        from grutrain.data.text import load_text_splits
-
-        tokens, name = getattr(load_text_splits(cfg.data, vocab=vocab), split), split
+    ids, name, _ = held_out(payload, cfg, split, data_path)
+    tokens = long_tensor(ids)
+    name = Path(name).name
     per_position = position_losses(model, tokens, cfg.data.seq_len, device, cfg.train.batch_size)
     carried = evaluate_lm(model, tokens, cfg.data.seq_len, cfg.train.batch_size, device)["loss"]
-    unit = "character" if cfg.data.tokenizer == "char" else "word"
+    unit = {"char": "character", "bytes": "byte", "bpe": "token"}.get(cfg.data.tokenizer, "word")
     return per_position_loss_figure(per_position, carried, unit=unit,
                                     title=f"{name}: loss by position in windows of {cfg.data.seq_len} {unit}s")
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from grutrain.data.text import Vocabulary, detokenize, tokenize
+from grutrain.data.text import detokenize, tokenize
 
 
 @torch.no_grad()
-def generate(model, vocab: Vocabulary, prompt: str, length: int, *, tokenizer: str = "char",
-             lowercase: bool = False, temperature: float = 1.0, top_k: int | None = None,
+def generate(model, tokenizer, prompt: str, length: int, *, lowercase: bool = False, temperature: float = 1.0, top_k: int | None = None,
              seed: int | None = None, device: torch.device = torch.device("cpu")) -> str:
     """The prompt followed by `length` generated tokens; the same seed gives the same text."""
     generator = torch.Generator(device="cpu")
@@ -19,13 +18,16 @@ def generate(model, vocab: Vocabulary, prompt: str, length: int, *, tokenizer: s
         generator.seed()
     was_training = model.training
     model.eval()
-    prompt_tokens = tokenize(prompt, tokenizer, lowercase)
-    ids = vocab.encode(prompt_tokens) if prompt_tokens else torch.tensor([0])
+    # tokenizer: one of data/tokenizers.py's (char, word, bytes, bpe)
+    prompt = prompt.lower() if lowercase else prompt
+    ids = torch.from_numpy(tokenizer.encode(prompt)) if prompt else torch.tensor([], dtype=torch.long)
+    ids = ids if len(ids) else torch.tensor([0])
     logits, hidden = model(ids[None].to(device))  # warm the state up on the whole prompt
     generated: list[int] = []
     for _ in range(length):
         last = logits[0, -1].float().cpu()  # [V]
-        last[0] = float("-inf")  # never emit <unk>: it stands for text the model could not learn
+        if tokenizer.unk_id is not None:
+            last[tokenizer.unk_id] = float("-inf")  # never emit <unk>: it stands for text the model could not learn
         if temperature <= 0:
             next_id = int(last.argmax())
         else:
@@ -37,4 +39,6 @@ def generate(model, vocab: Vocabulary, prompt: str, length: int, *, tokenizer: s
         generated.append(next_id)
         logits, hidden = model(torch.tensor([[next_id]], device=device), hidden)
     model.train(was_training)
-    return detokenize(prompt_tokens + vocab.decode(generated), tokenizer)
+    if tokenizer.kind in ("char", "word"):  # the prompt as written, even its characters the vocabulary lacks
+        return detokenize(tokenize(prompt, tokenizer.kind) + [tokenizer.tokens[i] for i in generated], tokenizer.kind)
+    return prompt + tokenizer.decode(generated)

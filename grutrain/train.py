@@ -288,7 +288,8 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
                     bar.update(step, train_loss, tokens_per_s, lr)
 
                 if step % cfg.train.eval_every == 0 or step == total_steps:
-                    val = task.evaluate(model, "val", device, amp_dtype)
+                    # The last evaluation reads the whole split (lm caps the others at train.eval_tokens).
+                    val = task.evaluate(model, "val", device, amp_dtype, whole=step == total_steps)
                     metrics.log(step, {f"val/{name}": value for name, value in val.items()})
                     if dist.is_main:
                         task.on_evaluation(model, device, step, metrics)
@@ -310,10 +311,10 @@ def _train(cfg: Config, run_dir: Path, task, saved: dict | None,
                     break
 
         if not val:  # resumed a run that had already reached its last step
-            val = task.evaluate(model, "val", device, amp_dtype)
+            val = task.evaluate(model, "val", device, amp_dtype, whole=True)
         final = {f"val/{name}": value for name, value in val.items()}
         if task.has_split("test"):
-            final.update({f"test/{k}": v for k, v in task.evaluate(model, "test", device, amp_dtype).items()})
+            final.update({f"test/{k}": v for k, v in task.evaluate(model, "test", device, amp_dtype, whole=True).items()})
         # As scalars too: TensorBoard's HParams dashboard takes its metric columns from scalar tags.
         metrics.log(step, {FINAL_PREFIX + tag: value for tag, value in final.items()})
         metrics.hparams(config_to_dict(cfg))

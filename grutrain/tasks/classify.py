@@ -55,7 +55,7 @@ class ClassifyTask:
     def has_split(self, split: str) -> bool:
         return len(self.splits[split]) > 0
 
-    def evaluate(self, model, split: str, device, amp_dtype=None) -> dict[str, float]:
+    def evaluate(self, model, split: str, device, amp_dtype=None, whole: bool = True) -> dict[str, float]:
         data = self.splits[split]
         logits = class_logits(model, data.xs, device, amp_dtype)
         metrics, confusion = classification_metrics(logits, data.ys, len(self.encoder.labels))

@@ -165,7 +165,7 @@ class ForecastTask:
     def has_split(self, split: str) -> bool:
         return len(self.eval_starts[split]) > 0
 
-    def evaluate(self, model, split: str, device, amp_dtype=None) -> dict[str, float]:
+    def evaluate(self, model, split: str, device, amp_dtype=None, whole: bool = True) -> dict[str, float]:
         return evaluate_windows(model, self.values, self.observed, self.eval_starts[split], self.mean, self.std,
                                 self.spec, device, amp_dtype)
 

@@ -123,7 +123,7 @@ class SyntheticTask:
     def has_split(self, split: str) -> bool:
         return len(self.splits[split]) > 0
 
-    def evaluate(self, model, split: str, device, amp_dtype=None) -> dict[str, float]:
+    def evaluate(self, model, split: str, device, amp_dtype=None, whole: bool = True) -> dict[str, float]:
         return evaluate_split(self.cfg, model, self.splits[split], device, amp_dtype)
 
     def baselines(self) -> dict[str, float]:
