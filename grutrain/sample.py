@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grutrain.data.text import detokenize, tokenize
+from grutrain.data.text import detokenize, long_tensor, tokenize
 
 
 @torch.no_grad()
@@ -20,7 +20,7 @@ def generate(model, tokenizer, prompt: str, length: int, *, lowercase: bool = Fa
     model.eval()
     # tokenizer: one of data/tokenizers.py's (char, word, bytes, bpe)
     prompt = prompt.lower() if lowercase else prompt
-    ids = torch.from_numpy(tokenizer.encode(prompt)) if prompt else torch.tensor([], dtype=torch.long)
+    ids = long_tensor(tokenizer.encode(prompt)) if prompt else torch.tensor([], dtype=torch.long)
     ids = ids if len(ids) else torch.tensor([0])
     logits, hidden = model(ids[None].to(device))  # warm the state up on the whole prompt
     generated: list[int] = []

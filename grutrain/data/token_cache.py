@@ -37,7 +37,7 @@ from grutrain.errors import GrutrainError
 
 CACHE_FORMAT = "grutrain-token-cache"
 CACHE_VERSION = 1
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 4 << 20  # small enough that the arrays of a block stay in the allocator's heap
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class CharTokenizer:
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
         points = np.array([ord(t) for t in tokens[1:]], dtype=np.int64)
-        self._table = np.zeros(int(points.max()) + 2 if len(points) else 1, dtype=np.int64)  # code point -> id
+        self._table = np.zeros(int(points.max()) + 2 if len(points) else 1, dtype=np.uint32)  # code point -> id
         self._table[points] = np.arange(1, len(tokens))
 
     @classmethod
@@ -48,17 +48,16 @@ class CharTokenizer:
 
     @staticmethod
     def count(text: str) -> Counter:
-        points, counts = np.unique(_code_points(text), return_counts=True)
-        return Counter({chr(int(p)): int(c) for p, c in zip(points, counts)})
+        counts = np.bincount(_code_points(text))  # a histogram, not a sort: linear in the text
+        return Counter({chr(int(p)): int(counts[p]) for p in np.flatnonzero(counts)})
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
 
     def encode(self, text: str) -> np.ndarray:
-        points = _code_points(text)
-        inside = points < len(self._table) - 1
-        return np.where(inside, self._table[np.where(inside, points, 0)], 0)
+        # Code points past the table's end land on its last entry, which is 0 (<unk>).
+        return self._table[np.minimum(_code_points(text), len(self._table) - 1)]
 
     def decode(self, ids) -> str:
         return "".join(self.tokens[int(i)] for i in ids)
@@ -145,7 +144,7 @@ def _lines(blocks: Iterable[str]):
 
 
 def _code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
 def load_bpe_file(path: str) -> BpeTokenizer:
