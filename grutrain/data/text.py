@@ -154,8 +154,8 @@ class WindowSampler(EpochSampler):
     def _draw_epoch(self) -> None:
         offset = int(torch.randint(0, self.seq_len, (1,), generator=self.generator))
         if self.scheme == "random":
-            starts = offset + self.seq_len * torch.arange(self.num_windows)
-            self._starts = starts[torch.randperm(self.num_windows, generator=self.generator)]
+            # = (offset + seq_len * arange(num_windows))[perm], without the two arrays of every window
+            self._starts = offset + self.seq_len * torch.randperm(self.num_windows, generator=self.generator)
         else:
             length = self.stream_len * self.global_batch
             # Views of the memmap: nothing is read until a batch slices them.
