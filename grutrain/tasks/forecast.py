@@ -236,7 +236,8 @@ class ForecastTask:
                                 "evaluate another split or pass --data")
         return HeldOut(values, observed, starts, split)
 
-    def evaluate(self, model, split: Split, device, amp_dtype=None) -> dict[str, float]:
+    def evaluate(self, model, split: Split, device, amp_dtype=None, *,
+                 whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         held = self.held_out(split)
         return evaluate_windows(model, held.values, held.observed, held.starts, self.mean, self.std, self.spec,
                                 device, amp_dtype)
