@@ -252,3 +252,19 @@ def test_old_checkpoints_without_a_tokenizer_still_evaluate(corpus_file, tmp_pat
 def test_data_config_accepts_the_tokenizers():
     for name in ("char", "word", "bytes", "bpe"):
         assert TextDataConfig(tokenizer=name).tokenizer == name
+
+
+@pytest.mark.parametrize("key, value", [("eval_chars", "many"), ("eval_source", {"path": 3})])
+def test_a_damaged_record_of_the_held_out_data_is_one_line(corpus_file, tmp_path, run_cli, key, value):
+    run_dir = tmp_path / "run"
+    fit(config(corpus_file, run_dir, data={"carry_max_tokens": 10 if key == "eval_source" else 1_000_000}),
+        progress="none")
+    payload = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert key in payload["task_state"]
+    payload["task_state"][key] = value
+    damaged = tmp_path / "damaged.pt"
+    torch.save(payload, damaged)
+    code, out, err = run_cli(["eval", damaged])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "damaged" in err and key in err, err
+    code, out, err = run_cli(["sample", damaged, "--prompt", "Alice", "--length", "5"])
+    assert code == 0 and out.startswith("Alice"), err  # sampling needs no held-out data

@@ -34,7 +34,8 @@ import numpy as np
 
 from grutrain.data import tokenizers as tk
 from grutrain.errors import GrutrainError
-from grutrain.inputs import DATA_EXPANSION, available_memory, format_bytes, open_input
+from grutrain import inputs
+from grutrain.inputs import DATA_EXPANSION, format_bytes, open_input
 
 CACHE_FORMAT = "grutrain-token-cache"
 CACHE_VERSION = 1
@@ -93,7 +94,7 @@ def check_source(path: Path) -> os.stat_result:
     with open_input(path, "data file", expansion=0) as f:
         info = os.fstat(f.fileno())
     need = min(info.st_size, BLOCK_BYTES) * DATA_EXPANSION
-    free = available_memory()
+    free = inputs.available_memory()
     if free is not None and need > free:
         raise GrutrainError(f"data file {str(path)!r} is {format_bytes(info.st_size)}, too large to tokenise with "
                             f"{format_bytes(free)} of memory free (reading it in blocks takes about "

@@ -113,7 +113,9 @@ class LanguageModelTask:
             tokens = self.held_out[split]
         else:
             tokens, chars_per_token = self._not_carried(split)
-        if self.stored is not None and len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= self.tokenizer.vocab_size):
+        # (fit's own ids come from its tokeniser; a checkpoint's are checked before they index anything)
+        if self.stored is not None and len(tokens) and \
+                (int(tokens.min()) < 0 or int(tokens.max()) >= self.tokenizer.vocab_size):
             raise GrutrainError(f"the checkpoint is damaged: its {split} tokens are outside its vocabulary; "
                                 "evaluate another checkpoint or pass --data")
         return tokens, split, chars_per_token or self._chars_per_token(split, len(tokens))
