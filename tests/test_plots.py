@@ -201,6 +201,7 @@ def test_the_calls_for_each_tasks_on_evaluation(tmp_path, text_file, monkeypatch
 
     from grutrain.config import load_config
     from grutrain.metrics import MetricsLogger
+    from grutrain.data.text import long_tensor
     from grutrain.tasks import build_task
     from grutrain.templates import starter_text
 
@@ -217,7 +218,7 @@ def test_the_calls_for_each_tasks_on_evaluation(tmp_path, text_file, monkeypatch
 
     # lm (LanguageModelTask.on_evaluation)
     task, model, val = task_for("lm", [f"data.path={text_file}", "model.hidden_size=8", "data.seq_len=8"])
-    per_position = plots.position_losses(model, task.splits.val, task.cfg.data.seq_len, device)
+    per_position = plots.position_losses(model, long_tensor(task.corpus.split("val")), task.cfg.data.seq_len, device)
     plots.log_figure(metrics, 10, "val/loss_by_position", plots.per_position_loss_figure(per_position, val["loss"]))
 
     # forecast (ForecastTask.on_evaluation)
