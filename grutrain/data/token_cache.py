@@ -314,6 +314,7 @@ def build_cache(source: Path, settings: CacheSettings, directory: Path, key: str
         for name in offsets:  # an empty split sits where it would start
             if offsets[name] == [0, 0] and name != "train":
                 offsets[name] = [n_tokens, n_tokens]
+        _readable_by_all(tmp_bin)
         os.replace(tmp_bin, directory / f"{key}.bin")
     except BaseException:
         _unlink(tmp_bin)
@@ -336,10 +337,18 @@ def _write_json_atomically(data: dict, path: Path) -> None:
             json.dump(data, f)
             f.flush()
             os.fsync(f.fileno())
+        _readable_by_all(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def _readable_by_all(path: str) -> None:
+    # mkstemp makes the file private; a cache is shared like any file the user writes (umask applies).
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _unlink(path: str) -> None:
