@@ -67,6 +67,24 @@ def fit(
         sys.stdout.write(summary["sample"] + "\n")
 
 
+@app.command(epilog="Example: grutrain prepare configs/charlm.yaml data.path=big.txt   (then grutrain fit reuses the cache)")
+def prepare(
+    config: Path = typer.Argument(..., help="YAML config of a language model, e.g. configs/bpe.yaml"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key=value, e.g. data.path=big.txt"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Tokenise the config's text file once into its token cache (fit does this itself when needed)."""
+    from grutrain.config import load_config
+    from grutrain.prepare import prepare as run_prepare
+
+    info = run_prepare(load_config(config, overrides or []), progress=not as_json)
+    if as_json:
+        sys.stdout.write(json_text.dumps(info) + "\n")
+        return
+    out.print(f"{info['tokens']:,} {info['tokenizer']} tokens (vocabulary {info['vocab_size']}, {info['dtype']}) "
+              f"in {info['cache']}  ({info['seconds']:.1f} s)")
+
+
 @app.command("eval", epilog="Example: grutrain eval runs/charlm-1/checkpoints/best.pt --split test --json")
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),

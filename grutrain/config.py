@@ -45,7 +45,18 @@ class TextDataConfig(Section):
 
     section_name: ClassVar[str] = "data"
     path: str = Field("data/alice29.txt", description="UTF-8 text file to train on")
-    tokenizer: Literal["char", "word"] = "char"
+    tokenizer: Literal["char", "word", "bytes", "bpe"] = Field(
+        "char", description="char | word | bytes (UTF-8 bytes, 256 ids) | bpe (byte-level BPE, tokenizers library)"
+    )
+    vocab_size: int = Field(4096, ge=260, le=2**20, description="bpe: ids to learn from the training block")
+    tokenizer_path: Optional[str] = Field(None, description="bpe: load this tokenizer.json instead of training one")
+    cache_dir: Optional[str] = Field(
+        None, description="where the tokenised ids are cached; null = $GRUTRAIN_CACHE_DIR or ~/.cache/grutrain/tokens"
+    )
+    carry_max_tokens: int = Field(
+        1_000_000, ge=0, description="held-out splits up to this many tokens travel inside checkpoints; "
+        "beyond it a checkpoint records the data file's path, size and hash instead"
+    )
     lowercase: bool = False
     seq_len: int = Field(64, gt=0, description="tokens per training sequence (BPTT length)")
     sampling: Literal["random", "sequential"] = Field(
@@ -222,6 +233,11 @@ class TrainConfig(Section):
     dist_timeout_s: float = Field(
         600, gt=0, description="under torchrun: how long a rank waits for the others before giving up"
     )
+    eval_tokens: Optional[int] = Field(
+        262_144, gt=0, description="lm: tokens each in-training validation reads (a fixed seeded subset); "
+        "null = the whole split. The last evaluation of fit and `grutrain eval` always read the whole split"
+    )
+
     @model_validator(mode="after")
     def _a_length(self) -> "TrainConfig":
         if self.max_steps is None and self.epochs is None:

@@ -10,7 +10,7 @@ from grutrain.errors import GrutrainError
 from grutrain.json_text import require_finite
 from grutrain.outputs import check_output
 from grutrain.runtime import resolve_device
-from grutrain.tasks import OpenedCheckpoint, open_checkpoint
+from grutrain.tasks import OpenedCheckpoint, eval_target, open_checkpoint
 
 
 @contextlib.contextmanager
@@ -30,8 +30,8 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
         plots.require_matplotlib()
         check_output(plot, "--plot", inputs=[path, data_path])
     opened = open_checkpoint(path, resolve_device(device))
-    target = Path(data_path) if data_path is not None else split
     with naming_the_file(path):
+        target = eval_target(opened.task, split, data_path)
         report = opened.task.report(opened.model, target, opened.device)
         require_finite(report, f"the metrics on {target}")  # never print nan
         result = {"checkpoint": str(path), "task": opened.cfg.task, "step": opened.step, **report}
@@ -46,4 +46,4 @@ def checkpoint_figure(path, *, split: str = "val", data_path=None, device: str =
     plots.require_matplotlib()
     opened: OpenedCheckpoint = open_checkpoint(path, resolve_device(device))
     with naming_the_file(path):
-        return opened.task.figure(opened.model, Path(data_path) if data_path is not None else split, opened.device)
+        return opened.task.figure(opened.model, eval_target(opened.task, split, data_path), opened.device)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 
 
 class TrainingProgress:
@@ -43,3 +45,16 @@ class TrainingProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+@contextmanager
+def byte_progress(label: str, total_bytes: int, enabled: bool = True):
+    """A bar with bytes/s and the time left, on stderr when it is a terminal; yields advance(n_bytes)."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task(label, total=total_bytes)
+    with bar:
+        yield lambda n: bar.advance(task, n)

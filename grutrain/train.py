@@ -325,7 +325,9 @@ def log_training(run: Run, lr: float, result: StepResult, throughput: Throughput
 def evaluate_during_fit(run: Run, metrics: MetricsLogger, bar: TrainingProgress) -> tuple[dict, str | None]:
     """Validation metrics logged, best.pt kept, early stopping consulted; returns (metrics, stop reason)."""
     step = run.state.step
-    val = run.task.evaluate(run.model, "val", run.device, run.amp_dtype)
+    # The last evaluation reads the whole split; the others may read a capped, fixed subset
+    # (lm: train.eval_tokens), so that evaluating a large corpus does not dominate training.
+    val = run.task.evaluate(run.model, "val", run.device, run.amp_dtype, whole=step == run.total_steps)
     scalars = {f"val/{name}": value for name, value in val.items()}
     metrics.log(step, scalars)
     if run.dist.is_main:
@@ -343,10 +345,11 @@ def finish(run: Run, val: dict, metrics: MetricsLogger) -> dict:
     """The final validation and test metrics, logged as final/... scalars and HParams."""
     task, device = run.task, run.device
     if not val:  # resumed a run that had already reached its last step, or stopped early
-        val = task.evaluate(run.model, "val", device, run.amp_dtype)
+        val = task.evaluate(run.model, "val", device, run.amp_dtype, whole=True)
     final = {f"val/{name}": value for name, value in val.items()}
     if task.has_split("test"):
-        final.update({f"test/{k}": v for k, v in task.evaluate(run.model, "test", device, run.amp_dtype).items()})
+        final.update({f"test/{k}": v for k, v in task.evaluate(run.model, "test", device, run.amp_dtype,
+                                                                   whole=True).items()})
     # As scalars too: TensorBoard's HParams dashboard takes its metric columns from scalar tags.
     metrics.log(run.state.step, {FINAL_PREFIX + tag: value for tag, value in final.items()})
     metrics.hparams(config_to_dict(run.cfg))

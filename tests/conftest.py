@@ -25,6 +25,12 @@ def make_text(n_sentences: int = 120, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.fixture(autouse=True)
+def _token_cache_dir(tmp_path_factory, monkeypatch):
+    """Language-model token caches go under pytest's temporary directory, not ~/.cache."""
+    monkeypatch.setenv("GRUTRAIN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"

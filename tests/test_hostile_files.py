@@ -313,11 +313,11 @@ def test_sigterm_while_reading_leaves_no_run_dir(world, tmp_path):
     # The data read made slow in a wrapper script, so the signal surely arrives during it.
     script = tmp_path / "slow_fit.py"
     script.write_text(
-        "import time, grutrain.data.text as t\n"
-        "real = t.read_input\n"
+        "import time, grutrain.data.token_cache as t\n"  # the language model's text is read by its token cache
+        "real = t.open_input\n"
         "def slow(*a, **k):\n"
         "    print('reading', flush=True); time.sleep(30); return real(*a, **k)\n"
-        "t.read_input = slow\n"
+        "t.open_input = slow\n"
         "from grutrain.cli import main\n"
         f"main(['fit', {str(config)!r}, '-q'])\n")
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from grutrain.config import TextDataConfig
@@ -127,7 +128,7 @@ class WindowSampler(EpochSampler):
 
     def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, scheme: str, seed: int,
                  rank: int = 0, world_size: int = 1):
-        self.tokens = tokens
+        self.tokens = as_numpy(tokens)  # an in-memory array or a numpy.memmap of the token cache
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.scheme = scheme
@@ -157,12 +158,13 @@ class WindowSampler(EpochSampler):
     def _draw_epoch(self) -> None:
         offset = int(torch.randint(0, self.seq_len, (1,), generator=self.generator))
         if self.scheme == "random":
-            starts = offset + self.seq_len * torch.arange(self.num_windows)
-            self._starts = starts[torch.randperm(self.num_windows, generator=self.generator)]
+            # = (offset + seq_len * arange(num_windows))[perm], without the two arrays of every window
+            self._starts = offset + self.seq_len * torch.randperm(self.num_windows, generator=self.generator)
         else:
             length = self.stream_len * self.global_batch
-            self._inputs = self.tokens[offset : offset + length].view(self.global_batch, -1)[self.rows]
-            self._targets = self.tokens[offset + 1 : offset + 1 + length].view(self.global_batch, -1)[self.rows]
+            # Views of the memmap: nothing is read until a batch slices them.
+            self._inputs = self.tokens[offset : offset + length].reshape(self.global_batch, -1)[self.rows]
+            self._targets = self.tokens[offset + 1 : offset + 1 + length].reshape(self.global_batch, -1)[self.rows]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(inputs, targets, starts_epoch); starts_epoch says a carried hidden state must be reset."""
@@ -170,38 +172,68 @@ class WindowSampler(EpochSampler):
         L, G = self.seq_len, self.global_batch
         if self.scheme == "random":
             starts = self._starts[k * G : (k + 1) * G][self.rows]
-            idx = starts[:, None] + torch.arange(L)  # [B, L]
+            idx = (starts[:, None] + torch.arange(L)).numpy()  # [B, L]
             inputs, targets = self.tokens[idx], self.tokens[idx + 1]
         else:
             inputs = self._inputs[:, k * L : (k + 1) * L]
             targets = self._targets[:, k * L : (k + 1) * L]
-        return inputs, targets, starts_epoch
+        return long_tensor(inputs), long_tensor(targets), starts_epoch
 
 
-def eval_streams(tokens: torch.Tensor, seq_len: int, max_streams: int):
+def as_numpy(tokens) -> np.ndarray:
+    return tokens.cpu().numpy() if isinstance(tokens, torch.Tensor) else tokens
+
+
+def long_tensor(ids: np.ndarray) -> torch.Tensor:
+    """Token ids (uint8/16/32 from the cache) as the int64 tensor embeddings and losses take."""
+    return torch.from_numpy(np.asarray(ids, dtype=np.int64))
+
+
+def eval_streams(tokens, seq_len: int, max_streams: int, max_tokens: int | None = None, seed: int = 0):
     """Yield (inputs, targets, rows) chunks covering every target token of a split exactly once.
 
     The split is laid out as S parallel streams read left to right, so the hidden state is
     carried through each stream and every prediction has the context before it. `rows` says
     which rows of the carried state a chunk continues: all of them, except for the few tokens
     left over after the last stream, which continue that stream alone.
+
+    With `max_tokens` below the split's size only about that many targets are read: S stretches
+    at seeded offsets, one in each S-th of the split, the same ones every time (comparable curves).
     """
+    tokens = as_numpy(tokens)
     n = len(tokens) - 1  # number of targets
+    if max_tokens is not None and n > max_tokens:
+        yield from _capped_streams(tokens, n, seq_len, max_streams, max_tokens, seed)
+        return
     streams = max(1, min(max_streams, n // seq_len))
     length = n // streams
-    inputs = tokens[: streams * length].view(streams, length)
-    targets = tokens[1 : streams * length + 1].view(streams, length)
+    inputs = tokens[: streams * length].reshape(streams, length)
+    targets = tokens[1 : streams * length + 1].reshape(streams, length)
     for start in range(0, length, seq_len):
-        yield inputs[:, start : start + seq_len], targets[:, start : start + seq_len], slice(None)
+        yield long_tensor(inputs[:, start : start + seq_len]), long_tensor(targets[:, start : start + seq_len]), slice(None)
     tail = streams * length
     if tail < n:
-        yield tokens[tail:n][None], tokens[tail + 1 : n + 1][None], slice(streams - 1, streams)
+        yield long_tensor(tokens[tail:n][None]), long_tensor(tokens[tail + 1 : n + 1][None]), slice(streams - 1, streams)
 
 
-def bigram_perplexity(train: torch.Tensor, split: torch.Tensor, vocab_size: int) -> float:
+def _capped_streams(tokens: np.ndarray, n: int, seq_len: int, max_streams: int, max_tokens: int, seed: int):
+    streams = max(1, min(max_streams, max_tokens // seq_len))
+    length = max(1, max_tokens // streams)
+    stretch = n // streams
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, max(stretch - length, 0) + 1, (streams,), generator=generator)
+    starts = [i * stretch + int(o) for i, o in enumerate(offsets)]
+    inputs = np.stack([tokens[s : s + length] for s in starts])  # [S, length]: only these are read
+    targets = np.stack([tokens[s + 1 : s + length + 1] for s in starts])
+    for start in range(0, length, seq_len):
+        yield long_tensor(inputs[:, start : start + seq_len]), long_tensor(targets[:, start : start + seq_len]), slice(None)
+
+
+def bigram_perplexity(train, split, vocab_size: int) -> float:
     """Perplexity of an add-one smoothed bigram model fitted on train, scored on split."""
-    counts = torch.ones(vocab_size, vocab_size, dtype=torch.float64)
-    counts.index_put_((train[:-1], train[1:]), torch.ones(len(train) - 1, dtype=torch.float64), accumulate=True)
-    log_probs = (counts / counts.sum(1, keepdim=True)).log()
+    train, split = as_numpy(train).astype(np.int64), as_numpy(split).astype(np.int64)
+    counts = 1.0 + np.bincount(train[:-1] * vocab_size + train[1:], minlength=vocab_size * vocab_size)
+    counts = counts.reshape(vocab_size, vocab_size)
+    log_probs = np.log(counts / counts.sum(1, keepdims=True))
     nll = -log_probs[split[:-1], split[1:]].mean()
-    return float(nll.exp())
+    return float(np.exp(nll))

@@ -17,7 +17,7 @@ from grutrain.capacity import check_model_loads
 from grutrain.checkpoint import load_checkpoint
 from grutrain.config import Config, validate_config
 from grutrain.errors import GrutrainError
-from grutrain.tasks.base import Task
+from grutrain.tasks.base import Split, Task
 
 TASK_CLASSES = {
     "lm": ("grutrain.tasks.lm", "LanguageModelTask"),
@@ -79,3 +79,18 @@ def open_checkpoint(path: str | Path, device: torch.device) -> OpenedCheckpoint:
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise GrutrainError(f"{path}: the weights are not finite (NaN or inf); use an earlier checkpoint")
     return OpenedCheckpoint(task, model.to(device).eval(), payload, path, device)
+
+
+def eval_target(task: Task, split: str, data_path: str | Path | None) -> Split:
+    """What `grutrain eval --split SPLIT [--data FILE]` reads: the held-out split, or all of FILE.
+
+    A checkpoint that records where its held-out data is instead of carrying it (lm beyond
+    data.carry_max_tokens) takes FILE as that data file at its new place when it is the same
+    file (size and sha256): then the split is still SPLIT (the task's `relocate`).
+    """
+    if data_path is None:
+        return split
+    relocate = getattr(task, "relocate", None)
+    if relocate is not None and relocate(Path(data_path)):
+        return split
+    return Path(data_path)

@@ -62,8 +62,11 @@ class Task(Protocol):
     def has_split(self, split: str) -> bool: ...
 
     def evaluate(self, model: nn.Module, split: Split, device: torch.device,
-                 amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """The metrics logged as val/<name> during fit (loss first)."""
+                 amp_dtype: torch.dtype | None = None, *, whole: bool = True) -> dict[str, float]:
+        """The metrics logged as val/<name> during fit (loss first).
+
+        whole=False (fit's evaluations before the last) lets a task read a fixed, capped subset of
+        a large split (lm: train.eval_tokens); whole=True, the default of every command, reads all of it."""
 
     def report(self, model: nn.Module, split: Split, device: torch.device) -> dict:
         """What `grutrain eval` prints: the split's name and size, the metrics, the baselines on the same data."""

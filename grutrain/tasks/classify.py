@@ -99,7 +99,8 @@ class ClassifyTask:
             raise GrutrainError(f"the {name} split has no examples; nothing to evaluate (try --split val or --data FILE)")
         return class_logits(model, data.xs, device, amp_dtype), data, name
 
-    def evaluate(self, model, split: SplitName, device, amp_dtype=None) -> dict[str, float]:
+    def evaluate(self, model, split: SplitName, device, amp_dtype=None, *,
+                 whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         logits, data, name = self._logits(model, split, device, amp_dtype)
         metrics, confusion = classification_metrics(logits, data.ys, len(self.encoder.labels))
         self._confusion[name] = confusion

@@ -1,9 +1,12 @@
-"""Character- (or word-) level language modelling: predict token t+1 from the tokens up to t.
+"""Language modelling: predict token t+1 from the tokens up to t (char, word, bytes or BPE tokens).
 
-Evaluation reads a split as EVAL_STREAMS parallel streams, carrying the state along each, so
-every prediction has the text before it as context. The number of streams is fixed, not the
-training batch: the loss logged during fit is the loss `grutrain eval` prints for the same
-checkpoint, whatever the batch size, accumulation or number of processes.
+The text is tokenised once into a memory-mapped token cache (data/token_cache.py), so resident
+memory does not grow with the corpus. Evaluation reads a split as EVAL_STREAMS parallel streams,
+carrying the state along each, so every prediction has the text before it as context. The number
+of streams is fixed, not the training batch: the loss logged during fit is the loss `grutrain eval`
+prints for the same checkpoint, whatever the batch size, accumulation or number of processes.
+Fit's evaluations before the last may read only a fixed, seeded subset of train.eval_tokens
+tokens; the last one, the test metrics and `grutrain eval` read the whole split.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from grutrain import plots
-from grutrain.data.text import (Vocabulary, WindowSampler, bigram_perplexity, detokenize, eval_streams,
-                                load_text_splits, read_text_file, tokenize)
+from grutrain.data import lm_corpus
+from grutrain.data.text import WindowSampler, bigram_perplexity, detokenize, eval_streams, long_tensor, tokenize
+from grutrain.data.tokenizers import tokenizer_from_task_state
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.runtime import evaluating
@@ -24,6 +29,9 @@ from grutrain.tasks.base import Split
 
 EVAL_STREAMS = 64  # parallel streams an evaluated split is laid out in
 SPLITS = ("val", "test")
+BASELINE_MAX_TOKENS = 10_000_000  # the bigram baseline reads at most this much of each split
+BASELINE_MAX_VOCAB = 8192  # and needs a V x V table
+UNITS = {"char": "character", "bytes": "byte", "bpe": "token", "word": "word"}
 
 
 class LanguageModelTask:
@@ -33,23 +41,31 @@ class LanguageModelTask:
     carries_state = False
     items_per_batch = 0
 
-    def __init__(self, cfg, vocab: Vocabulary, held_out: dict[str, torch.Tensor] | None):
+    def __init__(self, cfg, tokenizer, held_out: dict | None, chars: dict | None, stored: dict | None = None):
         self.cfg = cfg
-        self.vocab = vocab
-        self.held_out = held_out  # {"val": [N] ids, "test": [N] ids}; None: the checkpoint's were damaged
-        self.train_tokens: torch.Tensor | None = None
+        self.tokenizer = tokenizer  # data/tokenizers.py: char, word, bytes or bpe; travels in task_state
+        # {"val": ids, "test": ids} (memmaps of the cache in fit, tensors from a checkpoint); None: not
+        # inside the checkpoint (recorded by place, or damaged): tokens() finds or refuses them
+        self.held_out = held_out
+        self.chars = chars  # characters in each held-out split (bpc is per character); None: not recorded
+        self.stored = stored  # the task_state this task was opened from (None in fit)
+        self.corpus = None  # fit: the memory-mapped token cache
+        self.train_tokens = None
+        self.source_path: Path | None = None  # --data: where a checkpoint's recorded data file is now
 
     @classmethod
     def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
                     world_size: int = 1) -> "LanguageModelTask":
-        vocab = _stored_vocab(saved["task_state"]) if saved else None  # a resumed run keeps its vocabulary
-        splits = load_text_splits(cfg.data, vocab=vocab)
-        if len(splits.val) < 2:
-            raise GrutrainError(f"the validation split has {len(splits.val)} tokens; raise data.val_fraction "
-                                "or use a longer data file")
-        task = cls(cfg, splits.vocab, {"val": splits.val, "test": splits.test})
-        task.train_tokens = splits.train
-        task.sampler = WindowSampler(splits.train, cfg.data.seq_len, rows_per_step, cfg.data.sampling,
+        # The ids are memory-mapped from the token cache: resident memory does not grow with the corpus.
+        corpus = lm_corpus.open_training_corpus(cfg.data, saved["task_state"] if saved else None, rank,
+                                                wait_s=cfg.train.dist_timeout_s)
+        if len(corpus.split("val")) < 2:
+            raise GrutrainError(f"the validation split has {len(corpus.split('val'))} tokens; raise "
+                                "data.val_fraction or use a longer data file")
+        task = cls(cfg, corpus.tokenizer, {split: corpus.split(split) for split in SPLITS},
+                   {split: corpus.chars[split] for split in SPLITS})
+        task.corpus, task.train_tokens = corpus, corpus.split("train")
+        task.sampler = WindowSampler(task.train_tokens, cfg.data.seq_len, rows_per_step, cfg.data.sampling,
                                      seed=cfg.train.seed + 1, rank=rank, world_size=world_size)
         task.carries_state = cfg.data.sampling == "sequential"
         task.items_per_batch = task.sampler.global_batch * cfg.data.seq_len  # tokens
@@ -57,17 +73,17 @@ class LanguageModelTask:
 
     @classmethod
     def from_checkpoint(cls, cfg, task_state: dict) -> "LanguageModelTask":
-        vocab = _stored_vocab(task_state)
+        tokenizer = tokenizer_from_task_state(task_state, cfg.data.tokenizer)
+        chars = task_state.get("eval_chars")
         stored = task_state.get("eval_tokens")
-        if stored is None:  # written without its held-out text: read it again from data.path
-            splits = load_text_splits(cfg.data, vocab=vocab)
-            return cls(cfg, vocab, {"val": splits.val, "test": splits.test})
-        if not isinstance(stored, dict) or not all(_is_token_tensor(stored.get(s)) for s in SPLITS):
-            return cls(cfg, vocab, None)  # sample and export need no held-out text; eval says what is wrong
-        return cls(cfg, vocab, {split: stored[split].long() for split in SPLITS})
+        held_out = None  # sample and export need no held-out text; eval finds it or says what is wrong
+        if isinstance(stored, dict) and all(_is_token_tensor(stored.get(s)) for s in SPLITS):
+            held_out = {split: stored[split].cpu().long() for split in SPLITS}
+        return cls(cfg, tokenizer, held_out, chars, stored=task_state)
 
     def build_model(self) -> SequenceModel:
-        return SequenceModel(self.cfg.model, len(self.vocab), vocab_size=len(self.vocab), per_step=True)
+        V = self.tokenizer.vocab_size
+        return SequenceModel(self.cfg.model, V, vocab_size=V, per_step=True)
 
     def loss(self, model, batch, hidden):
         inputs, targets = batch  # [B, T] each
@@ -77,57 +93,100 @@ class LanguageModelTask:
     def has_split(self, split: str) -> bool:
         return self.held_out is not None and len(self.held_out[split]) > 1
 
-    def tokens(self, split: Split) -> tuple[torch.Tensor, str]:
-        """(token ids, name) of a held-out split or of a whole text file."""
+    def relocate(self, path: Path) -> bool:
+        """Whether `path` (eval --data) is the data file this checkpoint recorded its held-out splits in,
+        at a new place: then eval reads the recorded split from it rather than all of it."""
+        source = (self.stored or {}).get("eval_source")
+        if self.held_out is not None or source is None:
+            return False
+        if lm_corpus.same_file(path, lm_corpus.check_source_record(source)):
+            self.source_path = path
+            return True
+        return False
+
+    def tokens(self, split: Split) -> tuple[np.ndarray | torch.Tensor, str, float]:
+        """(token ids, name, characters per token) of a held-out split or of a whole text file."""
         if isinstance(split, Path):
-            text = read_text_file(split)
-            return self.vocab.encode(tokenize(text, self.cfg.data.tokenizer, self.cfg.data.lowercase)), str(split)
-        if self.held_out is None:
-            raise GrutrainError("the checkpoint is damaged: its held-out tokens are not two 1-D integer tensors "
-                                "(val, test); evaluate another checkpoint or pass --data")
-        tokens = self.held_out[split]
-        if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= len(self.vocab)):
+            ids, chars = lm_corpus.encode_file(self.tokenizer, split, self.cfg.data.lowercase)
+            return ids, str(split), chars / len(ids) if len(ids) else 1.0
+        chars_per_token = None
+        if self.held_out is not None:
+            tokens = self.held_out[split]
+        else:
+            tokens, chars_per_token = self._not_carried(split)
+        # (fit's own ids come from its tokeniser; a checkpoint's are checked before they index anything)
+        if self.stored is not None and len(tokens) and \
+                (int(tokens.min()) < 0 or int(tokens.max()) >= self.tokenizer.vocab_size):
             raise GrutrainError(f"the checkpoint is damaged: its {split} tokens are outside its vocabulary; "
                                 "evaluate another checkpoint or pass --data")
-        return tokens, split
+        return tokens, split, chars_per_token or self._chars_per_token(split, len(tokens))
 
-    def evaluate(self, model, split: Split, device, amp_dtype=None) -> dict[str, float]:
-        tokens, name = self.tokens(split)
+    def _not_carried(self, split: str) -> tuple[np.ndarray, float | None]:
+        state = self.stored or {}
+        if "eval_source" in state:  # a large corpus: the checkpoint says where its held-out splits are
+            source = lm_corpus.check_source_record(state["eval_source"])
+            return lm_corpus.recorded_split(source, self.cfg.data, self.tokenizer.state(), split,
+                                            self.source_path), None
+        if "eval_tokens" not in state:  # written without its held-out text: read it again from data.path
+            return lm_corpus.config_split(self.cfg.data, self.tokenizer.state(), split)
+        raise GrutrainError("the checkpoint is damaged: its held-out tokens are not two 1-D integer tensors "
+                            "(val, test); evaluate another checkpoint or pass --data")
+
+    def _chars_per_token(self, split: str, n_tokens: int) -> float:
+        if self.chars is None:
+            return 1.0  # checkpoints from before bpc was per character: char or word level, 1 per token
+        chars = self.chars.get(split) if isinstance(self.chars, dict) else None
+        if not isinstance(chars, int) or isinstance(chars, bool) or chars < 0:
+            raise GrutrainError("the checkpoint is damaged: its held-out character counts (eval_chars) are not "
+                                "two integers (val, test)")
+        return chars / n_tokens if chars and n_tokens else 1.0
+
+    def evaluate(self, model, split: Split, device, amp_dtype=None, *, whole: bool = True) -> dict[str, float]:
+        """whole=False (fit's evaluations before the last): at most train.eval_tokens, a fixed seeded subset."""
+        tokens, name, chars_per_token = self.tokens(split)
         if len(tokens) < 2:
             raise GrutrainError(f"the {name} split has {len(tokens)} tokens; nothing to evaluate")
-        return evaluate_lm(model, tokens, self.cfg.data.seq_len, device, amp_dtype)
+        cap = None if whole else self.cfg.train.eval_tokens
+        return evaluate_lm(model, tokens, self.cfg.data.seq_len, device, amp_dtype, max_tokens=cap,
+                           seed=self.cfg.train.seed, chars_per_token=chars_per_token)
 
     def report(self, model, split: Split, device) -> dict:
-        tokens, name = self.tokens(split)
+        tokens, name, _ = self.tokens(split)
         return {"split": name, "tokens": len(tokens) - 1, **self.evaluate(model, split, device)}
 
     def baselines(self) -> dict[str, float]:
-        return {"val/bigram_perplexity": bigram_perplexity(self.train_tokens, self.held_out["val"], len(self.vocab))}
+        V = self.tokenizer.vocab_size
+        if V > BASELINE_MAX_VOCAB:
+            return {}
+        train, val = self.train_tokens[:BASELINE_MAX_TOKENS], self.held_out["val"][:BASELINE_MAX_TOKENS]
+        return {"val/bigram_perplexity": bigram_perplexity(train, val, V)}
 
     def state(self) -> dict:
-        return {
-            "vocab": self.vocab.tokens,
-            # The held-out splits travel with the model, so `grutrain eval` needs only the checkpoint.
-            "eval_tokens": {split: self.held_out[split].to(torch.int32) for split in SPLITS},
-        }
+        if self.corpus is None:
+            return self.stored
+        # Small held-out splits travel with the model, so `grutrain eval` needs only the checkpoint;
+        # large ones are recorded by the data file's path, size and hash.
+        return lm_corpus.checkpoint_state(self.corpus, self.cfg.data)
 
     def on_evaluation(self, model, device, step: int, logger) -> None:
         text = self._sample_during_fit(model, device)
         if text:
             logger.text(step, "sample", text)
         if plots.have_matplotlib():  # the plot extra; without it TensorBoard just has no figure
-            losses = position_losses(model, self.held_out["val"], self.cfg.data.seq_len, device)
+            val = self.held_out["val"][: self.cfg.train.eval_tokens or None]  # capped like the evaluation
+            losses = position_losses(model, long_tensor(val), self.cfg.data.seq_len, device)
             logger.figure(step, "val/loss_by_position", plots.per_position_loss_figure(losses))
 
     def final_extras(self, model, device) -> dict:
         return {"sample": self._sample_during_fit(model, device)}
 
     def figure(self, model, split: Split, device):
-        tokens, name = self.tokens(split)
+        tokens, name, _ = self.tokens(split)
+        tokens = long_tensor(tokens)
         seq_len = self.cfg.data.seq_len
         per_position = position_losses(model, tokens, seq_len, device)
         carried = evaluate_lm(model, tokens, seq_len, device)["loss"]
-        unit = "character" if self.cfg.data.tokenizer == "char" else "word"
+        unit = UNITS[self.tokenizer.kind]
         name = Path(name).name if isinstance(split, Path) else name
         return plots.per_position_loss_figure(per_position, carried, unit=unit,
                                               title=f"{name}: loss by position in windows of {seq_len} {unit}s")
@@ -137,21 +196,33 @@ class LanguageModelTask:
 
     def usage(self) -> dict:
         data = self.cfg.data
-        return {"vocab": list(self.vocab.tokens), "tokenizer": data.tokenizer, "lowercase": data.lowercase,
-                "preprocessing": "tokens: ids in `vocab` (0 = <unk>) of the text split by `tokenizer` "
-                                 "(char: every character; word: \\w+ runs and single punctuation marks), "
-                                 "lowercased first when `lowercase` is true; hidden: zeros to start, then the "
-                                 "previous call's hidden_out to continue a text",
-                "postprocessing": "softmax(logits[:, t]) is the distribution of the token after position t"}
+        kind = self.tokenizer.kind
+        usage = {"vocab": list(self.tokenizer.tokens), "tokenizer": kind, "lowercase": data.lowercase}
+        if kind == "bpe":
+            usage["tokenizer_json"] = self.tokenizer.state()["tokenizer_json"]
+        split = {"char": "every character", "word": "\\w+ runs and single punctuation marks",
+                 "bytes": "the UTF-8 bytes of the text (ids 0-255, no <unk>)",
+                 "bpe": "the byte-level BPE of `tokenizer_json` (Hugging Face tokenizers' Tokenizer.from_str)"}[kind]
+        unk = " (0 = <unk>)" if self.tokenizer.unk_id == 0 else ""
+        usage.update({
+            "preprocessing": f"tokens: ids in `vocab`{unk} of the text split by `tokenizer` ({kind}: {split}), "
+                             "lowercased first when `lowercase` is true; hidden: zeros to start, then the "
+                             "previous call's hidden_out to continue a text",
+            "postprocessing": "softmax(logits[:, t]) is the distribution of the token after position t"})
+        return usage
 
     def sample(self, model, prompt: str, length: int, *, temperature: float = 1.0, top_k: int | None = None,
                seed: int | None = None, device: torch.device = torch.device("cpu")) -> str:
         """The prompt followed by `length` generated tokens; the same seed gives the same text."""
-        data = self.cfg.data
-        prompt_tokens = tokenize(prompt, data.tokenizer, data.lowercase)
-        generated = generate(model, self.vocab.encode(prompt_tokens), length, temperature=temperature, top_k=top_k,
-                             seed=seed, device=device)
-        return detokenize(prompt_tokens + self.vocab.decode(generated), data.tokenizer)
+        tokenizer = self.tokenizer
+        prompt = prompt.lower() if self.cfg.data.lowercase else prompt
+        prompt_ids = long_tensor(tokenizer.encode(prompt)) if prompt else torch.zeros(0, dtype=torch.long)
+        generated = generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, seed=seed,
+                             device=device, unk_id=tokenizer.unk_id)
+        if tokenizer.kind in ("char", "word"):  # the prompt as written, even its characters the vocabulary lacks
+            return detokenize(tokenize(prompt, tokenizer.kind) + [tokenizer.tokens[i] for i in generated],
+                              tokenizer.kind)
+        return prompt + tokenizer.decode(generated)
 
     def _sample_during_fit(self, model, device) -> str:
         settings = self.cfg.sample
@@ -161,24 +232,19 @@ class LanguageModelTask:
                            device=device)
 
 
-def _stored_vocab(task_state: dict) -> Vocabulary:
-    vocab = task_state.get("vocab")
-    if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
-        raise GrutrainError("the checkpoint is damaged: it has no vocabulary (a list of strings)")
-    return Vocabulary(vocab)
-
-
 def _is_token_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() == 1 and not value.is_floating_point() \
         and not value.is_complex() and value.dtype != torch.bool
 
 
-def evaluate_lm(model, tokens: torch.Tensor, seq_len: int, device: torch.device,
-                autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Mean next-token loss over every token of `tokens`, carrying the hidden state along each stream."""
+def evaluate_lm(model, tokens, seq_len: int, device: torch.device, autocast_dtype: torch.dtype | None = None, *,
+                max_tokens: int | None = None, seed: int = 0, chars_per_token: float = 1.0) -> dict[str, float]:
+    """Mean next-token loss over every token of `tokens` (or a fixed seeded subset of about max_tokens),
+    carrying the hidden state along each stream. bpc is bits per character: bits per token divided by
+    characters per token, so models with different tokenisers compare."""
     total, count, hidden = 0.0, 0, None
     with evaluating(model):
-        for inputs, targets, rows in eval_streams(tokens, seq_len, EVAL_STREAMS):
+        for inputs, targets, rows in eval_streams(tokens, seq_len, EVAL_STREAMS, max_tokens, seed):
             inputs, targets = inputs.to(device), targets.to(device)
             hidden = hidden[:, rows] if hidden is not None else None
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -186,7 +252,7 @@ def evaluate_lm(model, tokens: torch.Tensor, seq_len: int, device: torch.device,
             total += float(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum"))
             count += targets.numel()
     loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2) / chars_per_token}
 
 
 def position_losses(model, tokens: torch.Tensor, seq_len: int, device, batch_size: int = 64) -> list[float]:
@@ -208,9 +274,9 @@ def position_losses(model, tokens: torch.Tensor, seq_len: int, device, batch_siz
 
 
 def generate(model, prompt_ids: torch.Tensor, length: int, *, temperature: float = 1.0, top_k: int | None = None,
-             seed: int | None = None, device: torch.device = torch.device("cpu")) -> list[int]:
-    """`length` token ids sampled after `prompt_ids` ([P]; empty: start from <unk>), with temperature
-    (0: always the most likely token) and top-k; the same seed gives the same ids."""
+             seed: int | None = None, device: torch.device = torch.device("cpu"), unk_id: int | None = 0) -> list[int]:
+    """`length` token ids sampled after `prompt_ids` ([P]; empty: start from id 0), with temperature
+    (0: always the most likely token) and top-k, never `unk_id`; the same seed gives the same ids."""
     generator = torch.Generator(device="cpu")
     if seed is not None:
         generator.manual_seed(seed)
@@ -222,7 +288,8 @@ def generate(model, prompt_ids: torch.Tensor, length: int, *, temperature: float
         logits, hidden = model(ids[None].to(device))  # warm the state up on the whole prompt
         for _ in range(length):
             last = logits[0, -1].float().cpu()  # [V]
-            last[0] = float("-inf")  # never emit <unk>: it stands for text the model could not learn
+            if unk_id is not None:
+                last[unk_id] = float("-inf")  # never emit <unk>: it stands for text the model could not learn
             if temperature <= 0:
                 next_id = int(last.argmax())
             else:

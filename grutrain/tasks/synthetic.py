@@ -152,7 +152,8 @@ class SyntheticTask:
                                 "checkpoint's config and seed; leave out --data and pick --split val or test")
         return split
 
-    def evaluate(self, model, split: SplitName, device, amp_dtype=None) -> dict[str, float]:
+    def evaluate(self, model, split: SplitName, device, amp_dtype=None, *,
+                 whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         return evaluate_split(self.cfg, model, self.split(self._check_split(split)), device, amp_dtype)
 
     def report(self, model, split: SplitName, device) -> dict:
