@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from grutrain.checkpoint import check_training_state
-from grutrain.config import Config, config_to_dict, flatten_config
+from grutrain.config import Config, config_to_dict, flatten_config, validate_config
 from grutrain.errors import GrutrainError
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.
@@ -19,7 +19,11 @@ def check_resumable(saved: dict, config: Config, world_size: int, path: Path) ->
     (batch_size x accumulate x processes) stays the same: then the data order is the same too.
     """
     check_training_state(saved, path)
-    before, now = flatten_config(saved["config"]), flatten_config(config_to_dict(config))
+    try:  # the run's config with today's defaults for keys added since it was written
+        before = flatten_config(config_to_dict(validate_config(saved["config"])))
+    except GrutrainError as exc:
+        raise GrutrainError(f"cannot resume {str(path)!r}: its config is no longer valid ({exc})") from None
+    now = flatten_config(config_to_dict(config))
     changed = sorted(k for k in before.keys() | now.keys()
                      if k not in RESUMABLE_CHANGES | {"train.batch_size"} and before.get(k) != now.get(k))
     if changed:

@@ -363,8 +363,12 @@ def test_an_io_error_while_reading_is_one_line(world, run_cli, tmp_path, monkeyp
 
     import grutrain.inputs
 
-    config = write_yaml(tmp_path / "c.yaml", tiny_config(world["root"], run={"dir": str(tmp_path / "r")}))
-    bad = {"config": config, "data": world["corpus"], "checkpoint": world["best"]}[what]
+    # The data as a file of its own: the world's corpus already has a token cache, which fit would reuse.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(world["corpus"].read_bytes())
+    config = write_yaml(tmp_path / "c.yaml", tiny_config(world["root"], run={"dir": str(tmp_path / "r")},
+                                                         data={"path": str(corpus)}))
+    bad = {"config": config, "data": corpus, "checkpoint": world["best"]}[what]
     real_fdopen = os.fdopen
 
     class FailingReads(io.RawIOBase):

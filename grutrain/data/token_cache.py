@@ -107,9 +107,9 @@ def iter_text(path: Path, lowercase: bool, block_bytes: int = BLOCK_BYTES,
     """The file's text in blocks, universal newlines, each block cut after its last newline."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     carry, offset = "", 0
-    with open(path, "rb") as f:
+    with open_input(path, "data file", expansion=0) as f:  # a regular file; streamed, so no size bound
         while True:
-            raw = f.read(block_bytes)
+            raw = _read_block(f, block_bytes, path)
             final = not raw
             if offset == 0 and b"\x00" in raw[:65536]:
                 raise GrutrainError(f"data file {str(path)!r} looks binary (it contains NUL bytes); give a UTF-8 text file")
@@ -157,10 +157,18 @@ def iter_split_text(blocks: Iterator[str], bounds) -> Iterator[tuple[str, str]]:
         position = end
 
 
+def _read_block(f, size: int, path: Path) -> bytes:
+    """The next block of an open data file; an I/O error (EIO, a vanished network mount) is one line."""
+    try:
+        return f.read(size)
+    except OSError as exc:
+        raise GrutrainError(f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from None
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(BLOCK_BYTES):
+    with open_input(path, "data file", expansion=0) as f:
+        while chunk := _read_block(f, BLOCK_BYTES, path):
             digest.update(chunk)
     return digest.hexdigest()
 
