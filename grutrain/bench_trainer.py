@@ -56,7 +56,8 @@ def _bare_loop_tokens_per_s(path: str, steps: int, warmup: int, device, backend:
     """nanoGPT-style: the same model, data and optimizer in a plain loop with nothing around it.
 
     backend "torch" swaps in torch.nn.GRU: the loop a PyTorch user would write without grutrain."""
-    from grutrain.config import ModelConfig, TextDataConfig
+    from grutrain.config import ModelConfig
+    from grutrain.config_data import TextDataConfig
     from grutrain.data.text import WindowSampler, load_text_splits
 
     splits = load_text_splits(TextDataConfig(path=path, **TRAINER_DATA))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grutrain.config import TextDataConfig
+from grutrain.config_data import TextDataConfig
 from grutrain.data.batching import EpochSampler
 from grutrain.errors import GrutrainError
 from grutrain.inputs import read_input
