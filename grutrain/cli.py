@@ -323,6 +323,31 @@ def init(
               file=sys.stderr)
 
 
+def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class `name`: typer 0.2x carries its own copy of click (typer._click), older
+    typers use click itself; either may raise it."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_USAGE_ERRORS = _click_exceptions("UsageError")
+_ABORTS = _click_exceptions("Abort")
+
+
+def _usage_line(exc) -> str:
+    """A usage error as one line: what is wrong, the command's usage, where the help is."""
+    message = " ".join(exc.format_message().split())
+    if exc.ctx is None:
+        return message
+    usage = " ".join(exc.ctx.get_usage().split())
+    return f"{message.rstrip('.')}. {usage} (see '{exc.ctx.command_path} --help')"
+
+
 def _fail(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -335,12 +360,22 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         _fail(problem)
     try:
-        app(args=argv, prog_name="grutrain")
+        # standalone_mode=False: usage errors come back here, to be told in one line like any other.
+        code = app(args=argv, prog_name="grutrain", standalone_mode=False)
+        raise SystemExit(code if isinstance(code, int) else 0)
     except SystemExit as exc:
         problem = streams.finish_stdout()  # a full disk shows only when stdout is flushed
         if problem and not exc.code:
             _fail(problem)
         raise
+    except _USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `grutrain`: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        _fail(_usage_line(exc), exc.exit_code)
+    except _ABORTS:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
     except GrutrainError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

@@ -503,6 +503,7 @@ def test_usage_errors_exit_2(trained, run_cli, args, tmp_path, monkeypatch):
     assert code == 2
     assert "Traceback" not in err
     assert "Usage:" in err or "Usage:" in out
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")  # one line, like every error
     assert not (tmp_path / "runs").exists()
 
 
