@@ -202,8 +202,7 @@ def _check_types(payload: dict, expected: dict[str, type], name: str) -> None:
 
 
 # Version 1 kept the loop's state and the task's state at the top level (classify nested its own).
-_V1_TRAINER_KEYS = ("step", "epoch", "monitor", "loss_window", "skipped_steps", "bad_in_a_row", "wall_time_s",
-                    "global_batch", "world_size")
+_V1_TRAINER_KEYS = tuple(TrainerState.__dataclass_fields__)  # the same names, then at the top level
 # Config keys that moved: version 1 had the language model's sampling settings under train.
 _V1_MOVED_KEYS = {("train", "sample_length"): ("sample", "length"), ("train", "sample_prompt"): ("sample", "prompt")}
 

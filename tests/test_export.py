@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-from grutrain.checkpoint import load_checkpoint
 from grutrain.cli import main
 from grutrain.config import ModelConfig
 from grutrain.errors import GrutrainError

@@ -204,7 +204,7 @@ def test_eval_on_another_csv_uses_every_window_and_the_stored_normalisation(trai
     assert result["seasonal_naive_rmse"] == pytest.approx(errors_by_hand(seasonal, actual)["rmse"])
     # The model's MAE by hand: its forecasts with the checkpoint's normalisation, not the new file's.
     opened = open_checkpoint(trained["last"], torch.device("cpu"))
-    model, cfg = opened.model, opened.cfg
+    model = opened.model
     norm = opened.payload["task_state"]["normalisation"]
     mean, std = np.array(norm["mean"]), np.array(norm["std"])
     both = np.array([[float(r[1]), float(r[2])] for r in rows])

@@ -9,7 +9,6 @@ from datetime import date, timedelta
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from grutrain.config import validate_config

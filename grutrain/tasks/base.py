@@ -88,5 +88,8 @@ class Task(Protocol):
     def predict(self, model: nn.Module, input_path: Path, device: torch.device) -> list[dict]:
         """One row per prediction for new inputs (forecast, classify); others raise GrutrainError."""
 
+    # Optional: relocate(path) -> bool, for a task whose checkpoint records where its held-out data is
+    # instead of carrying it (lm): True when `path` is that data file at a new place (eval_target).
+
     def usage(self) -> dict:
         """What it takes to turn raw data into the model's inputs and its outputs into answers (export's JSON)."""
