@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from grutrain.errors import GrutrainError
-from grutrain.inputs import available_memory, format_bytes
+from grutrain.files.inputs import available_memory, format_bytes
 
 
 def parameter_count(build) -> int:

@@ -16,7 +16,7 @@ from typing import List, Literal, Optional
 import typer
 from rich.console import Console
 
-from grutrain import json_text
+from grutrain.files import json_text
 from grutrain.errors import GrutrainError
 
 app = typer.Typer(
@@ -42,13 +42,13 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing while training"),
 ) -> None:
     """Train a model as CONFIG says, with key=value overrides."""
-    from grutrain.config import config_to_yaml, load_config
+    from grutrain.config.schema import config_to_yaml, load_config
 
     cfg = load_config(config, overrides or [])
     if print_config:
         sys.stdout.write(config_to_yaml(cfg))
         return
-    from grutrain.train import fit as run_fit
+    from grutrain.trainer.fit import fit as run_fit
 
     # Under torchrun only rank 0 talks.
     quiet = quiet or os.environ.get("RANK", "0") != "0"
@@ -74,8 +74,8 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Tokenise the config's text file once into its token cache (fit does this itself when needed)."""
-    from grutrain.config import load_config
-    from grutrain.prepare import prepare as run_prepare
+    from grutrain.config.schema import load_config
+    from grutrain.commands.prepare import prepare as run_prepare
 
     info = run_prepare(load_config(config, overrides or []), progress=not as_json)
     if as_json:
@@ -96,7 +96,7 @@ def eval_command(
                                         "lm loss by position, forecasts vs actual, classify confusion matrix"),
 ) -> None:
     """Metrics of a saved model on a held-out split or another data file (lm: loss, perplexity, bits per character)."""
-    from grutrain.evaluate import evaluate_checkpoint
+    from grutrain.commands.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device, plot=plot)
     if as_json:
@@ -124,7 +124,7 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
 ) -> None:
     """Generate text from a trained language model."""
-    from grutrain.sample import sample_checkpoint
+    from grutrain.commands.sample import sample_checkpoint
 
     text = sample_checkpoint(checkpoint, prompt, length, temperature=temperature, top_k=top_k, seed=seed, device=device)
     sys.stdout.write(text + "\n")
@@ -139,9 +139,9 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
 ) -> None:
     """Forecasts (the horizon after the input's end, on the original scale) or class labels with probabilities."""
-    from grutrain.predict import format_rows, output_format, predict_checkpoint
+    from grutrain.commands.predict import format_rows, output_format, predict_checkpoint
 
-    from grutrain.outputs import check_output, write_output
+    from grutrain.files.outputs import check_output, write_output
 
     if output is not None:
         check_output(output, "--output", inputs=[checkpoint, input])  # before the work, not after it
@@ -180,7 +180,7 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
 ) -> None:
     """Time the fast GRU, the reference loop and torch.nn.GRU side by side (training step, forward, memory)."""
-    from grutrain import bench as benchmarks
+    from grutrain.commands import bench as benchmarks
     from grutrain.runtime import autocast_dtype, resolve_device
 
     dev = resolve_device(device)
@@ -225,7 +225,7 @@ def runs(
                                             "-METRIC sorts descending"),
 ) -> None:
     """Compare runs: status, the config values that differ between them, best and final metrics, steps, time."""
-    from grutrain import runs as run_table
+    from grutrain.commands import runs as run_table
 
     if as_json and as_csv:
         raise typer.BadParameter("give --json or --csv, not both")
@@ -260,8 +260,8 @@ def lr_find(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps [default: train.device]"),
 ) -> None:
     """Learning-rate range test: train a throwaway model with the lr growing exponentially, suggest an lr."""
-    from grutrain import lr_find as finder
-    from grutrain.config import load_config
+    from grutrain.commands import lr_find as finder
+    from grutrain.config.schema import load_config
 
     cfg = load_config(config, overrides or [])
     finder.check_sweep(start, end, steps, smoothing)
@@ -296,7 +296,7 @@ def export(
                                "models); default: from --output's extension (.onnx, .pt2, .pt)"),
 ) -> None:
     """Export a trained model for use outside grutrain, checked against grutrain's own outputs."""
-    from grutrain.export import export_checkpoint, metadata_path
+    from grutrain.commands.export import export_checkpoint, metadata_path
 
     meta = export_checkpoint(checkpoint, output, fmt)
     out.print(f"wrote {output} ({meta['format']}) and {metadata_path(output)}")
@@ -313,7 +313,7 @@ def init(
                                           "an existing file is never overwritten"),
 ) -> None:
     """Write a commented starter config for a task; it trains as written on the data shipped with grutrain."""
-    from grutrain.templates import missing_data, write_starter
+    from grutrain.commands.init import missing_data, write_starter
 
     path = write_starter(task, output)
     out.print(f"wrote {path}; train with: grutrain fit {path}")
@@ -354,7 +354,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from grutrain import streams
+    from grutrain.files import streams
 
     problem = streams.prepare()  # closed descriptors, stderr's encoding
     if problem:

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from grutrain.config import ModelConfig
-from grutrain.gru import GRU
+from grutrain.config.schema import ModelConfig
+from grutrain.gru.layer import GRU
 
 
 class SequenceModel(nn.Module):

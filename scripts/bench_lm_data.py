@@ -107,8 +107,8 @@ def eval_and_checkpoint(run_dir: Path, text: Path, env: dict) -> dict:
     import torch
 
     os.environ["GRUTRAIN_CACHE_DIR"] = env["GRUTRAIN_CACHE_DIR"]
-    from grutrain.checkpoint import load_checkpoint
-    from grutrain.config import validate_config
+    from grutrain.files.checkpoint import load_checkpoint
+    from grutrain.config.schema import validate_config
     from grutrain.tasks import training_task
 
     payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")

@@ -17,12 +17,12 @@ import pytest
 import torch
 import yaml
 
-from grutrain.checkpoint import load_checkpoint
+from grutrain.files.checkpoint import load_checkpoint
 from grutrain.cli import main
-from grutrain.config import config_to_dict, load_config
-from grutrain.data.text import Vocabulary
+from grutrain.config.schema import config_to_dict, load_config
+from grutrain.data.vocabulary import Vocabulary
 from grutrain.tasks import open_checkpoint
-from grutrain.tasks.lm import EVAL_STREAMS
+from grutrain.tasks.lm.task import EVAL_STREAMS
 
 from conftest import TINY_CONFIG, _snapshot, make_text
 

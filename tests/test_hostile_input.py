@@ -182,7 +182,7 @@ def test_a_nan_temperature_is_a_usage_error(world, run_cli):
 @pytest.fixture
 def nan_checkpoint(world, tmp_path):
     """Finite weights so large that the logits overflow: the loss is not a number."""
-    from grutrain.checkpoint import load_checkpoint, save_checkpoint
+    from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(world["best"])
     signs = torch.Generator().manual_seed(0)
@@ -201,7 +201,7 @@ def test_eval_never_prints_nan(nan_checkpoint, run_cli, as_json):
 
 
 def test_json_output_is_strict_json():
-    from grutrain.json_text import dumps
+    from grutrain.files.json_text import dumps
 
     with pytest.raises(ValueError):
         dumps({"x": math.nan})
@@ -340,7 +340,7 @@ def test_a_writer_threads_disk_error_prints_no_traceback(tmp_path):
     script = tmp_path / "thread.py"
     script.write_text(
         "import threading\n"
-        "from grutrain import streams\n"
+        "from grutrain.files import streams\n"
         "streams.prepare()\n"
         "def writer():\n"
         "    raise OSError(28, 'No space left on device')\n"

@@ -24,7 +24,7 @@ import numpy as np
 
 from grutrain.data.time_axis import MISSING_TOKENS, TimeAxis, _is_missing, _parse_number, _parse_times  # noqa: F401
 from grutrain.errors import GrutrainError
-from grutrain.inputs import read_input
+from grutrain.files.inputs import read_input
 
 
 # --------------------------------------------------------------------------- reading

@@ -1,4 +1,7 @@
-"""Tasks: what to learn, from which data, judged by which metrics (see base.Task).
+"""Tasks: what to learn, from which data, judged by which metrics (see protocols.Task).
+
+Rule: one folder per task (tasks/<task>/) holds everything only that task reads; a task imports no
+other task, and no module outside tasks/ names a task except through this registry.
 
 The training loop knows nothing about text, series or labels: it asks `training_task` for the
 task object of a config. Every command that reads a checkpoint asks `open_checkpoint` for the
@@ -14,16 +17,16 @@ from pathlib import Path
 import torch
 
 from grutrain.capacity import check_model_loads
-from grutrain.checkpoint import load_checkpoint
-from grutrain.config import Config, validate_config
+from grutrain.files.checkpoint import load_checkpoint
+from grutrain.config.schema import Config, validate_config
 from grutrain.errors import GrutrainError
-from grutrain.tasks.base import Split, Task
+from grutrain.tasks.protocols import Split, Task
 
 TASK_CLASSES = {
-    "lm": ("grutrain.tasks.lm", "LanguageModelTask"),
-    "forecast": ("grutrain.tasks.forecast", "ForecastTask"),
-    "classify": ("grutrain.tasks.classify", "ClassifyTask"),
-    "synthetic": ("grutrain.tasks.synthetic", "SyntheticTask"),
+    "lm": ("grutrain.tasks.lm.task", "LanguageModelTask"),
+    "forecast": ("grutrain.tasks.forecast.task", "ForecastTask"),
+    "classify": ("grutrain.tasks.classify.task", "ClassifyTask"),
+    "synthetic": ("grutrain.tasks.synthetic.task", "SyntheticTask"),
 }
 
 

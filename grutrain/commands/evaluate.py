@@ -1,0 +1,49 @@
+"""`grutrain eval`: a checkpoint's metrics on a held-out split or on another data file, and its figure."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from grutrain import plots
+from grutrain.errors import GrutrainError
+from grutrain.files.json_text import require_finite
+from grutrain.files.outputs import check_output
+from grutrain.runtime import resolve_device
+from grutrain.tasks import OpenedCheckpoint, eval_target, open_checkpoint
+
+
+@contextlib.contextmanager
+def naming_the_file(path):
+    """Prefix the checkpoint's path to a task's error: the user may have several open at once."""
+    try:
+        yield
+    except GrutrainError as exc:
+        raise GrutrainError(f"{path}: {exc}") from None
+
+
+def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str = "auto",
+                        plot: str | Path | None = None) -> dict:
+    """The task's report (split, size, metrics, baselines) of a checkpoint on `split` or on all of `data_path`;
+    with `plot`, the task's figure of the same data is written there too."""
+    if plot is not None:  # before the evaluation, not after it
+        plots.require_matplotlib()
+        check_output(plot, "--plot", inputs=[path, data_path])
+    opened = open_checkpoint(path, resolve_device(device))
+    with naming_the_file(path):
+        target = eval_target(opened.task, split, data_path)
+        report = opened.task.report(opened.model, target, opened.device)
+        require_finite(report, f"the metrics on {target}")  # never print nan
+        result = {"checkpoint": str(path), "task": opened.cfg.task, "step": opened.step, **report}
+        if plot is not None:
+            plots.save_figure(opened.task.figure(opened.model, target, opened.device), plot)
+            result["plot"] = str(plot)
+    return result
+
+
+def checkpoint_figure(path, *, split: str = "val", data_path=None, device: str = "auto"):
+    """The task's figure of a checkpoint's model on `split` (or on all of `data_path`)."""
+    plots.require_matplotlib()
+    opened: OpenedCheckpoint = open_checkpoint(path, resolve_device(device))
+    with naming_the_file(path):
+        return opened.task.figure(opened.model, eval_target(opened.task, split, data_path), opened.device)

@@ -1,0 +1,52 @@
+"""Starter configs for `grutrain init TASK`: one commented YAML per task, each training as written
+on the data that ships with grutrain (run from its checkout; the synthetic task needs no files).
+
+They are package data, so an installed grutrain has them. `{config}` in their comments becomes the
+name of the file written, so its "Run:" lines can be pasted as they are.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from grutrain.errors import GrutrainError
+
+TASKS = ("lm", "forecast", "classify", "synthetic")
+
+
+def starter_text(task: str, config_name: str | None = None) -> str:
+    """The starter YAML for `task`, its comments naming `config_name` (default: `<task>.yaml`)."""
+    if task not in TASKS:
+        raise GrutrainError(f"task {task!r} has no starter config; expected one of {', '.join(TASKS)}")
+    text = resources.files(f"grutrain.tasks.{task}").joinpath("template.yaml").read_text(encoding="utf-8")
+    return text.replace("{config}", config_name or f"{task}.yaml")
+
+
+def write_starter(task: str, output: str | Path | None = None) -> Path:
+    """Write the starter config to `output` (default `<task>.yaml` here); never over an existing file."""
+    path = Path(output) if output is not None else Path(f"{task}.yaml")
+    text = starter_text(task, str(path))
+    from grutrain.files.outputs import check_output
+
+    check_output(path, "--output")  # not a link, FIFO or device; the "x" below keeps any existing file
+    try:
+        with open(path, "x", encoding="utf-8") as f:  # "x": fails if the file exists, even in a race
+            f.write(text)
+    except FileExistsError:
+        raise GrutrainError(f"{str(path)!r} already exists; grutrain init never overwrites a file: "
+                            "give another --output or delete it first") from None
+    except OSError as exc:
+        raise GrutrainError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def missing_data(path: str | Path) -> str | None:
+    """The written config's data.path when it is not there from the current directory, else None."""
+    from grutrain.config.schema import load_config
+
+    cfg = load_config(path)
+    data_path = getattr(cfg.data, "path", None)
+    if data_path is None or Path(data_path).exists():
+        return None
+    return data_path

@@ -1,0 +1,12 @@
+"""The GRU: a drop-in for torch.nn.GRU written from its equations (both reset variants).
+
+Rule: imports only torch and its own modules, nothing else of grutrain, so the layer can be
+copied out and used alone. `layer` is the nn.Module; `reference` the equations (the loop every
+other path is checked against, and the form tracers, compilers and torch.func record); `paths`
+decides which implementation runs in the current context; `fused`, `fused_backward` and
+`matmul` are the hand-written fast path; `scan` the whole GRU as torch's scan for torch.export.
+"""
+
+from grutrain.gru.layer import GRU, IMPLS, RESETS, GRUInputError, reference_gru_layer
+
+__all__ = ["GRU", "GRUInputError", "RESETS", "IMPLS", "reference_gru_layer"]

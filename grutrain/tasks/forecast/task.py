@@ -1,0 +1,348 @@
+"""Forecasting: from the last `input_len` steps of one or more series, the next `horizon` steps.
+
+The model reads windows of the normalised columns (targets, then extra inputs) and its head
+outputs all `horizon` x targets values at once from the GRU's last state (direct multi-step
+forecasting). Each window is seen relative to its last observed value: the target inputs are
+fed as their difference from it and the head predicts the change from it (in normalised units).
+A head that outputs zero gives the naive forecast, so training starts near the baseline the model
+must beat; and a series that trends out of the training range (CO2) never leaves the range of
+inputs the model was trained on (Mauna Loa CO2, 13 weeks ahead: test MAE 0.45 ppm, against
+0.85-1.9 ppm when the same model reads absolute values).
+
+With data.anchor (default auto) the head predicts the residual over the baseline with the lowest
+in-sample MAE on the training rows instead: with data.season [48, 336] on half-hourly demand that
+is "the same half-hour last week" (data/forecast_windows.py). Calendar inputs from a date time
+column and data.known_columns are fed for the horizon too; data.quantiles trains with the pinball
+loss. Metrics (tasks/forecast_series.py) always come with the naive and every seasonal-naive
+forecast on the same windows, the best one named as the baseline. Target cells that were blank in
+the file (filled by interpolation) are not scored. Reading a checkpoint's state and predicting
+new rows: tasks/forecast_state.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from grutrain import plots
+from grutrain.data.batching import ShuffledBatches
+from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
+from grutrain.tasks.forecast.panel import Panel, load_panel
+from grutrain.data.timeseries import fit_normalisation
+from grutrain.errors import GrutrainError
+from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
+from grutrain.model import SequenceModel
+from grutrain.tasks.protocols import Split
+from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series
+from grutrain.tasks.forecast.state import (base_layout, check_normalisation, describe_window, predict_series,
+                                           rows_text, saved_layout, stored_series)
+
+
+class HeldOut(NamedTuple):
+    """A prepared series with the window starts to score in it, and a name for messages."""
+    series: PreparedSeries
+    starts: np.ndarray  # [W] first target row of each evaluated window
+    name: str
+
+
+class ForecastTask:
+    name = "forecast"
+    predicts = True  # grutrain predict: outputs for new inputs
+    sampler = None
+    carries_state = False
+    items_per_batch = 0
+
+    def __init__(self, cfg, columns: list[str], mean: list[float], std: list[float], layout: WindowLayout,
+                 cycles: list[str], mase_scale: list[float], several: dict | None):
+        self.cfg = cfg
+        self.layout, self.cycles = layout, list(cycles)
+        self.columns, self.mean, self.std = list(columns), list(mean), list(std)
+        self.mase_scale = list(mase_scale)  # [T] the (first) series' MASE scale
+        self.several = several  # {"ids", "mean", "std", "mase_scale"} per series; None: one series
+        self._held: dict[str, HeldOut] = {}  # val/test, prepared once
+        self._stored: dict | None = None  # a checkpoint's eval_series, read on first use
+
+    # ------------------------------------------------------------------ built for training
+
+    @classmethod
+    def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
+                    world_size: int = 1) -> "ForecastTask":
+        d = cfg.data
+        panel = load_panel(d)
+        _check_lengths(panel, cfg)
+        T = len(d.target_columns)
+        # Each series is normalised by its own training rows ([S, F]); the held-out rows never reach it.
+        series_norm = [fit_normalisation(t.values[blocks[0]]) for t, blocks in zip(panel.tables, panel.blocks)]
+        if saved is not None:  # a resumed run keeps the normalisation and layout it was trained with
+            state = saved["task_state"]
+            norm = check_normalisation(state, cfg)
+            layout, cycles, scale = saved_layout(state, cfg)
+            series_norm, scales = saved_series(state.get("forecast_series"), panel.ids, norm, scale)
+            cycles, calendar = calendar_of_panel(panel, cfg, cycles)
+        else:
+            cycles, calendar = calendar_of_panel(panel, cfg, None)
+            train_norm = [(t.values[blocks[0], :T] - np.asarray(m[:T])) / np.asarray(sd[:T])
+                          for t, blocks, (m, sd) in zip(panel.tables, panel.blocks, series_norm)]
+            lag = choose_anchor_lag(train_norm, d.seasons, d.anchor)
+            layout = base_layout(cfg, lag, calendar.shape[1], residual_scale(train_norm, lag))
+            first_season = d.seasons[0] if d.seasons else 1
+            scales = [[float(x) for x in seasonal_scale(t.values[blocks[0], :T], first_season)]
+                      for t, blocks in zip(panel.tables, panel.blocks)]
+        several = None
+        if len(panel.ids) > 1:
+            several = {"ids": list(panel.ids), "mean": [list(m) for m, _ in series_norm],
+                       "std": [list(sd) for _, sd in series_norm], "mase_scale": [list(x) for x in scales]}
+        # One series: its normalisation; several: the first series' (the others are in `several`).
+        mean, std = series_norm[0]
+        task = cls(cfg, panel.tables[0].columns, mean, std, layout, cycles, scales[0], several)
+        task._prepare(panel, calendar, series_norm, scales, rows_per_step, rank, world_size)
+        return task
+
+    def _prepare(self, panel: Panel, calendar, series_norm, scales, rows_per_step, rank, world_size) -> None:
+        layout, rows = self.layout, panel.row_series()
+        self.panel, self.ids = panel, list(panel.ids)
+        self.series_norm, self.series_scale = series_norm, scales
+        self.series = PreparedSeries(panel.values, panel.observed, calendar,
+                                     np.asarray([m for m, _ in series_norm])[rows],
+                                     np.asarray([sd for _, sd in series_norm])[rows], layout,
+                                     np.asarray(scales)[rows], rows, panel.ids)
+        self.norm, self.values, self.observed = self.series.norm, self.series.values, self.series.observed
+        self.blocks = {"val": panel.blocks[0][1], "test": panel.blocks[0][2]}  # the (first) series' blocks
+        self.train_starts = torch.from_numpy(panel.starts("train", layout.input_len, layout.horizon, layout.history))
+        if len(self.train_starts) == 0:
+            raise GrutrainError(f"the training block has {panel.blocks[0][0].stop} rows, too few for one window with "
+                                f"{layout.history} rows of history (data.input_len, and one anchor season before "
+                                "them); set data.anchor=naive, lower data.input_len or give a longer series")
+        for split in ("val", "test"):
+            starts = panel.starts(split, layout.input_len, layout.horizon, layout.history)
+            self._held[split] = HeldOut(self.series, starts, split)
+        if len(self._held["val"].starts) == 0:
+            val_b = panel.blocks[0][1]
+            raise GrutrainError(f"the validation block has {val_b.stop - val_b.start} rows, too few for one window "
+                                f"(data.horizon={layout.horizon} targets, {layout.history} rows of history before "
+                                "them); raise data.val_fraction or lower data.horizon")
+        self.sampler = ShuffledBatches(len(self.train_starts), rows_per_step, self.cfg.train.seed + 1,
+                                       self._make_batch, rank=rank, world_size=world_size, what="windows")
+        self.items_per_batch = self.sampler.global_batch * layout.input_len  # time steps read
+
+    def _make_batch(self, indices: torch.Tensor):
+        starts = self.train_starts[indices]
+        x, anchor = self.series.inputs(starts)
+        return x, anchor, self.series.targets(starts)
+
+    # ------------------------------------------------------------------ built from a checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, cfg, task_state: dict) -> "ForecastTask":
+        norm = check_normalisation(task_state, cfg)
+        layout, cycles, scale = saved_layout(task_state, cfg)
+        task = cls(cfg, norm["columns"], norm["mean"], norm["std"], layout, cycles, scale,
+                   task_state.get("forecast_series"))
+        task._stored = task_state.get("eval_series")
+        return task
+
+    # ------------------------------------------------------------------ the model
+
+    def build_model(self) -> SequenceModel:
+        layout = self.layout
+        model = SequenceModel(self.cfg.model, output_size=layout.n_outputs, input_size=layout.n_inputs, per_step=False)
+        if layout.anchor_lag > 1 or layout.quantiles:
+            # A zero head forecasts the anchor exactly: training starts from the baseline, not from noise
+            # around it (measured on data/taylor.csv, see docs/forecasting.md).
+            torch.nn.init.zeros_(model.head.weight)
+            torch.nn.init.zeros_(model.head.bias)
+        return model
+
+    def loss(self, model, batch, hidden):
+        x, anchor, y = batch
+        output, _ = model(x)
+        forecast = add_anchor(output, anchor, self.layout)  # [B, H, T, Q]
+        if self.layout.quantiles:
+            return pinball_loss(forecast, y.float(), self.layout.quantiles), None
+        return F.mse_loss(forecast[..., 0], y.float()), None
+
+    # ------------------------------------------------------------------ held-out data
+
+    def _numbers(self, ids: list[str]) -> tuple[list, list]:
+        """[(mean, std)] and [MASE scale] of each series named in `ids`."""
+        return saved_series(self.several, ids, {"mean": self.mean, "std": self.std}, self.mase_scale)
+
+    def _split(self, split: str) -> HeldOut:
+        if split not in self._held:
+            series, starts = stored_series(self._stored, self.several, self.layout, len(self.columns), split,
+                                           self._numbers)
+            self._held[split] = HeldOut(series, starts, split)
+        return self._held[split]
+
+    def eval_starts(self, split: str) -> np.ndarray:
+        return self._split(split).starts
+
+    def has_split(self, split: str) -> bool:
+        return len(self.eval_starts(split)) > 0
+
+    def held_out(self, split: Split) -> HeldOut:
+        """The prepared rows and windows of a held-out split, or every window of another CSV."""
+        layout = self.layout
+        if isinstance(split, Path):
+            panel = load_panel(self.cfg.data, path=split, role="--data", split=False)
+            series_norm, scales = self._numbers(panel.ids)
+            _, calendar = calendar_of_panel(panel, self.cfg, self.cycles)
+            rows = panel.row_series()
+            series = PreparedSeries(panel.values, panel.observed, calendar,
+                                    np.asarray([m for m, _ in series_norm])[rows],
+                                    np.asarray([sd for _, sd in series_norm])[rows], layout,
+                                    np.asarray(scales)[rows], rows, panel.ids)
+            starts = panel.starts("all", layout.input_len, layout.horizon, layout.history)
+            if len(starts) == 0:
+                longest = " in its longest series" if len(panel.ids) > 1 else ""
+                raise GrutrainError(f"{split} has {rows_text(max(len(t) for t in panel.tables))}{longest}; evaluating "
+                                    f"one window needs {layout.history + layout.horizon} ({describe_window(layout)} "
+                                    f"and {layout.history} rows of history for the anchor and the seasonal baselines)")
+            return HeldOut(series, starts, str(split))
+        held = self._split(split)
+        if len(held.starts) == 0:
+            raise GrutrainError(f"the {split} split holds no window (data.{split}_fraction was too small); "
+                                "evaluate another split or pass --data")
+        return held
+
+    def evaluate(self, model, split: Split, device, amp_dtype=None, *,
+                 whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
+        held = self.held_out(split)
+        metrics = held.series.score(model, held.starts, device, amp_dtype)
+        metrics["mae_vs_baseline"] = held.series.baselines(held.starts, metrics["mae"])["mae_vs_baseline"]
+        return _known(metrics)
+
+    def report(self, model, split: Split, device) -> dict:
+        """The model's metrics next to every baseline's on the same windows (per series too, with several)."""
+        held = self.held_out(split)
+        metrics = held.series.score(model, held.starts, device, by_step=True)
+        return _known({"split": held.name, "windows": len(held.starts), **metrics,
+                       **held.series.baselines(held.starts, metrics["mae"])})
+
+    def baselines(self) -> dict[str, float]:
+        out = {}
+        for split in ("val", "test"):
+            if self.has_split(split):
+                held = self._split(split)
+                metrics = _known(held.series.baselines(held.starts))
+                out.update({f"{split}/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        return out
+
+    def state(self) -> dict:
+        # The held-out rows (and the history their first windows read) travel with the model,
+        # so `grutrain eval` needs only the checkpoint.
+        series = self.series
+        state = {
+            "normalisation": {"columns": list(self.columns), "n_targets": self.layout.n_targets,
+                              "mean": list(self.mean), "std": list(self.std)},
+            "forecast_layout": {**self.layout.to_dict(), "calendar_cycles": list(self.cycles),
+                                "mase_scale": list(self.mase_scale)},
+        }
+        if self.several is None:
+            first = max(0, self.blocks["val"].start - self.layout.history)
+            state["eval_series"] = {
+                "values": torch.from_numpy(self.values[first:].copy()),
+                "observed": torch.from_numpy(self.observed[first:].copy()),
+                "calendar": torch.from_numpy(np.ascontiguousarray(series.calendar[first:])),
+                **{split: [b.start - first, b.stop - first] for split, b in self.blocks.items()}}
+            return state
+        # Several series: every row (they are small), and per series its normalisation and MASE scale.
+        state["forecast_series"] = self.several
+        state["eval_series"] = {
+            "values": torch.from_numpy(self.values.copy()), "observed": torch.from_numpy(self.observed.copy()),
+            "calendar": torch.from_numpy(np.ascontiguousarray(series.calendar)),
+            "row_series": torch.from_numpy(series.row_series.copy()),
+            **{f"{split}_starts": torch.from_numpy(self.eval_starts(split).copy()) for split in ("val", "test")}}
+        return state
+
+    # ------------------------------------------------------------------ figures, extras, export, predict
+
+    def on_evaluation(self, model, device, step: int, logger) -> None:
+        if plots.have_matplotlib():  # the plot extra; without it TensorBoard just has no figure
+            held = self.held_out("val")
+            data = forecast_data(model, held.series, held.starts, device)
+            logger.figure(step, "val/forecast", plots.forecast_figure(**data, names=self.cfg.data.target_columns))
+
+    def final_extras(self, model, device) -> dict:
+        names = {split: self._split(split).series.baselines(self.eval_starts(split))["baseline"]
+                 for split in ("val", "test") if self.has_split(split)}
+        return {"baseline": names, "anchor_lag": self.layout.anchor_lag, "calendar": list(self.cycles)}
+
+    def figure(self, model, split: Split, device):
+        held = self.held_out(split)
+        data = forecast_data(model, held.series, held.starts, device)
+        name = Path(held.name).name if isinstance(split, Path) else held.name
+        horizon = self.layout.horizon
+        ahead = f" (the first of each forecast's {horizon} steps)" if horizon > 1 else ""
+        return plots.forecast_figure(**data, names=self.cfg.data.target_columns,
+                                     title=f"{name}: one-step-ahead forecasts{ahead}")
+
+    def usage(self) -> dict:
+        data, layout, n_targets = self.cfg.data, self.layout, self.layout.n_targets
+        norm = {"columns": list(self.columns), "n_targets": n_targets, "mean": list(self.mean), "std": list(self.std)}
+        if layout.anchor_lag > 1 or self.cycles or layout.quantiles or self.several is not None:
+            # Seasonal anchoring, calendar inputs, quantiles or several series: the inputs and outputs are
+            # those of grutrain/data/forecast_windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
+            return {"normalisation": norm,
+                    "forecast_layout": {**layout.to_dict(), "calendar_cycles": list(self.cycles),
+                                        "mase_scale": list(self.mase_scale)},
+                    "forecast_series": self.several, "target_columns": list(data.target_columns),
+                    "preprocessing": "see docs/forecasting.md, 'What the model reads' (make_inputs)",
+                    "postprocessing": "see docs/forecasting.md, 'What the model reads' (add_anchor)"}
+        return {"normalisation": norm,
+                "input_len": data.input_len, "horizon": data.horizon, "target_columns": list(data.target_columns),
+                "input_columns": list(data.input_columns),
+                "preprocessing": "z = (value - mean) / std for the last input_len rows of the columns in "
+                                 "normalisation.columns order (targets, then extra inputs); target column j is fed "
+                                 "relative to the window's last value, z[:, :, j] - z[:, -1, j]; extra inputs as z",
+                "postprocessing": f"forecast[b, k, j] = z_last[b, j] + output[b].reshape(horizon, {n_targets})"
+                                  "[k, j], then * std[j] + mean[j], with z_last = z[b, -1, j] taken before the "
+                                  "subtraction: the value of target j, k+1 steps after the input"}
+
+    def predict(self, model, input_path: Path, device) -> list[dict]:
+        """The `horizon` values after the end of the input CSV (of each series in it), on the original
+        scale, one row per step ahead.
+
+        Each row: the series id (long format), step (1..horizon), the time of that step when the CSV
+        has the time column and its spacing can be inferred (last time + step * the median spacing), one
+        value per target (the median with quantiles) and, with quantiles, `<target>_q<quantile>` columns.
+        """
+        cfg, layout = self.cfg, self.layout
+        if layout.n_known:
+            raise GrutrainError("predict does not yet take the future values of data.known_columns; "
+                                "evaluate this model with `grutrain eval --data` instead")
+        panel = load_panel(cfg.data, path=input_path, role="--input", split=False)
+        series_norm, scales = self._numbers(panel.ids)
+        rows = []
+        for name, table, (mean, std), scale in zip(panel.ids, panel.tables, series_norm, scales):
+            for row in predict_series(model, cfg, table, mean, std, scale, layout, self.cycles, input_path, device):
+                rows.append({cfg.data.id_column: name, **row} if cfg.data.id_column else row)
+        return rows
+
+
+def _known(metrics: dict) -> dict:
+    """The metrics without a MASE that cannot be known: a checkpoint from before MASE has no scale."""
+    return {k: v for k, v in metrics.items()
+            if not (k.endswith("mase") and isinstance(v, float) and math.isnan(v))}
+
+
+def _check_lengths(panel: Panel, cfg) -> None:
+    d = cfg.data
+    layout = base_layout(cfg)
+    needed = layout.input_len + layout.horizon
+    for name, table, (train_b, _, _) in zip(panel.ids, panel.tables, panel.blocks):
+        what = f"series {name!r} of {d.path}" if name else str(d.path)
+        if len(table) < needed:
+            after = " after dropping rows with blanks" if d.missing == "drop" else ""
+            raise GrutrainError(f"{what} has {rows_text(len(table))}{after}; one window needs {needed} "
+                                f"({describe_window(layout)}); lower them or give a longer series")
+        if train_b.stop < needed:
+            raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
+                                f"{train_b.stop} of {len(table)} rows, fewer than the {needed} one window needs "
+                                f"({describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
+                                "data.input_len or data.horizon")

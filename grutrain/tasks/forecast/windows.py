@@ -1,0 +1,166 @@
+"""What the forecaster reads and what it predicts on top of: model inputs and seasonal anchors.
+
+Row features (normalised, [N, F]) are ordered targets (T), past-only inputs (P: data.input_columns,
+known only up to the forecast origin), known inputs (K: data.known_columns, known for the horizon
+too); calendar features ([N, C], data/calendar.py) are known for the horizon as well.
+
+A window starting at row s (its first target) reads rows s - input_len .. s - 1. Each step gives
+the model
+    targets minus the window's last value               (T)  the shape of the recent past
+    targets minus their value one anchor lag earlier    (T, only when the anchor lag is > 1)
+    past-only inputs, known inputs, calendar            (P + K + C)
+    a 0/1 flag "this step is in the horizon"            (1, only when K + C > 0)
+and, when K + C > 0, the horizon rows s .. s + horizon - 1 follow with the target and past-only
+features zero, their known inputs and calendar filled in, and the flag 1: the GRU reads what is
+known about the future before the head speaks from its last state.
+
+The head predicts the residual over the anchor: the seasonal-naive forecast with the anchor lag
+(lag 1 is the naive forecast, the last value repeated), in normalised units. A head that outputs
+zero gives exactly that baseline, so a model starts from the strongest baseline instead of having
+to learn it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from grutrain.tasks.forecast.metrics import seasonal_scale
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    input_len: int
+    horizon: int
+    n_targets: int
+    n_past: int = 0
+    n_known: int = 0
+    n_calendar: int = 0
+    anchor_lag: int = 1
+    seasons: tuple[int, ...] = ()
+    quantiles: tuple[float, ...] = ()
+    # [T] the typical size of a residual over the seasonal anchor (normalised units): residual inputs
+    # are divided by it and head outputs multiplied by it, so the GRU sees and predicts values near
+    # +-1 rather than a few hundredths. Empty: 1 (the naive anchor, as before anchoring existed).
+    residual_scale: tuple[float, ...] = ()
+
+    @property
+    def reads_future(self) -> bool:
+        return self.n_known + self.n_calendar > 0
+
+    @property
+    def n_inputs(self) -> int:
+        """Features per step the GRU reads."""
+        seasonal = self.n_targets if self.anchor_lag > 1 else 0
+        return self.n_targets + seasonal + self.n_past + self.n_known + self.n_calendar + int(self.reads_future)
+
+    @property
+    def n_outputs(self) -> int:
+        """Head outputs: horizon x targets x quantiles (one point forecast without quantiles)."""
+        return self.horizon * self.n_targets * max(1, len(self.quantiles))
+
+    @property
+    def history(self) -> int:
+        """Rows a window needs before its first target: its inputs (each one anchor lag back too)
+        and one of each season for the seasonal-naive baselines."""
+        lagged = self.input_len + (self.anchor_lag if self.anchor_lag > 1 else 0)
+        return max([lagged, self.anchor_lag, *self.seasons])
+
+    @property
+    def median_index(self) -> int | None:
+        """Which quantile output is the point forecast (0.5), None without quantiles."""
+        return self.quantiles.index(0.5) if self.quantiles else None
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WindowLayout":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def choose_anchor_lag(train_targets, seasons: list[int], mode: str) -> int:
+    """The anchor lag: `naive` -> 1; `seasonal` -> the season whose seasonal-naive forecast has the
+    lowest in-sample MAE on the training rows; `auto` -> the lowest among 1 and the seasons. Chosen
+    on training rows only, so the held-out blocks never steer it. `train_targets`: [N, T], or a list
+    of them (several series, normalised: their errors are averaged)."""
+    if mode == "naive" or not seasons:
+        return 1
+    parts = train_targets if isinstance(train_targets, list) else [train_targets]
+    candidates = list(seasons) if mode == "seasonal" else [1, *seasons]
+    errors = [float(np.nanmean([np.nanmean(seasonal_scale(p, lag)) for p in parts])) for lag in candidates]
+    usable = [(e, lag) for e, lag in zip(errors, candidates) if np.isfinite(e)]
+    return min(usable)[1] if usable else 1
+
+
+def anchor_rows(starts, horizon: int, lag: int):
+    """[W, horizon] rows whose values form the seasonal-naive forecast with period `lag`: each step's
+    value whole periods back, so that only rows before the start are used (lag 1: the last row)."""
+    k = np.arange(horizon)
+    back = lag * (k // lag + 1)
+    rows = np.asarray(starts)[:, None] + k - back
+    return torch.from_numpy(rows) if isinstance(starts, torch.Tensor) else rows
+
+
+def make_inputs(norm: torch.Tensor, calendar: torch.Tensor, starts: torch.Tensor, layout: WindowLayout):
+    """(x [W, input_len (+ horizon), n_inputs], anchor [W, horizon, T]) for the windows at `starts`.
+
+    norm [N, T + P + K] normalised features; calendar [N, C]; both float32.
+    """
+    T, P, L, H = layout.n_targets, layout.n_past, layout.input_len, layout.horizon
+    past = starts[:, None] + torch.arange(-L, 0)  # [W, L] rows read
+    rows = norm[past]  # [W, L, F]
+    targets = rows[:, :, :T]
+    parts = [targets - targets[:, -1:]]
+    if layout.anchor_lag > 1:
+        parts.append((targets - norm[past - layout.anchor_lag][:, :, :T]) / _scale(layout))
+    parts.append(rows[:, :, T:])  # past-only and known inputs
+    if layout.reads_future:
+        parts += [calendar[past], torch.zeros(len(starts), L, 1)]
+    x = torch.cat(parts, dim=-1)
+    if layout.reads_future:
+        ahead = starts[:, None] + torch.arange(H)  # [W, H]
+        zeros = torch.zeros(len(starts), H, T * (2 if layout.anchor_lag > 1 else 1) + P)
+        future = torch.cat([zeros, norm[ahead][:, :, T + P:], calendar[ahead], torch.ones(len(starts), H, 1)], dim=-1)
+        x = torch.cat([x, future], dim=1)
+    anchor = norm[anchor_rows(starts, H, layout.anchor_lag)][:, :, :T]  # [W, H, T]
+    return x, anchor
+
+
+def add_anchor(output: torch.Tensor, anchor: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """Head output [W, n_outputs] + anchor [W, H, T] -> forecast [W, H, T, Q] (Q = 1 without quantiles).
+
+    Quantile forecasts are sorted along Q so that an interval's bounds never cross."""
+    q = max(1, len(layout.quantiles))
+    residual = output.float().view(len(anchor), layout.horizon, layout.n_targets, q) * _scale(layout)[:, None]
+    forecast = anchor.float().unsqueeze(-1) + residual
+    return forecast.sort(dim=-1).values if q > 1 else forecast
+
+
+def _scale(layout: WindowLayout) -> torch.Tensor:
+    return torch.tensor(layout.residual_scale or [1.0] * layout.n_targets, dtype=torch.float32)  # [T]
+
+
+def residual_scale(train_norm_targets, lag: int) -> tuple[float, ...]:
+    """Per target, the standard deviation of z_t - z_{t-lag} over the training rows (1 for lag 1);
+    `train_norm_targets` [N, T] or a list of them (several series, pooled)."""
+    parts = train_norm_targets if isinstance(train_norm_targets, list) else [train_norm_targets]
+    parts = [p for p in parts if len(p) > lag]
+    if lag <= 1 or not parts:
+        return ()
+    diffs = np.concatenate([p[lag:] - p[:-lag] for p in parts])
+    std = np.nanstd(diffs, axis=0)
+    return tuple(float(s) if np.isfinite(s) and s > 1e-12 else 1.0 for s in std)
+
+
+def seasonal_naive_baselines(values: np.ndarray, starts: np.ndarray, horizon: int, n_targets: int,
+                             seasons: list[int]) -> dict[str, np.ndarray]:
+    """{"naive": [W, H, T], "seasonal_naive_<s>": [W, H, T] for each season} on the original scale
+    (just "seasonal_naive" when there is one season, as before several were accepted)."""
+    out = {"naive": values[anchor_rows(starts, horizon, 1)][:, :, :n_targets]}
+    for s in seasons:
+        name = "seasonal_naive" if len(seasons) == 1 else f"seasonal_naive_{s}"
+        out[name] = values[anchor_rows(starts, horizon, s)][:, :, :n_targets]
+    return out
