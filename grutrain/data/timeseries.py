@@ -69,7 +69,23 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
     """
     path = Path(path)
     source = source or str(path)
-    text = _read_csv_text(path, source, role)
+    wanted = list(columns) + ([time_column] if time_column else []) + ([id_column] if id_column else [])
+    header, rows, lines = _read_rows(_read_csv_text(path, source, role), source, wanted)
+    values = _parse_values(rows, lines, [header.index(c) for c in columns], columns, source)
+    table = SeriesTable(source, list(columns), values, ~np.isnan(values), np.asarray(lines, dtype=np.int64))
+    if id_column is not None:
+        table.ids = [row[header.index(id_column)].strip() for row in rows]
+        blank_id = next((i for i, v in enumerate(table.ids) if _is_missing(v)), None)
+        if blank_id is not None:
+            raise GrutrainError(f"{source} line {lines[blank_id]}: the id column {id_column!r} is blank; "
+                                "every row of a long-format CSV names its series")
+    if time_column is None:
+        return table
+    return _sort_by_time(table, [row[header.index(time_column)] for row in rows], time_column, missing)
+
+
+def _read_rows(text: str, source: str, wanted: list[str]) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, rows, line number of each row): every row as wide as the header, blank lines skipped."""
     reader = csv.reader(text.splitlines(keepends=True))
     try:
         header = next(reader, None)
@@ -78,7 +94,6 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
     if header is None or not any(h.strip() for h in header):
         raise GrutrainError(f"{source} is empty; a forecast CSV needs a header row and one row per time step")
     header = [h.strip() for h in header]
-    wanted = list(columns) + ([time_column] if time_column else []) + ([id_column] if id_column else [])
     absent = [c for c in wanted if c not in header]
     if absent:
         which = "columns" if len(absent) > 1 else "column"
@@ -87,9 +102,6 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
     duplicated = sorted({h for h in header if header.count(h) > 1 and h in wanted})
     if duplicated:
         raise GrutrainError(f"{source}: the header names column {duplicated[0]!r} more than once; rename one of them")
-    index = [header.index(c) for c in columns]
-    time_index = header.index(time_column) if time_column else None
-
     rows: list[list[str]] = []
     lines: list[int] = []
     try:
@@ -110,7 +122,12 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
         lines.pop()
     if not rows:
         raise GrutrainError(f"{source} has a header but no data rows; it needs one row per time step")
+    return header, rows, lines
 
+
+def _parse_values(rows: list[list[str]], lines: list[int], index: list[int], columns: list[str],
+                  source: str) -> np.ndarray:
+    """The chosen columns as floats [rows, columns]; a blank cell is NaN, anything else not a number an error."""
     values = np.full((len(rows), len(columns)), np.nan)
     for r, (row, line) in enumerate(zip(rows, lines)):
         for f, (name, i) in enumerate(zip(columns, index)):
@@ -122,23 +139,18 @@ def read_series_csv(path: str | Path, columns: list[str], time_column: str | Non
                 raise GrutrainError(f"{source} line {line}, column {name!r}: {cell.strip()!r} is not a number; "
                                     "fix the cell or leave it blank and set data.missing")
             values[r, f] = value
-    table = SeriesTable(source, list(columns), values, ~np.isnan(values), np.asarray(lines, dtype=np.int64))
-    if id_column is not None:
-        table.ids = [row[header.index(id_column)].strip() for row in rows]
-        blank_id = next((i for i, v in enumerate(table.ids) if _is_missing(v)), None)
-        if blank_id is not None:
-            raise GrutrainError(f"{source} line {lines[blank_id]}: the id column {id_column!r} is blank; "
-                                "every row of a long-format CSV names its series")
-    if time_column is None:
-        return table
+    return values
 
-    cells = [row[time_index] for row in rows]
+
+def _sort_by_time(table: SeriesTable, cells: list[str], time_column: str, missing: str) -> SeriesTable:
+    """The rows sorted by (series id, time), with the parsed time axis; blank or repeated times refused."""
+    source = table.source
     blank = [i for i, c in enumerate(cells) if _is_missing(c)]
     if blank:
         if missing != "drop":
-            raise GrutrainError(f"{source} line {lines[blank[0]]}: the time column {time_column!r} is blank "
+            raise GrutrainError(f"{source} line {table.lines[blank[0]]}: the time column {time_column!r} is blank "
                                 f"({len(blank)} blank in all); fill it in, or set data.missing=drop to drop those rows")
-        keep = np.setdiff1d(np.arange(len(rows)), blank)
+        keep = np.setdiff1d(np.arange(len(cells)), blank)
         if len(keep) == 0:
             raise GrutrainError(f"{source}: the time column {time_column!r} is blank in every row")
         table = table.take(keep)
