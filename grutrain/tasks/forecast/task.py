@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from grutrain import plots
@@ -37,6 +38,7 @@ from grutrain.data.timeseries import fit_normalisation
 from grutrain.errors import GrutrainError
 from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
+from grutrain.tasks.export_io import SequenceIO
 from grutrain.tasks.protocols import Split
 from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series
 from grutrain.tasks.forecast.state import (base_layout, check_normalisation, describe_window, predict_series,
@@ -52,7 +54,6 @@ class HeldOut(NamedTuple):
 
 class ForecastTask:
     name = "forecast"
-    predicts = True  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0
@@ -281,6 +282,10 @@ class ForecastTask:
         ahead = f" (the first of each forecast's {horizon} steps)" if horizon > 1 else ""
         return plots.forecast_figure(**data, names=self.cfg.data.target_columns,
                                      title=f"{name}: one-step-ahead forecasts{ahead}")
+
+    @staticmethod
+    def export_io(model) -> nn.Module:
+        return SequenceIO(model, "output")  # the change from the last input value of each target, normalised
 
     def usage(self) -> dict:
         data, layout, n_targets = self.cfg.data, self.layout, self.layout.n_targets
