@@ -11,12 +11,12 @@ inputs the model was trained on (Mauna Loa CO2, 13 weeks ahead: test MAE 0.45 pp
 
 With data.anchor (default auto) the head predicts the residual over the baseline with the lowest
 in-sample MAE on the training rows instead: with data.season [48, 336] on half-hourly demand that
-is "the same half-hour last week" (data/forecast_windows.py). Calendar inputs from a date time
+is "the same half-hour last week" (windows.py). Calendar inputs from a date time
 column and data.known_columns are fed for the horizon too; data.quantiles trains with the pinball
-loss. Metrics (tasks/forecast_series.py) always come with the naive and every seasonal-naive
+loss. Metrics (series.py) always come with the naive and every seasonal-naive
 forecast on the same windows, the best one named as the baseline. Target cells that were blank in
 the file (filled by interpolation) are not scored. Reading a checkpoint's state and predicting
-new rows: tasks/forecast_state.py.
+new rows: state.py.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ class ForecastTask:
         norm = {"columns": list(self.columns), "n_targets": n_targets, "mean": list(self.mean), "std": list(self.std)}
         if layout.anchor_lag > 1 or self.cycles or layout.quantiles or self.several is not None:
             # Seasonal anchoring, calendar inputs, quantiles or several series: the inputs and outputs are
-            # those of grutrain/data/forecast_windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
+            # those of grutrain/tasks/forecast/windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
             return {"normalisation": norm,
                     "forecast_layout": {**layout.to_dict(), "calendar_cycles": list(self.cycles),
                                         "mase_scale": list(self.mase_scale)},

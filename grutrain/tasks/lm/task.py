@@ -1,6 +1,6 @@
 """Language modelling: predict token t+1 from the tokens up to t (char, word, bytes or BPE tokens).
 
-The text is tokenised once into a memory-mapped token cache (data/token_cache.py), so resident
+The text is tokenised once into a memory-mapped token cache (token_cache.py), so resident
 memory does not grow with the corpus. Evaluation reads a split as EVAL_STREAMS parallel streams,
 carrying the state along each, so every prediction has the text before it as context. The number
 of streams is fixed, not the training batch: the loss logged during fit is the loss `grutrain eval`

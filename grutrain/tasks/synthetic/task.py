@@ -8,7 +8,7 @@ copy    tokens [T]                every step -> num_symbols+1   cross-entropy ov
 sine    value [T, 1]              last state -> 1 number        MSE / mse, mae   vs the last value
 
 Nothing is read from disk and nothing but a fingerprint of the data goes into the checkpoint: the
-splits are regenerated from the config and train.seed (grutrain/data/synthetic.py).
+splits are regenerated from the config and train.seed (problems.py).
 """
 
 from __future__ import annotations
@@ -183,4 +183,4 @@ class SyntheticTask:
 
     def usage(self) -> dict:
         return {"kind": self.cfg.data.kind,
-                "preprocessing": "inputs as grutrain/data/synthetic.py generates them for data.kind"}
+                "preprocessing": "inputs as grutrain/tasks/synthetic/problems.py generates them for data.kind"}
