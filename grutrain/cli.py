@@ -18,6 +18,9 @@ from rich.console import Console
 
 from grutrain.files import json_text
 from grutrain.errors import GrutrainError
+from grutrain.tasks import task_names
+
+TASKS = task_names()  # `grutrain init`'s choices
 
 app = typer.Typer(
     add_completion=False,
@@ -42,7 +45,8 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing while training"),
 ) -> None:
     """Train a model as CONFIG says, with key=value overrides."""
-    from grutrain.config.schema import config_to_yaml, load_config
+    from grutrain.config.schema import config_to_yaml
+    from grutrain.tasks import load_config
 
     cfg = load_config(config, overrides or [])
     if print_config:
@@ -74,7 +78,7 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Tokenise the config's text file once into its token cache (fit does this itself when needed)."""
-    from grutrain.config.schema import load_config
+    from grutrain.tasks import load_config
     from grutrain.commands.prepare import prepare as run_prepare
 
     info = run_prepare(load_config(config, overrides or []), progress=not as_json)
@@ -261,7 +265,7 @@ def lr_find(
 ) -> None:
     """Learning-rate range test: train a throwaway model with the lr growing exponentially, suggest an lr."""
     from grutrain.commands import lr_find as finder
-    from grutrain.config.schema import load_config
+    from grutrain.tasks import load_config
 
     cfg = load_config(config, overrides or [])
     finder.check_sweep(start, end, steps, smoothing)
@@ -308,7 +312,7 @@ def export(
 
 @app.command(epilog="Example: grutrain init lm --output my-charlm.yaml, then grutrain fit my-charlm.yaml")
 def init(
-    task: Literal["lm", "forecast", "classify", "synthetic"] = typer.Argument(..., help="lm, forecast, classify or synthetic"),
+    task: Literal[TASKS] = typer.Argument(..., help=", ".join(TASKS[:-1]) + " or " + TASKS[-1]),  # type: ignore[valid-type]
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="the file to write [default: <task>.yaml]; "
                                           "an existing file is never overwritten"),
 ) -> None:

@@ -19,9 +19,10 @@ import yaml
 
 from grutrain.files.checkpoint import load_checkpoint
 from grutrain.cli import main
-from grutrain.config.schema import config_to_dict, load_config
+from grutrain.config.schema import config_to_dict
+from grutrain.tasks import load_config
 from grutrain.data.vocabulary import Vocabulary
-from grutrain.tasks import open_checkpoint
+from grutrain.tasks.checkpoints import open_checkpoint
 from grutrain.tasks.lm.task import EVAL_STREAMS
 
 from conftest import TINY_CONFIG, _snapshot, make_text

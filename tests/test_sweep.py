@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grutrain.config.schema import load_config, validate_config
+from grutrain.tasks import load_config, validate_config
 from grutrain.errors import GrutrainError
 
 TEMPLATE = "runs/lr{optim.lr}-h{model.hidden_size}"

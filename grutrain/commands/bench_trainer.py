@@ -57,7 +57,7 @@ def _bare_loop_tokens_per_s(path: str, steps: int, warmup: int, device, backend:
 
     backend "torch" swaps in torch.nn.GRU: the loop a PyTorch user would write without grutrain."""
     from grutrain.config.schema import ModelConfig
-    from grutrain.config.data_sections import TextDataConfig
+    from grutrain.tasks.lm.config import TextDataConfig
     from grutrain.tasks.lm.text import WindowSampler, load_text_splits
 
     splits = load_text_splits(TextDataConfig(path=path, **TRAINER_DATA))
@@ -85,7 +85,7 @@ def _bare_loop_tokens_per_s(path: str, steps: int, warmup: int, device, backend:
 
 def _fit_tokens_per_s(path: str, steps: int, warmup: int, device, threads, precision: str = "fp32") -> float:
     """`grutrain fit` on the same model and data; its own perf/tokens_per_s after the warm-up steps."""
-    from grutrain.config.schema import validate_config
+    from grutrain.tasks import validate_config
     from grutrain.trainer.metrics import read_metrics
     from grutrain.trainer.fit import fit
 

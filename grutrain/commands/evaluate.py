@@ -10,7 +10,8 @@ from grutrain.errors import GrutrainError
 from grutrain.files.json_text import require_finite
 from grutrain.files.outputs import check_output
 from grutrain.runtime import resolve_device
-from grutrain.tasks import OpenedCheckpoint, eval_target, open_checkpoint
+from grutrain.tasks.checkpoints import OpenedCheckpoint, eval_target, open_checkpoint
+from grutrain.tasks.protocols import Figures, require
 
 
 @contextlib.contextmanager
@@ -31,6 +32,8 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
         check_output(plot, "--plot", inputs=[path, data_path])
     opened = open_checkpoint(path, resolve_device(device))
     with naming_the_file(path):
+        if plot is not None:
+            require(opened.task, Figures, "figure for --plot")
         target = eval_target(opened.task, split, data_path)
         report = opened.task.report(opened.model, target, opened.device)
         require_finite(report, f"the metrics on {target}")  # never print nan
@@ -46,4 +49,5 @@ def checkpoint_figure(path, *, split: str = "val", data_path=None, device: str =
     plots.require_matplotlib()
     opened: OpenedCheckpoint = open_checkpoint(path, resolve_device(device))
     with naming_the_file(path):
+        require(opened.task, Figures, "figure")
         return opened.task.figure(opened.model, eval_target(opened.task, split, data_path), opened.device)

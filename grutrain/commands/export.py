@@ -20,7 +20,9 @@ from grutrain import __version__
 from grutrain.errors import GrutrainError
 from grutrain.commands.export_formats import CHECK_BATCH, CHECK_SEQ, EXPORTERS, ONNX_OPSET, TOLERANCE, import_onnx
 from grutrain.files.outputs import check_output
-from grutrain.tasks import open_checkpoint
+from grutrain.commands.evaluate import naming_the_file
+from grutrain.tasks.checkpoints import open_checkpoint
+from grutrain.tasks.protocols import Exports, require
 
 FORMATS = ("onnx", "pt2", "state-dict")
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "state-dict", ".pth": "state-dict"}
@@ -87,6 +89,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str | Non
     check_output(output, "--output", inputs=[checkpoint])  # a new path or a regular file, never the checkpoint
     check_output(metadata_path(output), "--output's metadata", inputs=[checkpoint])
     opened = open_checkpoint(checkpoint, torch.device("cpu"))
+    with naming_the_file(checkpoint):
+        require(opened.task, Exports, "export")
     cfg, payload = opened.cfg, opened.payload
     model = opened.model.float().eval()
     reset = cfg.model.reset if cfg.model.backend == "custom" else "after"  # torch.nn.GRU computes "after"

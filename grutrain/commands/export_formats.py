@@ -10,16 +10,8 @@ tracer unrolls to the example's length. So
 - pt2 gets `ScanGRU` (scan_gru.py): the same equations with the time loop as `scan`, which
   torch.export keeps as one operator over a dynamic number of steps.
 
-Inputs and outputs by task (batch and sequence are dynamic axes):
-    lm        tokens [batch, sequence] int64, hidden [layers, batch, hidden_size] float32
-              -> logits [batch, sequence, vocab], hidden_out [layers, batch, hidden_size]
-    classify  inputs [batch, sequence] int64 token ids (text) or [batch, sequence, channels] float32
-              (normalised series), lengths [batch] int64 (right-padded batches)
-              -> logits [batch, labels]
-    forecast  inputs [batch, sequence, features] float32 (normalised) -> output [batch, horizon * targets]
-              (the change from the last input value of each target, normalised)
-    synthetic inputs [batch, sequence(, features)] -> output [batch, 1] (adding, sine) or
-              [batch, sequence, classes] (copy)
+Inputs and outputs: each task's `export_io` picks one of the interfaces of tasks/export_io.py
+(batch and sequence are dynamic axes); docs/export.md lists them by task.
 """
 
 from __future__ import annotations
@@ -37,6 +29,8 @@ from torch import Tensor, nn
 from grutrain.errors import GrutrainError
 from grutrain.gru.reference import scan_available
 from grutrain.gru.scan import ScanGRU
+from grutrain.tasks import task_class
+from grutrain.tasks.export_io import LanguageModelIO, PaddedSequenceIO
 
 ONNX_OPSET = 17
 TOLERANCE = 1e-4  # the largest |exported - grutrain| accepted on the check input
@@ -49,62 +43,13 @@ EXPORT_EXTRA_MESSAGE = "ONNX export needs the export extra: pip install 'grutrai
 # --------------------------------------------------------------------------- the model's interface
 
 
-class _LanguageModelIO(nn.Module):
-    """(tokens, hidden) -> (logits, hidden_out): the hidden state goes in and out, so text can be
-    generated one step at a time and long texts read in pieces."""
-
-    input_names, output_names = ["tokens", "hidden"], ["logits", "hidden_out"]
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: Tensor, hidden: Tensor):
-        return self.model(tokens, hidden)
-
-
-class _SequenceIO(nn.Module):
-    """inputs -> the head's output (SequenceModel without padding)."""
-
-    def __init__(self, model, output_name: str):
-        super().__init__()
-        self.model = model
-        self.input_names, self.output_names = ["inputs"], [output_name]
-
-    def forward(self, inputs: Tensor):
-        return self.model(inputs)[0]
-
-
-class _PaddedSequenceIO(nn.Module):
-    """(inputs, lengths) -> the head's output at each sequence's own last step (right-padded batches)."""
-
-    def __init__(self, model, output_name: str):
-        super().__init__()
-        self.model = model
-        self.input_names, self.output_names = ["inputs", "lengths"], [output_name]
-
-    def forward(self, inputs: Tensor, lengths: Tensor):
-        # An explicit zero state (= None): the ONNX exporter fails on a one-layer GRU over packed
-        # sequences without one.
-        gru = _gru(self.model)
-        states = gru.num_layers * (2 if gru.bidirectional else 1)
-        hidden = torch.zeros(states, inputs.shape[0], gru.hidden_size, dtype=self.model.head.weight.dtype,
-                             device=inputs.device)
-        return self.model(inputs, hidden, lengths)[0]
-
-
 def _gru(model) -> nn.Module:
     return model.gru
 
 
 def model_io(model, task: str) -> nn.Module:
-    """The model behind the exported interface of its task (see the module docstring)."""
-    if task == "lm":
-        return _LanguageModelIO(model)
-    output = "logits" if task == "classify" else "output"
-    if task == "classify":  # examples of different lengths share a batch only with their lengths
-        return _PaddedSequenceIO(model, output)
-    return _SequenceIO(model, output)
+    """The model behind the exported interface of its task (the task's export_io, tasks/export_io.py)."""
+    return task_class(task).export_io(model)
 
 
 def example_inputs(io: nn.Module, batch: int, seq: int, seed: int = 0) -> tuple[Tensor, ...]:
@@ -115,11 +60,11 @@ def example_inputs(io: nn.Module, batch: int, seq: int, seed: int = 0) -> tuple[
         x = torch.randint(0, model.vocab_size, (batch, seq), generator=gen)
     else:
         x = torch.randn(batch, seq, _gru(model).input_size, generator=gen)
-    if isinstance(io, _LanguageModelIO):
+    if isinstance(io, LanguageModelIO):
         gru = _gru(model)
         states = gru.num_layers * (2 if gru.bidirectional else 1)
         return x, 0.5 * torch.randn(states, batch, gru.hidden_size, generator=gen)
-    if isinstance(io, _PaddedSequenceIO):
+    if isinstance(io, PaddedSequenceIO):
         lengths = torch.randint(1, seq + 1, (batch,), generator=gen)
         lengths[0] = seq  # the longest fills the batch, as pad_sequence makes it
         return x, lengths
@@ -132,7 +77,7 @@ def _axes(io: nn.Module) -> dict[str, dict[int, str]]:
               "inputs": {0: "batch", 1: "sequence"}, "lengths": {0: "batch"}}
     out = {name: inputs[name] for name in io.input_names}
     for name in io.output_names:
-        out[name] = {0: "batch", 1: "sequence"} if name == "logits" and isinstance(io, _LanguageModelIO) \
+        out[name] = {0: "batch", 1: "sequence"} if name == "logits" and isinstance(io, LanguageModelIO) \
             else {1: "batch"} if name == "hidden_out" else {0: "batch"}
     if getattr(io.model, "per_step", False):
         out[io.output_names[0]] = {0: "batch", 1: "sequence"}

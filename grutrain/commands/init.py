@@ -1,5 +1,6 @@
-"""Starter configs for `grutrain init TASK`: one commented YAML per task, each training as written
-on the data that ships with grutrain (run from its checkout; the synthetic task needs no files).
+"""Starter configs for `grutrain init TASK`: one commented YAML per task (its folder's template.yaml),
+each training as written on the data that ships with grutrain (run from its checkout; a task that
+generates its data needs no files).
 
 They are package data, so an installed grutrain has them. `{config}` in their comments becomes the
 name of the file written, so its "Run:" lines can be pasted as they are.
@@ -7,20 +8,19 @@ name of the file written, so its "Run:" lines can be pasted as they are.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from grutrain.errors import GrutrainError
+from grutrain.tasks import load_config, task_names, template
 
-TASKS = ("lm", "forecast", "classify", "synthetic")
+TASKS = task_names()
 
 
 def starter_text(task: str, config_name: str | None = None) -> str:
     """The starter YAML for `task`, its comments naming `config_name` (default: `<task>.yaml`)."""
     if task not in TASKS:
         raise GrutrainError(f"task {task!r} has no starter config; expected one of {', '.join(TASKS)}")
-    text = resources.files(f"grutrain.tasks.{task}").joinpath("template.yaml").read_text(encoding="utf-8")
-    return text.replace("{config}", config_name or f"{task}.yaml")
+    return template(task).replace("{config}", config_name or f"{task}.yaml")
 
 
 def write_starter(task: str, output: str | Path | None = None) -> Path:
@@ -43,8 +43,6 @@ def write_starter(task: str, output: str | Path | None = None) -> Path:
 
 def missing_data(path: str | Path) -> str | None:
     """The written config's data.path when it is not there from the current directory, else None."""
-    from grutrain.config.schema import load_config
-
     cfg = load_config(path)
     data_path = getattr(cfg.data, "path", None)
     if data_path is None or Path(data_path).exists():

@@ -8,20 +8,19 @@ import json
 from pathlib import Path
 
 from grutrain.files import json_text
-from grutrain.errors import GrutrainError
 from grutrain.commands.evaluate import naming_the_file
 from grutrain.files.inputs import open_input
 from grutrain.files.json_text import require_finite
 from grutrain.runtime import resolve_device
-from grutrain.tasks import open_checkpoint
+from grutrain.tasks.checkpoints import open_checkpoint
+from grutrain.tasks.protocols import Predicts, require
 
 
 def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
-    """One dict per prediction (a forecast step, a classified example), from the task's `predict`."""
+    """One dict per prediction (a forecast step, a classified example), from the task's `predict` (Predicts)."""
     opened = open_checkpoint(path, resolve_device(device))
-    if not opened.task.predicts:
-        raise GrutrainError(f"{path} is a {opened.cfg.task} model, which has no predict; "
-                            "use grutrain eval (or grutrain sample for a language model)")
+    with naming_the_file(path):
+        require(opened.task, Predicts, "predict")
     open_input(input_path, "--input").close()  # a regular file that fits: a FIFO would block the reader
     with naming_the_file(path):
         rows = opened.task.predict(opened.model, Path(input_path), opened.device)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from grutrain.commands.evaluate import naming_the_file
 from grutrain.errors import GrutrainError
 from grutrain.runtime import resolve_device
-from grutrain.tasks import open_checkpoint
+from grutrain.tasks.checkpoints import open_checkpoint
+from grutrain.tasks.protocols import Samples, require
 
 MAX_LENGTH = 1_000_000
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
@@ -29,10 +31,10 @@ def check_sampling(prompt: str, length: int, temperature: float, top_k: int | No
 
 def sample_checkpoint(path, prompt: str, length: int, *, temperature: float = 0.8, top_k: int | None = None,
                       seed: int | None = None, device: str = "auto") -> str:
-    """The prompt followed by `length` tokens sampled from the checkpoint's language model."""
+    """The prompt followed by `length` tokens sampled from the checkpoint's model (a task that Samples)."""
     check_sampling(prompt, length, temperature, top_k, seed)  # before loading anything
     opened = open_checkpoint(path, resolve_device(device))
-    if opened.cfg.task != "lm":
-        raise GrutrainError(f"{path} is a {opened.cfg.task} model; sample generates text from language models (task lm)")
+    with naming_the_file(path):
+        require(opened.task, Samples, "sample")
     return opened.task.sample(opened.model, prompt, length, temperature=temperature, top_k=top_k, seed=seed,
                               device=opened.device)

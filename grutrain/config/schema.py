@@ -1,8 +1,10 @@
-"""The config schema, YAML loading, dotted overrides and validation.
+"""The config's shared sections, YAML loading, dotted overrides and validation against a config class.
 
-One pydantic model per config section (the data sections of the tasks are in config_data.py). Every field is checked before any work starts:
-unknown keys, wrong types and impossible values raise GrutrainError naming the key and what
-would be right.
+One pydantic model per config section. Each task's own `data` section and its TaskConfig subclass live
+with the task (tasks/<task>/config.py); the task registry (grutrain.tasks) picks the class of a config
+and offers load_config / validate_config, built from the functions here. Every field is checked before
+any work starts: unknown keys, wrong types and impossible values raise GrutrainError naming the key and
+what would be right.
 """
 
 from __future__ import annotations
@@ -14,12 +16,35 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from grutrain.config.data_sections import ClassifyDataConfig, ForecastDataConfig, Section, SyntheticDataConfig, TextDataConfig
 from grutrain.config.text import excerpt, format_config_value, parse_yaml, resolve_run_dir_template  # noqa: F401
 from grutrain.errors import GrutrainError
 from grutrain.files.inputs import read_input
+
+
+class Section(BaseModel):
+    # Unknown keys are errors; inf/nan are never a sensible setting; `name: 2024` is a string.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic would quietly read `hidden_size: true` as 1.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and "bool" not in str(field.annotation):
+                    raise ValueError(f"{cls.section_name}.{key}: {value!r} is a boolean; expected {_type_name(field.annotation)}")
+        return data
+
+    section_name: ClassVar[str] = "config"
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", text)
 
 
 class ModelConfig(Section):
@@ -114,14 +139,6 @@ class TrainConfig(Section):
         return self
 
 
-class SampleConfig(Section):
-    """task: lm -- the text sample shown at each evaluation and at the end of a run."""
-
-    section_name: ClassVar[str] = "sample"
-    length: int = Field(200, ge=0, description="tokens sampled at each evaluation; 0 turns sampling off")
-    prompt: str = Field("Alice ", description="the text the sample starts from")
-
-
 MAX_RUN_NAME = 100
 RUN_NAME_RE = re.compile(r"[\w+=-][\w.+=-]*")
 
@@ -151,6 +168,12 @@ class TaskConfig(Section):
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 
+    # {"old.key": "new.key" or None}: keys of earlier versions that live elsewhere now (None: nowhere,
+    # for this task). A YAML that uses one is told the new key; a checkpoint's config has them moved (or
+    # dropped) when it is loaded (move_keys). Version 1's train section had the sampling settings of
+    # language models in every task's config; a task that samples maps them to its own keys.
+    moved_keys: ClassVar[dict[str, Optional[str]]] = {"train.sample_length": None, "train.sample_prompt": None}
+
     @model_validator(mode="after")
     def _fill_run_dir_template(self) -> "TaskConfig":
         # After overrides, so `runs/lr{optim.lr}` names the value this run really uses.
@@ -159,52 +182,14 @@ class TaskConfig(Section):
         return self
 
 
-class LMConfig(TaskConfig):
-    task: Literal["lm"] = "lm"
-    data: TextDataConfig = TextDataConfig()
-    sample: SampleConfig = SampleConfig()
-
-    @model_validator(mode="after")
-    def _causal(self) -> "LMConfig":
-        if self.model.bidirectional:
-            raise ValueError("model.bidirectional=true cannot predict the next token (it would see it); "
-                             "use it with task classify")
-        return self
-
-
-class ForecastConfig(TaskConfig):
-    task: Literal["forecast"]
-    data: ForecastDataConfig
-
-
-class ClassifyConfig(TaskConfig):
-    task: Literal["classify"]
-    data: ClassifyDataConfig
-
-
-class SyntheticConfig(TaskConfig):
-    task: Literal["synthetic"]
-    data: SyntheticDataConfig = SyntheticDataConfig()
-
-
-CONFIG_CLASSES: dict[str, type[TaskConfig]] = {
-    "lm": LMConfig, "forecast": ForecastConfig, "classify": ClassifyConfig, "synthetic": SyntheticConfig,
-}
 Config = TaskConfig  # any task's config
-
-
-def config_class(raw: dict) -> type[TaskConfig]:
-    task = raw.get("task", "lm")
-    if not isinstance(task, str) or task not in CONFIG_CLASSES:
-        raise GrutrainError(f"task: {excerpt(task)} is not a task; expected one of {', '.join(CONFIG_CLASSES)}")
-    return CONFIG_CLASSES[task]
 
 
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply `key=value` overrides and validate the result."""
+def read_config(path: str | Path) -> dict:
+    """The mapping a YAML config file holds (before overrides and validation)."""
     path = Path(path)
     if not path.exists() or path.is_dir():
         hint = "it is a directory" if path.is_dir() else "no such file"
@@ -223,19 +208,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise GrutrainError(f"{path}: the config must be a mapping of sections (task, data, model, optim, train, run)")
-    for item in overrides:
-        apply_override(raw, item)
-    return validate_config(raw)
+    return raw
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so `0.1` is a float)."""
+def apply_override(raw: dict, item: str, config_cls: type[TaskConfig]) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so `0.1` is a float) unless
+    config_cls says the key is text."""
     key, sep, value_text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise GrutrainError(f"override {excerpt(item)} is not of the form key=value (e.g. optim.lr=0.003)")
     parts = key.split(".")
-    if _is_text_field(parts, raw) and value_text.strip() not in ("null", "~"):
+    if _is_text_field(parts, config_cls) and value_text.strip() not in ("null", "~"):
         value = value_text  # `run.name=007` stays "007", not the number 7
     else:
         value = parse_yaml(value_text, f"override {key}") if value_text.strip() else ""
@@ -250,9 +234,8 @@ def apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _is_text_field(parts: list[str], raw: dict) -> bool:
-    task = raw.get("task", "lm")
-    model: Any = CONFIG_CLASSES.get(task, LMConfig) if isinstance(task, str) else LMConfig
+def _is_text_field(parts: list[str], config_cls: type[TaskConfig]) -> bool:
+    model: Any = config_cls
     for part in parts:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
@@ -261,16 +244,25 @@ def _is_text_field(parts: list[str], raw: dict) -> bool:
     return model in (str, Optional[str])
 
 
-def validate_config(raw: dict) -> Config:
-    cls = config_class(raw)
+def validate_as(config_cls: type[TaskConfig], raw: dict) -> Config:
+    """`raw` as a config of class config_cls, or a one-line GrutrainError naming the key."""
     try:
-        return cls.model_validate(raw)
+        return config_cls.model_validate(raw)
     except ValidationError as exc:
-        raise GrutrainError(_describe(exc.errors()[0], cls)) from None
+        raise GrutrainError(_describe(exc.errors()[0], config_cls)) from None
 
 
-# Keys of earlier versions that live elsewhere now.
-MOVED_KEYS = {"train.sample_length": "sample.length", "train.sample_prompt": "sample.prompt"}
+def move_keys(config: dict, moved: dict[str, Optional[str]]) -> dict:
+    """A config dict with the keys of earlier versions in their new places (`moved`: a moved_keys table)."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for old, new in moved.items():
+        section, _, key = old.partition(".")
+        if isinstance(config.get(section), dict) and key in config[section]:
+            value = config[section].pop(key)
+            if new is not None:
+                new_section, _, new_key = new.partition(".")
+                config.setdefault(new_section, {})[new_key] = value
+    return config
 
 
 def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
@@ -279,8 +271,8 @@ def _describe(error: dict, config_cls: type[TaskConfig]) -> str:
     key = excerpt(".".join(loc))[1:-1] or "config"
     kind = error["type"]
     if kind == "extra_forbidden":
-        if key in MOVED_KEYS:
-            return f"config key {key!r} has moved: write {MOVED_KEYS[key]!r} instead"
+        if config_cls.moved_keys.get(key):
+            return f"config key {key!r} has moved: write {config_cls.moved_keys[key]!r} instead"
         parent = loc[:-1]
         section = config_cls
         for name in parent:

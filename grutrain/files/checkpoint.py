@@ -3,7 +3,7 @@
 The schema (format_version 2) has fixed top-level keys:
 
     format_version, grutrain_version   which grutrain wrote it
-    task                               lm | forecast | classify | synthetic
+    task                               the task's name (grutrain.tasks.TASKS)
     config                             the resolved config, as a dict (rebuilds the model without the YAML)
     model                              the model's state dict
     optimizer, scaler                  their state dicts
@@ -16,8 +16,8 @@ The schema (format_version 2) has fixed top-level keys:
                                        held-out data); only the task reads it
 
 `torch.load(weights_only=True)` reads it, so an untrusted file cannot run code when it is loaded.
-Version-1 files (every key at the top level, classify's state nested under "classify") are
-upgraded to this layout when loaded.
+Version-1 files (every key at the top level) are upgraded to this layout when loaded; what a task
+kept in its own keys, the task upgrades (grutrain.tasks.checkpoints.load_checkpoint).
 """
 
 from __future__ import annotations
@@ -201,32 +201,19 @@ def _check_types(payload: dict, expected: dict[str, type], name: str) -> None:
                                 f"not a {kind.__name__}")
 
 
-# Version 1 kept the loop's state and the task's state at the top level (classify nested its own).
+# Version 1 kept the loop's state and the task's state at the top level.
 _V1_TRAINER_KEYS = tuple(TrainerState.__dataclass_fields__)  # the same names, then at the top level
-# Config keys that moved: version 1 had the language model's sampling settings under train.
-_V1_MOVED_KEYS = {("train", "sample_length"): ("sample", "length"), ("train", "sample_prompt"): ("sample", "prompt")}
 
 
 def upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 payload in the version-2 layout (nothing is lost: every v1 key has a place)."""
+    """A version-1 payload in the version-2 layout (nothing is lost: every v1 key has a place).
+
+    What was the task's own (its keys, its config keys that moved since) stays as it was: the task
+    reads it (grutrain.tasks.checkpoints)."""
     old = dict(payload)
     trainer = {key: old.pop(key) for key in _V1_TRAINER_KEYS if key in old}
     trainer.setdefault("global_batch", (old.get("config") or {}).get("train", {}).get("batch_size", 0)
                        if isinstance(old.get("config"), dict) else 0)
     top = {key: old.pop(key) for key in TOP_LEVEL_KEYS if key in old}
-    task_state = old.pop("classify") if isinstance(old.get("classify"), dict) else {}
-    task_state.update(old)  # what is left is the task's: vocab, eval_tokens, normalisation, eval_series, ...
-    if isinstance(top.get("config"), dict):
-        top["config"] = upgrade_v1_config(top["config"])
-    return {**top, "format_version": FORMAT_VERSION, "trainer": trainer, "task_state": task_state}
-
-
-def upgrade_v1_config(config: dict) -> dict:
-    """A version-1 config dict with its moved keys in their new places."""
-    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for (section, key), (new_section, new_key) in _V1_MOVED_KEYS.items():
-        if isinstance(config.get(section), dict) and key in config[section]:
-            value = config[section].pop(key)
-            if config.get("task", "lm") == "lm":
-                config.setdefault(new_section, {})[new_key] = value
-    return config
+    # What is left is the task's: vocab, eval_tokens, normalisation, eval_series, ...
+    return {**top, "format_version": FORMAT_VERSION, "trainer": trainer, "task_state": old}

@@ -1,4 +1,4 @@
-"""The Task protocol: what the training loop and every command may ask of a task.
+"""What the training loop and every command may ask of a task: a core every task has, and abilities.
 
 A task is one object that owns its whole life. It is built either
 
@@ -8,17 +8,23 @@ A task is one object that owns its whole life. It is built either
   and plots: what it needs (vocabulary, normalisation, the held-out data when small) comes from
   the checkpoint's `task_state`, which is what `state()` returned when it was saved.
 
-Either way it builds the untrained model its weights fit (`build_model`), evaluates a model on a
-held-out split or on another data file, and draws its figure.
+Either way it builds the untrained model its weights fit (`build_model`) and evaluates a model on a
+held-out split or on another data file. That is the core (`Task`). The rest are abilities, each a
+small runtime-checkable Protocol a task class has or has not (Predicts, Samples, Figures, Exports,
+Relocates, PreparesAhead). A command that needs one calls `require(task, Ability, "command")`, so a
+task without it is refused in one line, the same way for every command.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
+
+from grutrain.errors import GrutrainError
+from grutrain.tasks import TASKS, task_class
 
 Split = Union[str, Path]  # "val", "test", or a data file to evaluate on instead
 
@@ -38,10 +44,12 @@ class Sampler(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+@runtime_checkable
 class Task(Protocol):
-    name: str
-    cfg: Any  # the task's validated config (grutrain.config.schema.Config)
-    predicts: bool  # whether `predict` gives outputs for new inputs (forecast, classify)
+    """The core: what fit, eval and every checkpoint need of every task."""
+
+    name: str  # its name in the registry (grutrain.tasks.TASKS)
+    cfg: Any  # the task's validated config (its TaskConfig subclass)
 
     # Training side: set by from_config, None/unused when built from a checkpoint.
     sampler: Sampler | None
@@ -53,7 +61,8 @@ class Task(Protocol):
                     world_size: int = 1) -> "Task": ...
 
     @classmethod
-    def from_checkpoint(cls, cfg, task_state: dict) -> "Task": ...
+    def from_checkpoint(cls, cfg, task_state: dict) -> "Task":
+        """Rebuilt from a checkpoint's task_state, of any version this task ever wrote."""
 
     def build_model(self) -> nn.Module: ...
 
@@ -82,14 +91,73 @@ class Task(Protocol):
     def final_extras(self, model: nn.Module, device: torch.device) -> dict:
         """Extras for summary.json at the end of fit."""
 
-    def figure(self, model: nn.Module, split: Split, device: torch.device):
-        """The task's matplotlib figure for `grutrain eval --plot`."""
+
+@runtime_checkable
+class Predicts(Protocol):
+    """`grutrain predict`: outputs for new inputs."""
 
     def predict(self, model: nn.Module, input_path: Path, device: torch.device) -> list[dict]:
-        """One row per prediction for new inputs (forecast, classify); others raise GrutrainError."""
+        """One row per prediction (a forecast step, a classified example)."""
 
-    # Optional: relocate(path) -> bool, for a task whose checkpoint records where its held-out data is
-    # instead of carrying it (lm): True when `path` is that data file at a new place (eval_target).
+
+@runtime_checkable
+class Samples(Protocol):
+    """`grutrain sample`: text generated from a prompt."""
+
+    def sample(self, model: nn.Module, prompt: str, length: int, *, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               device: torch.device = torch.device("cpu")) -> str:
+        """The prompt followed by `length` generated tokens; the same seed gives the same text."""
+
+
+@runtime_checkable
+class Figures(Protocol):
+    """`grutrain eval --plot`: the task's figure of a model on a split."""
+
+    def figure(self, model: nn.Module, split: Split, device: torch.device):
+        """A matplotlib figure."""
+
+
+@runtime_checkable
+class Exports(Protocol):
+    """`grutrain export`: the model's interface outside grutrain and how to use it."""
+
+    @staticmethod
+    def export_io(model: nn.Module) -> nn.Module:
+        """The model behind the exported interface (tasks/export_io.py): named inputs -> named outputs."""
 
     def usage(self) -> dict:
         """What it takes to turn raw data into the model's inputs and its outputs into answers (export's JSON)."""
+
+
+@runtime_checkable
+class Relocates(Protocol):
+    """A task whose checkpoint may record where its held-out data is instead of carrying it (eval_target)."""
+
+    def relocate(self, path: Path) -> bool:
+        """True when `path` is that data file at a new place; eval then reads the recorded split from it."""
+
+
+@runtime_checkable
+class PreparesAhead(Protocol):
+    """`grutrain prepare CONFIG`: the work fit would do on the data first, done ahead (lm: the token cache)."""
+
+    @classmethod
+    def prepare(cls, cfg, progress: bool = True) -> dict:
+        """What was prepared, for the command to print."""
+
+
+def has_ability(task, ability: type) -> bool:
+    """Whether a task (an object, or its class for a command that has no task object) has an ability."""
+    return issubclass(task, ability) if isinstance(task, type) else isinstance(task, ability)
+
+
+def require(task, ability: type, command: str) -> None:
+    """Refuse, in one line, a command that a task (object or class) cannot serve."""
+    if has_ability(task, ability):
+        return
+    able = [name for name in TASKS if has_ability(task_class(name), ability)]
+    if not able:
+        raise GrutrainError(f"task {task.name} has no {command}")
+    which = f"task {able[0]} has" if len(able) == 1 else f"tasks {', '.join(able[:-1])} and {able[-1]} have"
+    raise GrutrainError(f"task {task.name} has no {command} ({which} one)")

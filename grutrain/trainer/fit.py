@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from grutrain.capacity import check_model_fits
-from grutrain.files.checkpoint import TrainerState, load_checkpoint, save_checkpoint, training_payload
+from grutrain.files.checkpoint import TrainerState, save_checkpoint, training_payload
+from grutrain.tasks.checkpoints import load_checkpoint
 from grutrain.config.schema import Config, config_to_dict, config_to_yaml
 from grutrain.errors import GrutrainError, TrainingInterrupted
 from grutrain.trainer.hparams import FINAL_PREFIX

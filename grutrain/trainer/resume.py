@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from grutrain.files.checkpoint import check_training_state
-from grutrain.config.schema import Config, config_to_dict, flatten_config, validate_config
+from grutrain.config.schema import Config, config_to_dict, flatten_config
+from grutrain.tasks import validate_config
 from grutrain.errors import GrutrainError
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.

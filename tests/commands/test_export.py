@@ -21,7 +21,8 @@ from grutrain.errors import GrutrainError
 from grutrain.commands.export import json_task_state
 from grutrain.commands.export_formats import EXPORT_EXTRA_MESSAGE, EXPORT_SEQ, check_onnx, export_onnx, export_pt2
 from grutrain.model import SequenceModel
-from grutrain.tasks import open_checkpoint, task_class
+from grutrain.tasks import task_class
+from grutrain.tasks.checkpoints import open_checkpoint
 
 from conftest import TINY_CONFIG, make_text
 
@@ -265,7 +266,7 @@ def test_unknown_extension_and_bad_checkpoint_are_errors(checkpoint, tmp_path, r
 def test_metadata_of_other_tasks_from_their_checkpoint_state():
     """forecast: normalisation and the post-processing rule; classify: labels, vocabulary; any other
     task: its non-tensor state, tensors left out."""
-    from grutrain.config.schema import validate_config
+    from grutrain.tasks import validate_config
 
     config = {"task": "forecast", "data": {"target_columns": ["y"], "input_len": 4, "horizon": 2}}
     forecast = {"normalisation": {"columns": ["y"], "n_targets": 1, "mean": [3.0], "std": [2.0]},

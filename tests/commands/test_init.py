@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grutrain.config.schema import config_to_dict, load_config
+from grutrain.config.schema import config_to_dict
+from grutrain.tasks import load_config
 from grutrain.commands.init import TASKS, starter_text
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from grutrain.commands import lr_find
-from grutrain.config.schema import load_config
+from grutrain.tasks import load_config
 
 
 def test_schedule_is_exponential_from_start_to_end():

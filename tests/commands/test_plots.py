@@ -201,7 +201,7 @@ def test_the_calls_for_each_tasks_on_evaluation(tmp_path, text_file, monkeypatch
     """What each task's on_evaluation does to send its figure to TensorBoard, run on real task objects."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from grutrain.config.schema import load_config
+    from grutrain.tasks import load_config
     from grutrain.trainer.metrics import MetricsLogger
     from grutrain.tasks import training_task
     from grutrain.commands.init import starter_text

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from grutrain.commands import runs as run_table
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.errors import GrutrainError
 from grutrain.trainer.rundir import RunLock
 

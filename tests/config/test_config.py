@@ -9,7 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grutrain.config.schema import Config, LMConfig, load_config, validate_config
+from grutrain.config.schema import Config
+from grutrain.tasks import load_config, validate_config
+from grutrain.tasks.lm.config import LMConfig
 from grutrain.errors import GrutrainError
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from grutrain.files.checkpoint import FORMAT_VERSION, TOP_LEVEL_KEYS, load_checkpoint
-from grutrain.tasks import open_checkpoint
+from grutrain.files.checkpoint import FORMAT_VERSION, TOP_LEVEL_KEYS
+from grutrain.tasks.checkpoints import load_checkpoint
+from grutrain.tasks.checkpoints import open_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 V1 = REPO / "tests" / "fixtures" / "v1"

@@ -16,7 +16,7 @@ import grutrain.files.checkpoint as checkpoint_module
 import grutrain.trainer.fit as train_module
 from grutrain.tasks.lm.task import LanguageModelTask
 from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.errors import GrutrainError
 from grutrain.trainer.rundir import RunLock
 from grutrain.trainer.fit import fit

@@ -8,7 +8,7 @@ import torch
 
 import grutrain.trainer.fit as train_module
 from grutrain.files.checkpoint import load_checkpoint
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.trainer.metrics import read_metrics
 from grutrain.trainer.fit import fit
 

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from grutrain.data.batching import ShuffledBatches
@@ -21,6 +22,7 @@ from grutrain.tasks.classify.files import TEXT, Examples, file_format, read_exam
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.runtime import evaluating
+from grutrain.tasks.export_io import PaddedSequenceIO
 from grutrain.tasks.protocols import Split as SplitName
 
 EVAL_BATCH = 256  # examples per forward pass when evaluating (no gradients: larger is faster)
@@ -28,7 +30,6 @@ EVAL_BATCH = 256  # examples per forward pass when evaluating (no gradients: lar
 
 class ClassifyTask:
     name = "classify"
-    predicts = True  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0
@@ -145,6 +146,10 @@ class ClassifyTask:
         matrix = result["confusion_matrix"]
         return plots.confusion_matrix_figure(matrix["labels"], matrix["matrix"],
                                              title=f"{result['split']}: confusion matrix")
+
+    @staticmethod
+    def export_io(model) -> nn.Module:
+        return PaddedSequenceIO(model, "logits")  # examples of different lengths share a batch only with their lengths
 
     def usage(self) -> dict:
         state = self.encoder.state()
@@ -267,6 +272,8 @@ def confusion_markdown(labels: list[str], matrix: list[list[int]]) -> str:
 
 
 def _stored_state(task_state: dict) -> dict:
+    if isinstance(task_state.get("classify"), dict):  # version 1 nested this task's state under its name
+        task_state = {**task_state, **task_state["classify"]}
     encoder = task_state.get("encoder")
     if not isinstance(encoder, dict):
         raise GrutrainError("the checkpoint is damaged: it has no classify state (labels, vocabulary, normalisation)")

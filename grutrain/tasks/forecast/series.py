@@ -32,7 +32,7 @@ def normalise(values: np.ndarray, mean, std) -> torch.Tensor:
 
 @dataclass
 class PreparedSeries:
-    """One series, or several laid end to end (data/panel.py) with each row's own series' numbers."""
+    """One series, or several laid end to end (panel.py) with each row's own series' numbers."""
 
     values: np.ndarray  # [N, F] original scale (targets, past-only inputs, known inputs)
     observed: np.ndarray  # [N, F] bool: False where the file had a blank

@@ -1,5 +1,5 @@
 """The forecast task's checkpoint state read back (normalisation, window layout, the held-out rows)
-and the forecast of new rows for `grutrain predict` (tasks/forecast.py uses both)."""
+and the forecast of new rows for `grutrain predict` (task.py uses both)."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ inputs the model was trained on (Mauna Loa CO2, 13 weeks ahead: test MAE 0.45 pp
 
 With data.anchor (default auto) the head predicts the residual over the baseline with the lowest
 in-sample MAE on the training rows instead: with data.season [48, 336] on half-hourly demand that
-is "the same half-hour last week" (data/forecast_windows.py). Calendar inputs from a date time
+is "the same half-hour last week" (windows.py). Calendar inputs from a date time
 column and data.known_columns are fed for the horizon too; data.quantiles trains with the pinball
-loss. Metrics (tasks/forecast_series.py) always come with the naive and every seasonal-naive
+loss. Metrics (series.py) always come with the naive and every seasonal-naive
 forecast on the same windows, the best one named as the baseline. Target cells that were blank in
 the file (filled by interpolation) are not scored. Reading a checkpoint's state and predicting
-new rows: tasks/forecast_state.py.
+new rows: state.py.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from grutrain import plots
@@ -37,6 +38,7 @@ from grutrain.data.timeseries import fit_normalisation
 from grutrain.errors import GrutrainError
 from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
+from grutrain.tasks.export_io import SequenceIO
 from grutrain.tasks.protocols import Split
 from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series
 from grutrain.tasks.forecast.state import (base_layout, check_normalisation, describe_window, predict_series,
@@ -52,7 +54,6 @@ class HeldOut(NamedTuple):
 
 class ForecastTask:
     name = "forecast"
-    predicts = True  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0
@@ -282,12 +283,16 @@ class ForecastTask:
         return plots.forecast_figure(**data, names=self.cfg.data.target_columns,
                                      title=f"{name}: one-step-ahead forecasts{ahead}")
 
+    @staticmethod
+    def export_io(model) -> nn.Module:
+        return SequenceIO(model, "output")  # the change from the last input value of each target, normalised
+
     def usage(self) -> dict:
         data, layout, n_targets = self.cfg.data, self.layout, self.layout.n_targets
         norm = {"columns": list(self.columns), "n_targets": n_targets, "mean": list(self.mean), "std": list(self.std)}
         if layout.anchor_lag > 1 or self.cycles or layout.quantiles or self.several is not None:
             # Seasonal anchoring, calendar inputs, quantiles or several series: the inputs and outputs are
-            # those of grutrain/data/forecast_windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
+            # those of grutrain/tasks/forecast/windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
             return {"normalisation": norm,
                     "forecast_layout": {**layout.to_dict(), "calendar_cycles": list(self.cycles),
                                         "mase_scale": list(self.mase_scale)},

@@ -2,7 +2,7 @@
 
 Row features (normalised, [N, F]) are ordered targets (T), past-only inputs (P: data.input_columns,
 known only up to the forecast origin), known inputs (K: data.known_columns, known for the horizon
-too); calendar features ([N, C], data/calendar.py) are known for the horizon as well.
+too); calendar features ([N, C], calendar.py) are known for the horizon as well.
 
 A window starting at row s (its first target) reads rows s - input_len .. s - 1. Each step gives
 the model

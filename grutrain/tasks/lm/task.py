@@ -1,6 +1,6 @@
 """Language modelling: predict token t+1 from the tokens up to t (char, word, bytes or BPE tokens).
 
-The text is tokenised once into a memory-mapped token cache (data/token_cache.py), so resident
+The text is tokenised once into a memory-mapped token cache (token_cache.py), so resident
 memory does not grow with the corpus. Evaluation reads a split as EVAL_STREAMS parallel streams,
 carrying the state along each, so every prediction has the text before it as context. The number
 of streams is fixed, not the training batch: the loss logged during fit is the loss `grutrain eval`
@@ -16,34 +16,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from grutrain import plots
 from grutrain.tasks.lm import corpus as lm_corpus
-from grutrain.tasks.lm.text import WindowSampler, bigram_perplexity, detokenize, eval_streams, long_tensor, tokenize
+from grutrain.tasks.lm.text import WindowSampler, bigram_perplexity, eval_streams, long_tensor
 from grutrain.tasks.lm.tokenizers import tokenizer_from_task_state
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.runtime import evaluating
+from grutrain.tasks.export_io import LanguageModelIO
 from grutrain.tasks.protocols import Split
 
 EVAL_STREAMS = 64  # parallel streams an evaluated split is laid out in
 SPLITS = ("val", "test")
 BASELINE_MAX_TOKENS = 10_000_000  # the bigram baseline reads at most this much of each split
 BASELINE_MAX_VOCAB = 8192  # and needs a V x V table
-UNITS = {"char": "character", "bytes": "byte", "bpe": "token", "word": "word"}
 
 
 class LanguageModelTask:
     name = "lm"
-    predicts = False  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0
 
     def __init__(self, cfg, tokenizer, held_out: dict | None, chars: dict | None, stored: dict | None = None):
         self.cfg = cfg
-        self.tokenizer = tokenizer  # data/tokenizers.py: char, word, bytes or bpe; travels in task_state
+        self.tokenizer = tokenizer  # tokenizers/: char, word, bytes or bpe; travels in task_state
         # {"val": ids, "test": ids} (memmaps of the cache in fit, tensors from a checkpoint); None: not
         # inside the checkpoint (recorded by place, or damaged): tokens() finds or refuses them
         self.held_out = held_out
@@ -70,6 +70,18 @@ class LanguageModelTask:
         task.carries_state = cfg.data.sampling == "sequential"
         task.items_per_batch = task.sampler.global_batch * cfg.data.seq_len  # tokens
         return task
+
+    @classmethod
+    def prepare(cls, cfg, progress: bool = True) -> dict:
+        """`grutrain prepare`: the token cache of cfg.data.path, built (or found); what it holds."""
+        corpus = lm_corpus.open_training_corpus(cfg.data, progress=progress)
+        return {
+            "cache": str(corpus.bin_path), "tokenizer": cfg.data.tokenizer, "vocab_size": corpus.tokenizer.vocab_size,
+            "dtype": corpus.meta["dtype"], "tokens": corpus.meta["n_tokens"],
+            "source_bytes": corpus.meta["source"]["size"],
+            "splits": {name: end - start for name, (start, end) in corpus.splits.items()},
+            "chars_per_token": {name: corpus.chars_per_token(name) for name in corpus.splits},
+        }
 
     @classmethod
     def from_checkpoint(cls, cfg, task_state: dict) -> "LanguageModelTask":
@@ -186,26 +198,25 @@ class LanguageModelTask:
         seq_len = self.cfg.data.seq_len
         per_position = position_losses(model, tokens, seq_len, device)
         carried = evaluate_lm(model, tokens, seq_len, device)["loss"]
-        unit = UNITS[self.tokenizer.kind]
+        unit = self.tokenizer.unit
         name = Path(name).name if isinstance(split, Path) else name
         return plots.per_position_loss_figure(per_position, carried, unit=unit,
                                               title=f"{name}: loss by position in windows of {seq_len} {unit}s")
 
-    def predict(self, model, input_path: Path, device) -> list[dict]:
-        raise GrutrainError("a language model has no predict; use grutrain sample (or grutrain eval)")
+    @staticmethod
+    def export_io(model) -> nn.Module:
+        return LanguageModelIO(model)
 
     def usage(self) -> dict:
-        data = self.cfg.data
-        kind = self.tokenizer.kind
-        usage = {"vocab": list(self.tokenizer.tokens), "tokenizer": kind, "lowercase": data.lowercase}
-        if kind == "bpe":
-            usage["tokenizer_json"] = self.tokenizer.state()["tokenizer_json"]
-        split = {"char": "every character", "word": "\\w+ runs and single punctuation marks",
-                 "bytes": "the UTF-8 bytes of the text (ids 0-255, no <unk>)",
-                 "bpe": "the byte-level BPE of `tokenizer_json` (Hugging Face tokenizers' Tokenizer.from_str)"}[kind]
-        unk = " (0 = <unk>)" if self.tokenizer.unk_id == 0 else ""
+        tokenizer = self.tokenizer
+        kind = tokenizer.kind
+        usage = {"vocab": list(tokenizer.tokens), "tokenizer": kind, "lowercase": self.cfg.data.lowercase}
+        # What else the tokeniser needs to be rebuilt (bpe: tokenizer_json); its vocabulary is `vocab`.
+        usage.update({k: v for k, v in tokenizer.state().items() if k not in ("kind", "tokens")})
+        unk = " (0 = <unk>)" if tokenizer.unk_id == 0 else ""
         usage.update({
-            "preprocessing": f"tokens: ids in `vocab`{unk} of the text split by `tokenizer` ({kind}: {split}), "
+            "preprocessing": f"tokens: ids in `vocab`{unk} of the text split by `tokenizer` ({kind}: "
+                             f"{tokenizer.splitting}), "
                              "lowercased first when `lowercase` is true; hidden: zeros to start, then the "
                              "previous call's hidden_out to continue a text",
             "postprocessing": "softmax(logits[:, t]) is the distribution of the token after position t"})
@@ -219,10 +230,7 @@ class LanguageModelTask:
         prompt_ids = long_tensor(tokenizer.encode(prompt)) if prompt else torch.zeros(0, dtype=torch.long)
         generated = generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, seed=seed,
                              device=device, unk_id=tokenizer.unk_id)
-        if tokenizer.kind in ("char", "word"):  # the prompt as written, even its characters the vocabulary lacks
-            return detokenize(tokenize(prompt, tokenizer.kind) + [tokenizer.tokens[i] for i in generated],
-                              tokenizer.kind)
-        return prompt + tokenizer.decode(generated)
+        return tokenizer.extend(prompt, generated)
 
     def _sample_during_fit(self, model, device) -> str:
         settings = self.cfg.sample

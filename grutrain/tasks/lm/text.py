@@ -13,20 +13,18 @@ is part of every checkpoint, so a resumed run sees exactly the batches it would 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from grutrain.config.data_sections import TextDataConfig
 from grutrain.data.batching import EpochSampler
 from grutrain.data.vocabulary import UNK, Vocabulary
 from grutrain.errors import GrutrainError
 from grutrain.files.inputs import read_input
-
-_WORD_RE = re.compile(r"\w+|[^\w\s]")
+from grutrain.tasks.lm.config import TextDataConfig
+from grutrain.tasks.lm.tokenizers.word import WORD_RE
 
 
 def read_text_file(path: str | Path) -> str:
@@ -55,11 +53,7 @@ def tokenize(text: str, tokenizer: str, lowercase: bool = False) -> list[str]:
         text = text.lower()
     if tokenizer == "char":
         return list(text)
-    return _WORD_RE.findall(text)
-
-
-def detokenize(tokens: list[str], tokenizer: str) -> str:
-    return "".join(tokens) if tokenizer == "char" else " ".join(tokens)
+    return WORD_RE.findall(text)
 
 
 @dataclass

@@ -25,17 +25,17 @@ import json
 import os
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from grutrain.tasks.lm import tokenizers as tk
+from grutrain.data.vocabulary import UNK
 from grutrain.errors import GrutrainError
 from grutrain.files import inputs
 from grutrain.files.inputs import DATA_EXPANSION, format_bytes, open_input
+from grutrain.tasks.lm import tokenizers
 
 CACHE_FORMAT = "grutrain-token-cache"
 CACHE_VERSION = 1
@@ -44,7 +44,7 @@ BLOCK_BYTES = 4 << 20  # small enough that the arrays of a block stay in the all
 
 @dataclass(frozen=True)
 class CacheSettings:
-    tokenizer: str  # char | word | bytes | bpe
+    tokenizer: str  # a name in tokenizers.TOKENIZERS
     lowercase: bool
     val_fraction: float
     test_fraction: float
@@ -252,7 +252,7 @@ def _open(meta: dict, bin_path: Path) -> TokenCorpus:
     ids = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["n_tokens"],)) \
         if meta["n_tokens"] else np.zeros(0, dtype=np.dtype(meta["dtype"]))
     splits = {name: tuple(bounds) for name, bounds in meta["splits"].items()}
-    return TokenCorpus(tk.from_state(meta["tokenizer"]), ids, splits, meta["chars"], meta, bin_path)
+    return TokenCorpus(tokenizers.from_state(meta["tokenizer"]), ids, splits, meta["chars"], meta, bin_path)
 
 
 def _train_tokenizer(source: Path, settings: CacheSettings, train_chars: int):
@@ -261,19 +261,9 @@ def _train_tokenizer(source: Path, settings: CacheSettings, train_chars: int):
         for _, text in iter_split_text(iter_text(source, settings.lowercase), bounds):
             yield text
 
-    if settings.tokenizer == "bytes":
-        return tk.ByteTokenizer()
-    if settings.tokenizer == "bpe":
-        if settings.tokenizer_path:
-            return tk.load_bpe_file(settings.tokenizer_path)
-        return tk.BpeTokenizer.train(train_blocks(), settings.vocab_size)
-    cls = tk.CharTokenizer if settings.tokenizer == "char" else tk.WordTokenizer
-    counts: Counter = Counter()
-    for text in train_blocks():
-        counts.update(cls.count(text))
-    tokenizer = cls.train(counts, settings.min_freq)
+    tokenizer = tokenizers.train(settings.tokenizer, train_blocks, settings)
     if tokenizer.vocab_size < 2:  # only <unk>: nothing to predict or to sample
-        raise GrutrainError(f"data.min_freq {settings.min_freq} leaves no token in the vocabulary but {tk.UNK} "
+        raise GrutrainError(f"data.min_freq {settings.min_freq} leaves no token in the vocabulary but {UNK} "
                             f"(no token occurs that often in {str(source)!r}); lower data.min_freq")
     return tokenizer
 
@@ -298,7 +288,7 @@ def build_cache(source: Path, settings: CacheSettings, directory: Path, key: str
     if n_chars == 0 or size == 0:
         raise GrutrainError(f"data file {str(source)!r} is empty; give a UTF-8 text file with some text in it")
     bounds = split_bounds(n_chars, settings.val_fraction, settings.test_fraction)
-    tokenizer = tk.from_state(given_tokenizer) if given_tokenizer else _train_tokenizer(source, settings, bounds[0][2])
+    tokenizer = tokenizers.from_state(given_tokenizer) if given_tokenizer else _train_tokenizer(source, settings, bounds[0][2])
     dtype = _dtype_for(tokenizer.vocab_size)
     # Pass 2: the ids, written as they come.
     offsets = {name: [0, 0] for name, _, _ in bounds}

@@ -8,7 +8,7 @@ copy    tokens [T]                every step -> num_symbols+1   cross-entropy ov
 sine    value [T, 1]              last state -> 1 number        MSE / mse, mae   vs the last value
 
 Nothing is read from disk and nothing but a fingerprint of the data goes into the checkpoint: the
-splits are regenerated from the config and train.seed (grutrain/data/synthetic.py).
+splits are regenerated from the config and train.seed (problems.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from grutrain.data.batching import ShuffledBatches
@@ -24,6 +25,7 @@ from grutrain.tasks.synthetic.problems import (SPLITS, Split, always_one_mse, ch
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.runtime import evaluating
+from grutrain.tasks.export_io import SequenceIO
 from grutrain.tasks.protocols import Split as SplitName
 
 EVAL_BATCH = 500  # sequences per forward pass at evaluation; no gradients, so larger than training's
@@ -99,7 +101,6 @@ def check_fingerprint(fingerprints: dict, split_name: str, split: Split) -> None
 
 class SyntheticTask:
     name = "synthetic"
-    predicts = False  # grutrain predict: outputs for new inputs
     sampler = None
     carries_state = False
     items_per_batch = 0
@@ -176,12 +177,10 @@ class SyntheticTask:
     def final_extras(self, model, device) -> dict:
         return {}
 
-    def figure(self, model, split: SplitName, device):
-        raise GrutrainError("--plot has no figure for task synthetic; it draws lm, forecast and classify models")
-
-    def predict(self, model, input_path: Path, device) -> list[dict]:
-        raise GrutrainError("a synthetic model has no predict; use grutrain eval")
+    @staticmethod
+    def export_io(model) -> nn.Module:
+        return SequenceIO(model, "output")
 
     def usage(self) -> dict:
         return {"kind": self.cfg.data.kind,
-                "preprocessing": "inputs as grutrain/data/synthetic.py generates them for data.kind"}
+                "preprocessing": "inputs as grutrain/tasks/synthetic/problems.py generates them for data.kind"}

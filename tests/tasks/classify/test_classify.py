@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from grutrain.config.schema import ModelConfig, load_config
+from grutrain.config.schema import ModelConfig
+from grutrain.tasks import load_config
 from grutrain.tasks.classify.examples import Encoder, sort_labels, stratified_split
 from grutrain.tasks.classify.files import file_format, read_examples
 from grutrain.errors import GrutrainError
@@ -428,7 +429,7 @@ def test_predict_gives_labels_and_probabilities_and_echoes_y(tmp_path, classify_
         assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-5)
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
     # The model alone, by hand: the same probabilities for the first example.
-    from grutrain.tasks import open_checkpoint
+    from grutrain.tasks.checkpoints import open_checkpoint
 
     opened = open_checkpoint(ckpt, torch.device("cpu"))
     model = opened.model

@@ -17,11 +17,11 @@ import yaml
 
 from grutrain.files.checkpoint import load_checkpoint
 from grutrain.cli import main
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.data.timeseries import (TimeAxis, fill_missing, forecast_errors, load_series, naive_forecast,
                                       read_series_csv, seasonal_naive_forecast, split_blocks, window_starts)
 from grutrain.errors import GrutrainError
-from grutrain.tasks import open_checkpoint
+from grutrain.tasks.checkpoints import open_checkpoint
 from grutrain.tasks.forecast.task import ForecastTask
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.tasks.forecast import calendar as cal
 from grutrain.tasks.forecast.windows import (WindowLayout, add_anchor, choose_anchor_lag, make_inputs,
                                             seasonal_naive_baselines)

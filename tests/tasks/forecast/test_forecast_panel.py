@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.tasks.forecast.task import ForecastTask
 from test_forecast import assert_one_line_error, cli
 

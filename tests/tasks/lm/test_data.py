@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from grutrain.config.schema import TextDataConfig
+from grutrain.tasks.lm.config import TextDataConfig
 from grutrain.data.vocabulary import UNK, Vocabulary
 from grutrain.tasks.lm.text import (
     WindowSampler,

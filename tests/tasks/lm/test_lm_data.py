@@ -11,7 +11,8 @@ import torch
 import grutrain.tasks.lm.token_cache as token_cache
 import grutrain.trainer.fit as train_module
 from grutrain.files.checkpoint import load_checkpoint
-from grutrain.config.schema import TextDataConfig, validate_config
+from grutrain.tasks import validate_config
+from grutrain.tasks.lm.config import TextDataConfig
 from grutrain.tasks.lm.corpus import cache_settings
 from grutrain.data.vocabulary import Vocabulary
 from grutrain.tasks.lm.text import WindowSampler, split_by_position, tokenize

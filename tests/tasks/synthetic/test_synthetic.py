@@ -12,7 +12,7 @@ import yaml
 
 import grutrain.trainer.fit as train_module
 from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
-from grutrain.config.schema import validate_config
+from grutrain.tasks import validate_config
 from grutrain.tasks.synthetic import problems as syn
 from grutrain.trainer.metrics import read_metrics
 from grutrain.trainer.fit import fit
@@ -173,7 +173,7 @@ def test_tiny_adding_run_learns_and_reports_baselines(tmp_path):
 
 def test_copy_run_metrics_by_hand(tmp_path):
     """The logged loss and accuracy of a copy run equal a direct computation with its final weights."""
-    from grutrain.tasks import open_checkpoint
+    from grutrain.tasks.checkpoints import open_checkpoint
 
     raw = tiny_raw(tmp_path / "run", kind="copy", train={"max_steps": 4, "eval_every": 4})
     summary = fit(validate_config(raw), progress="none")
@@ -234,7 +234,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, kin
 def test_shipped_configs_are_valid(name, kind):
     from pathlib import Path
 
-    from grutrain.config.schema import load_config
+    from grutrain.tasks import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[3] / "configs" / f"{name}.yaml")
     assert cfg.task == "synthetic" and cfg.data.kind == kind

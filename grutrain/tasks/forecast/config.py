@@ -1,0 +1,64 @@
+"""The config of task forecast: its `data` section (a CSV of one or more series and the
+windows read from it) and ForecastConfig, which puts it together with the shared sections."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from grutrain.config.schema import Section, TaskConfig
+
+
+class ForecastDataConfig(Section):
+    """task: forecast -- a CSV of one or more series, windows of input_len steps -> the next horizon steps."""
+
+    section_name: ClassVar[str] = "data"
+    path: str = Field("data/sunspots.csv", description="CSV file with a header row")
+    target_columns: list[str] = Field(default_factory=list, description="the columns to forecast")
+    input_columns: list[str] = Field(default_factory=list, description="extra input columns (known covariates)")
+    time_column: Optional[str] = Field(None, description="sorted by it when given; otherwise file order")
+    id_column: Optional[str] = Field(None, description="long format: the column naming each row's series "
+                                     "(one global model, each series normalised and split on its own)")
+    input_len: int = Field(24, gt=0, description="time steps the model sees")
+    horizon: int = Field(1, gt=0, description="time steps it predicts, all at once (direct multi-step)")
+    known_columns: list[str] = Field(default_factory=list,
+                                     description="extra input columns known for the horizon too (holidays, a weather forecast)")
+    season: Optional[int | list[int]] = Field(
+        None, description="season length(s) in rows, e.g. 48 or [48, 336]: a seasonal-naive baseline each")
+    anchor: Literal["auto", "naive", "seasonal"] = Field(
+        "auto", description="what the model predicts the residual over: auto = the baseline (naive or a "
+        "seasonal naive) with the lowest in-sample MAE on the training rows")
+    calendar: Literal["auto", "none", "epoch_seconds"] = Field(
+        "auto", description="calendar inputs (hour, weekday, day of year) from a date time column; "
+        "epoch_seconds: the time column holds Unix times")
+    quantiles: list[float] = Field(default_factory=list,
+                                   description="e.g. [0.1, 0.5, 0.9]: train with the pinball loss, forecast these quantiles")
+    missing: Literal["interpolate", "drop", "error"] = Field("error", description="what to do with blank cells")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _has_targets(self) -> "ForecastDataConfig":
+        if not self.target_columns:
+            raise ValueError("data.target_columns must name at least one CSV column to forecast, e.g. [SUNACTIVITY]")
+        seasons = self.seasons
+        if any(s < 1 for s in seasons) or len(set(seasons)) != len(seasons):
+            raise ValueError("data.season must be a positive whole number of rows or a list of distinct ones, e.g. [48, 336]")
+        if self.quantiles:
+            q = self.quantiles
+            if any(not 0 < v < 1 for v in q) or sorted(set(q)) != q or 0.5 not in q:
+                raise ValueError("data.quantiles must be distinct, increasing, between 0 and 1 and include 0.5 "
+                                 "(the point forecast), e.g. [0.1, 0.5, 0.9]")
+        return self
+
+    @property
+    def seasons(self) -> list[int]:
+        if self.season is None:
+            return []
+        return [self.season] if isinstance(self.season, int) else list(self.season)
+
+
+class ForecastConfig(TaskConfig):
+    task: Literal["forecast"]
+    data: ForecastDataConfig
