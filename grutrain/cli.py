@@ -6,7 +6,6 @@ into a message on stderr and an exit code (0 ok, 1 bad input, 2 bad usage, 130/1
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -268,20 +267,12 @@ def lr_find(
     from grutrain.tasks import load_config
 
     cfg = load_config(config, overrides or [])
-    finder.check_sweep(start, end, steps, smoothing)
-    directory = finder.output_dir(cfg, output_dir)
     with out.status(f"lr-find: {steps} steps from {start:g} to {end:g}...") as status:
         def progress(step: int, lr: float, loss: float) -> None:
             status.update(f"lr-find: step {step}/{steps}  lr {lr:.2e}  loss {loss:.4f}")
 
-        try:
-            result = finder.range_test(cfg, start, end, steps, smoothing=smoothing, device=device, progress=progress)
-        except BaseException:
-            if output_dir is None:  # leave no empty lr-find/<name>-N behind
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            raise
-    written = finder.write_results(result, directory, configured_lr=cfg.optim.lr)
+        result, written = finder.run_range_test(cfg, start, end, steps, smoothing=smoothing, output_dir=output_dir,
+                                                device=device, progress=progress)
     for line in finder.explain(result, configured_lr=cfg.optim.lr):
         out.print(line)
     out.print("wrote " + ", ".join(str(p) for p in written.values()))

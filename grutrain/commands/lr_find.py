@@ -14,6 +14,7 @@ Nothing here touches a run directory: the model is thrown away and the results g
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -21,14 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from grutrain import tasks
-from grutrain.capacity import check_model_fits
 from grutrain.errors import GrutrainError
-from grutrain.trainer.optim import build_optimizer
-from grutrain.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
-from grutrain.trainer.step import train_step
+from grutrain.files.outputs import check_output, check_output_dir
+from grutrain.trainer.rundir import CHECKPOINTS, CONFIG_FILE, RUNS_ROOT, SUMMARY_FILE, claim_numbered_dir
+from grutrain.trainer.setup import build_training, start_device
+from grutrain.trainer.step import next_batch
 
 OUTPUT_ROOT = Path("lr-find")
 CSV_NAME, PNG_NAME, JSON_NAME = "lr_find.csv", "lr_find.png", "lr_find.json"
@@ -55,6 +54,23 @@ class LRFindResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def run_range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *, smoothing: float = SMOOTHING,
+                   output_dir: str | Path | None = None, device: str | None = None,
+                   progress=None) -> tuple[LRFindResult, dict[str, Path]]:
+    """`grutrain lr-find`: the range test, its results written to `output_dir` (default: a fresh
+    lr-find/<run.name>-N); returns the result and the files written (see write_results)."""
+    check_sweep(start, end, steps, smoothing)  # before a directory is made for the results
+    directory = results_dir(cfg, output_dir)
+    try:
+        result = range_test(cfg, start, end, steps, smoothing=smoothing, device=device, progress=progress)
+    except BaseException:
+        if output_dir is None:  # leave no empty lr-find/<name>-N behind
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    return result, write_results(result, directory, configured_lr=cfg.optim.lr)
 
 
 def lr_schedule(start: float, end: float, steps: int) -> list[float]:
@@ -114,32 +130,21 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200, *,
                device: str | None = None, progress=None) -> LRFindResult:
     """Train a throwaway model for `steps` steps with the lr growing from `start` to `end`.
 
-    The model, data and optimizer are the config's (built through the task interface); the
-    optimizer's schedule and warm-up are replaced by the sweep. `smoothing` is the moving
-    average's beta: 0.98 (fastai's) averages over about the last 50 steps, so on a sweep of a few
-    hundred steps the smoothed curve trails the raw one; a lower beta follows it more closely.
+    The model, data and optimizer are the config's, built by fit's own setup (trainer.setup); the
+    optimizer's schedule and warm-up are replaced by the sweep. `smoothing` is the moving average's
+    beta: 0.98 (fastai's) averages over about the last 50 steps, so on a sweep of a few hundred
+    steps the smoothed curve trails the raw one; a lower beta follows it more closely.
     `progress(step, lr, loss)` is called after each step when given.
     """
     check_sweep(start, end, steps, smoothing)
-    set_threads(cfg.train.threads)
-    dev = resolve_device(device or cfg.train.device)
-    amp_dtype = autocast_dtype(cfg.train.precision, dev)
-    # As fit does: the task draws all the rows of a step; train_step splits them into micro-batches.
-    task = tasks.training_task(cfg, rows_per_step=cfg.train.batch_size * cfg.train.accumulate)
-    seed_everything(cfg.train.seed)
-    check_model_fits(task, cfg)  # an impossible size is refused here, not by the allocator
-    model = task.build_model().to(dev).train()
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
+    training = build_training(cfg, *start_device(cfg, device=device))
+    training.model.train()
     lrs, losses, smoothed = [], [], []
     hidden, best, avg = None, math.inf, 0.0
     stop_reason = f"reached --end {end:g} after {steps} steps"
     for i, lr in enumerate(lr_schedule(start, end, steps)):
-        *batch, starts_epoch = task.sampler.next_batch()
-        batch = [t.to(dev) for t in batch]
-        hidden = hidden.detach() if task.carries_state and not starts_epoch and hidden is not None else None
-        result = train_step(task, model, optimizer, scaler, batch, hidden, lr=lr, accumulate=cfg.train.accumulate,
-                            grad_clip=cfg.optim.grad_clip, device=dev, amp_dtype=amp_dtype)
+        batch, carried = next_batch(training.task, hidden, training.device)
+        result = training.step(batch, carried, lr)
         if not math.isfinite(result.loss):
             stop_reason = f"the loss became non-finite at lr {lr:.3g} (step {i + 1})"
             break
@@ -205,17 +210,14 @@ def _inside(path: Path, parent: Path) -> bool:
 
 
 def _looks_like_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and ((path / "checkpoints").is_dir() or (path / "summary.json").is_file())
+    return (path / CONFIG_FILE).is_file() and ((path / CHECKPOINTS).is_dir() or (path / SUMMARY_FILE).is_file())
 
 
-def output_dir(cfg, requested: str | Path | None) -> Path:
+def results_dir(cfg, requested: str | Path | None) -> Path:
     """The directory for the results, created: `requested`, or a fresh `lr-find/<run.name>-N`.
 
     Never inside runs/ or in (or under) a run directory, so that a range test cannot change a run.
     """
-    from grutrain.files.outputs import check_output, check_output_dir
-    from grutrain.trainer.rundir import RUNS_ROOT, claim_numbered_dir
-
     if requested is None:
         return claim_numbered_dir(cfg.run.name, OUTPUT_ROOT)
     path = Path(requested)

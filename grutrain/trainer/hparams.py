@@ -11,7 +11,6 @@ columns are the sessions' scalar tags: the trainer logs the final metrics as `fi
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 # Bookkeeping keys, not hyperparameters: they change nothing a model learns.
 NOT_HPARAMS = {"run.dir", "train.log_every", "train.checkpoint_every", "train.keep_last", "sample.length",

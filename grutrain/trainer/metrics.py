@@ -6,9 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from grutrain.trainer.rundir import open_run_file
-
-METRICS_FILE = "metrics.jsonl"
+from grutrain.trainer.rundir import METRICS_FILE, open_run_file
 
 
 class MetricsLogger:

@@ -1,16 +1,26 @@
-"""Whether a run may resume from its checkpoint under the config and processes it is given now."""
+"""The checkpoint a run resumes from, once it is known to fit the config and processes it is given now."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from grutrain.files.checkpoint import check_training_state
 from grutrain.config.schema import Config, config_to_dict, flatten_config
-from grutrain.tasks import validate_config
 from grutrain.errors import GrutrainError
+from grutrain.files.checkpoint import check_training_state
+from grutrain.tasks import validate_config
+from grutrain.tasks.checkpoints import load_checkpoint
+from grutrain.trainer.rundir import LAST_CHECKPOINT
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s"}
+
+
+def resumable_checkpoint(run_dir: Path, config: Config, device, world_size: int) -> dict:
+    """The run's last.pt, loaded onto `device`, after checking it may resume under `config`."""
+    path = run_dir / LAST_CHECKPOINT
+    saved = load_checkpoint(path, map_location=device)
+    check_resumable(saved, config, world_size, path)
+    return saved
 
 
 def check_resumable(saved: dict, config: Config, world_size: int, path: Path) -> None:

@@ -1,34 +1,101 @@
-"""Where a run's files go: a fresh runs/<name>-N per run unless run.dir names one.
+"""Where a run's files go, and the run directory's lifecycle from claim to release.
 
-A run directory is locked while a process trains in it (an flock on `.lock`, released by the
-kernel when the process dies, so a stale lock never blocks anyone).
+Each run gets a fresh runs/<name>-N unless run.dir names one. A run directory is locked while a
+process trains in it (an flock on `.lock`, released by the kernel when the process dies, so a
+stale lock never blocks anyone).
 
 --overwrite only ever replaces a directory grutrain made for a run (recognised by its own files),
 never `.`, an ancestor of the working directory, the home directory or `/`. The old run is moved
 aside into a hidden folder inside the run dir and deleted once the new run has written its first
 checkpoint; any failure before that puts it back. Files grutrain creates in a run dir are opened
 without following symlinks.
+
+`RunDirectory` ties these together for `fit`: claim (and lock) on rank 0, every rank told the
+directory or the reason there is none; the earlier run set aside when training begins; on the
+way out the lock released, an overwritten run put back if nothing replaced it, and a directory
+made for a run that never began removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grutrain.errors import GrutrainError
 
+if TYPE_CHECKING:
+    from grutrain.runtime import Distributed
+
+# The files of a run directory.
 RUNS_ROOT = Path("runs")
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
-BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
-LOCK_FILE = ".lock"
+CHECKPOINTS = Path("checkpoints")
+LAST_CHECKPOINT = CHECKPOINTS / "last.pt"
+BEST_CHECKPOINT = CHECKPOINTS / "best.pt"
 CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 SET_ASIDE_PREFIX = ".overwritten-"
 # Besides config.yaml, a run dir holds at least one of these once training has started.
-RUN_MARKERS = ("summary.json", "metrics.jsonl", "checkpoints")
+RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, str(CHECKPOINTS))
+
+
+class RunDirectory:
+    """One run's directory from claim to release: `with RunDirectory(...) as directory:`.
+
+    Entering claims it: rank 0 picks (or creates) and locks it, and every rank learns the path or
+    the one-line reason there is none. `begin()` marks the moment training starts: --overwrite
+    sets the earlier run aside then, not before, so bad input never touches it. Leaving releases
+    the lock, puts the earlier run back if no checkpoint of the new one replaced it, and removes a
+    directory made for a run that never began (and a runs/ made for it alone).
+    """
+
+    def __init__(self, run_dir: str | None, name: str, dist: Distributed, *, resume: bool, overwrite: bool):
+        self.requested, self.name, self.dist = run_dir, name, dist
+        self.resume, self.overwrite = resume, overwrite
+        self.path: Path | None = None
+        self.lock: RunLock | None = None  # rank 0's
+        self.aside: Path | None = None  # the earlier run, while the new one has no checkpoint
+        self.remove_unless_begun = False  # rank 0 made (or found empty) the directory for this run
+
+    def __enter__(self) -> "RunDirectory":
+        path, error = None, None
+        if self.dist.is_main:
+            try:
+                path = resolve_run_dir(self.requested, self.name, resume=self.resume, overwrite=self.overwrite)
+                self.remove_unless_begun = not holds_run(path)
+                self.lock = RunLock(path).acquire()
+            except GrutrainError as exc:
+                error = str(exc)
+        path, error = self.dist.broadcast((str(path) if path else None, error))
+        if error:
+            raise GrutrainError(error)
+        self.path = Path(path)
+        return self
+
+    def begin(self) -> None:
+        """Training starts: from here the directory is the run's, kept whatever happens."""
+        if self.overwrite and self.dist.is_main and holds_run(self.path):
+            self.aside = set_aside_run(self.path)  # deleted by the first checkpoint, restored if none gets written
+        self.remove_unless_begun = False
+
+    def __exit__(self, *exc) -> None:
+        if self.aside is not None:
+            restore_set_aside(self.path, self.aside)
+        if self.lock is not None:
+            self.lock.release()
+        if self.remove_unless_begun:  # bad input: leave no empty run directory behind
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+                if self.requested is None:  # and a runs/ made for it alone
+                    self.path.parent.rmdir()
 
 
 def holds_run(path: Path) -> bool:
@@ -233,7 +300,7 @@ def restore_set_aside(path: Path, aside: Path) -> None:
 
 def keep_periodic_copy(run_dir: Path, step: int, keep: int) -> None:
     """Link last.pt as step-N.pt and delete all but the `keep` latest of those."""
-    checkpoints = run_dir / LAST_CHECKPOINT.parent
+    checkpoints = run_dir / CHECKPOINTS
     target = checkpoints / f"step-{step:08d}.pt"
     tmp = checkpoints / f".{target.name}.link"
     tmp.unlink(missing_ok=True)

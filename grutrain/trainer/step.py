@@ -1,7 +1,8 @@
 """One optimizer step, the same for `grutrain fit` and `grutrain lr-find`.
 
-Forward and backward in `accumulate` micro-batches, unscale (fp16), clip, and apply the update
-only when the loss and the gradient are finite: a non-finite step never reaches the weights.
+The next batch and the state it starts from; then forward and backward in `accumulate`
+micro-batches, unscale (fp16), clip, and apply the update only when the loss and the gradient
+are finite: a non-finite step never reaches the weights.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+def next_batch(task, hidden: torch.Tensor | None, device) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The task's next batch on `device`, and the GRU state it starts from (None: zeros).
+
+    Sequential batches continue the previous ones: they carry the state, not its history, except
+    the first batch of an epoch, which starts the text (or series) again.
+    """
+    *batch, starts_epoch = task.sampler.next_batch()
+    carried = hidden.detach() if task.carries_state and not starts_epoch and hidden is not None else None
+    return [t.to(device) for t in batch], carried
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import grutrain.files.checkpoint as checkpoint_module
-import grutrain.trainer.fit as train_module
+import grutrain.trainer.loop as train_module
 from grutrain.tasks.lm.task import LanguageModelTask
 from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
 from grutrain.tasks import validate_config

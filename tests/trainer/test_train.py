@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import grutrain.trainer.fit as train_module
+import grutrain.trainer.loop as train_module
 from grutrain.files.checkpoint import load_checkpoint
 from grutrain.tasks import validate_config
 from grutrain.trainer.metrics import read_metrics

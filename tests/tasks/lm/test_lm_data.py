@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import grutrain.tasks.lm.token_cache as token_cache
-import grutrain.trainer.fit as train_module
+import grutrain.trainer.loop as train_module
 from grutrain.files.checkpoint import load_checkpoint
 from grutrain.tasks import validate_config
 from grutrain.tasks.lm.config import TextDataConfig

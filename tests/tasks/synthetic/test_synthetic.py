@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-import grutrain.trainer.fit as train_module
+import grutrain.trainer.loop as train_module
 from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
 from grutrain.tasks import validate_config
 from grutrain.tasks.synthetic import problems as syn
