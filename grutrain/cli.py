@@ -225,25 +225,26 @@ def runs(
                                             "-METRIC sorts descending"),
 ) -> None:
     """Compare runs: status, the config values that differ between them, best and final metrics, steps, time."""
-    from grutrain.commands import runs as run_table
+    from grutrain.commands.runs import compare_runs
 
     if as_json and as_csv:
         raise typer.BadParameter("give --json or --csv, not both")
-    table = run_table.collect_runs(dirs or [], sort=sort)
-    if as_json:
-        sys.stdout.write(run_table.runs_to_json(table))
-    elif as_csv:
-        sys.stdout.write(run_table.runs_to_csv(table))
+    rendered = compare_runs(dirs or [], sort=sort, fmt="json" if as_json else "csv" if as_csv else "table")
+    if isinstance(rendered, str):
+        sys.stdout.write(rendered)
     else:
-        from rich.measure import Measurement
+        _print_full_width(rendered)
 
-        rendered = run_table.format_runs_table(table, sort=sort)
-        # Piped to a file or a log, keep the table's full width rather than folding it into 80 columns.
-        if out.is_terminal:
-            out.print(rendered)
-        else:
-            width = max(out.width, Measurement.get(out, out.options.update_width(1000), rendered).maximum)
-            Console(highlight=False, width=width).print(rendered)
+
+def _print_full_width(rendered) -> None:
+    """Piped to a file or a log, keep a table's full width rather than folding it into 80 columns."""
+    if out.is_terminal:
+        out.print(rendered)
+        return
+    from rich.measure import Measurement
+
+    width = max(out.width, Measurement.get(out, out.options.update_width(1000), rendered).maximum)
+    Console(highlight=False, width=width).print(rendered)
 
 
 @app.command("lr-find", epilog="Example: grutrain lr-find configs/charlm.yaml --steps 200   "
