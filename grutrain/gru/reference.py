@@ -156,17 +156,10 @@ def scripted_loop() -> LayerFunction:
     return _scripted
 
 
-def scripted_layer(
-    x: Tensor,
-    h0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-    reset: str = "after",
-) -> tuple[Tensor, Tensor]:
-    """The reference equations compiled by TorchScript (``scripted_loop``), for torch.jit.trace."""
-    return scripted_loop()(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset)
+def scripted_layer(*args, **kwargs) -> tuple[Tensor, Tensor]:
+    """``scripted_loop()``, compiled on first use: the layer function for torch.jit.trace (all six
+    tensor arguments positional, as the GRU module passes them, and ``reset``)."""
+    return scripted_loop()(*args, **kwargs)
 
 
 def scan_available() -> bool:
