@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from grutrain.gru import paths
+from grutrain.runtime import autocast_dtype
 
 __all__ = ["STANDARD_SHAPES", "IMPLS", "PRECISIONS", "bench_layers", "format_layer_table", "format_layer_markdown"]
 
@@ -84,7 +85,7 @@ class _Timed:
 def _make_models(names: Sequence[str], input_size: int, hidden_size: int, device, precision: str = "fp32"
                  ) -> dict[str, _Timed]:
     torch_gru = nn.GRU(input_size, hidden_size).to(device)
-    amp = torch.bfloat16 if precision == "bf16" else None
+    amp = autocast_dtype(precision, torch.device(device))
     models = {"torch": _Timed(torch_gru, amp), "torch_fp32": _Timed(torch_gru, None)}
     for name in names:
         if name not in models:
