@@ -157,17 +157,6 @@ def predict(
     out.print(f"{len(rows)} predictions written to {output}")
 
 
-def _parse_shape(text: str) -> tuple[int, int, int, int]:
-    parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() and 0 < int(p) < 10**9 for p in parts):
-        raise GrutrainError(f"--shape {text[:60]!r} is not T,B,I,H (four positive integers, e.g. 35,32,28,256)")
-    from grutrain.capacity import check_gru_shape_fits
-
-    shape = tuple(int(p) for p in parts)
-    check_gru_shape_fits(*shape)
-    return shape
-
-
 @app.command(epilog="Example: grutrain bench --shape 100,16,32,128 --repeats 30 --json")
 def bench(
     shape: Optional[List[str]] = typer.Option(None, "--shape", help="T,B,I,H to time (repeatable); default: the standard shapes"),
@@ -183,38 +172,22 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
 ) -> None:
     """Time the fast GRU, the reference loop and torch.nn.GRU side by side (training step, forward, memory)."""
-    from grutrain.commands import bench as benchmarks
-    from grutrain.runtime import autocast_dtype, resolve_device
+    from grutrain.commands.bench import run_bench
 
-    dev = resolve_device(device)
-    if precision not in benchmarks.PRECISIONS:
-        raise GrutrainError(f"--precision {precision!r} is not one of {', '.join(benchmarks.PRECISIONS)}")
-    autocast_dtype(precision, dev)  # bf16 where this device has no native bfloat16: a one-line error
-    shapes = [_parse_shape(s) for s in shape] if shape else benchmarks.STANDARD_SHAPES
-    console = Console(stderr=True) if as_json else out
-    with console.status("timing GRU layers (interleaved, medians)..."):
-        layers = benchmarks.bench_layers(shapes, repeats=repeats, warmup=warmup, threads=threads, device=dev,
-                                         precision=precision)
-    result = {"device": str(dev), "threads": threads or __import__("torch").get_num_threads(),
-              "precision": precision, "machine": benchmarks.machine_description(threads), "layers": layers}
-    if markdown and not as_json:
-        command = "grutrain " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "grutrain bench"
-        out.print(benchmarks.format_layer_markdown(layers, command, result["machine"]), highlight=False, soft_wrap=True)
-    elif not as_json:
-        # A wide table: don't squeeze it into 80 columns when stdout is a file.
-        Console(highlight=False, width=None if out.is_terminal else 180).print(benchmarks.format_layer_table(layers))
-    if trainer:
-        with console.status("timing grutrain fit against a bare PyTorch loop..."):
-            result["trainer"] = benchmarks.bench_trainer(threads=threads, device=dev, precision=precision)
-        if not as_json:
-            out.print(benchmarks.format_trainer_result(result["trainer"]), highlight=False)
-    if generation:
-        with console.status("timing generation, one token at a time..."):
-            result["generation"] = benchmarks.bench_generation(threads=threads, device=dev)
-        if not as_json:
-            out.print(benchmarks.format_generation_result(result["generation"]), highlight=False)
+    command = "grutrain " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "grutrain bench"
+    result = run_bench(shape or [], repeats=repeats, warmup=warmup, threads=threads, device=device, trainer=trainer,
+                       generation=generation, precision=precision, markdown_command=command if markdown else None,
+                       status=(Console(stderr=True) if as_json else out).status,
+                       show=None if as_json else _print_bench_part)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _print_bench_part(part) -> None:
+    if isinstance(part, str):
+        out.print(part)
+    else:  # the layer table is wide: don't squeeze it into 80 columns when stdout is a file
+        Console(highlight=False, width=None if out.is_terminal else 180).print(part)
 
 
 @app.command(epilog="Example: grutrain runs runs/sweep --sort val/perplexity   (or --json, --csv for scripts)")
@@ -228,25 +201,26 @@ def runs(
                                             "-METRIC sorts descending"),
 ) -> None:
     """Compare runs: status, the config values that differ between them, best and final metrics, steps, time."""
-    from grutrain.commands import runs as run_table
+    from grutrain.commands.runs import compare_runs
 
     if as_json and as_csv:
         raise typer.BadParameter("give --json or --csv, not both")
-    table = run_table.collect_runs(dirs or [], sort=sort)
-    if as_json:
-        sys.stdout.write(run_table.runs_to_json(table))
-    elif as_csv:
-        sys.stdout.write(run_table.runs_to_csv(table))
+    rendered = compare_runs(dirs or [], sort=sort, fmt="json" if as_json else "csv" if as_csv else "table")
+    if isinstance(rendered, str):
+        sys.stdout.write(rendered)
     else:
-        from rich.measure import Measurement
+        _print_full_width(rendered)
 
-        rendered = run_table.format_runs_table(table, sort=sort)
-        # Piped to a file or a log, keep the table's full width rather than folding it into 80 columns.
-        if out.is_terminal:
-            out.print(rendered)
-        else:
-            width = max(out.width, Measurement.get(out, out.options.update_width(1000), rendered).maximum)
-            Console(highlight=False, width=width).print(rendered)
+
+def _print_full_width(rendered) -> None:
+    """Piped to a file or a log, keep a table's full width rather than folding it into 80 columns."""
+    if out.is_terminal:
+        out.print(rendered)
+        return
+    from rich.measure import Measurement
+
+    width = max(out.width, Measurement.get(out, out.options.update_width(1000), rendered).maximum)
+    Console(highlight=False, width=width).print(rendered)
 
 
 @app.command("lr-find", epilog="Example: grutrain lr-find configs/charlm.yaml --steps 200   "

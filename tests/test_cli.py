@@ -25,7 +25,7 @@ from grutrain.data.vocabulary import Vocabulary
 from grutrain.tasks.checkpoints import open_checkpoint
 from grutrain.tasks.lm.task import EVAL_STREAMS
 
-from conftest import TINY_CONFIG, _snapshot, make_text
+from conftest import TINY_CONFIG, make_text
 
 FIT_OVERRIDES = ["train.seed=3", "optim.lr=0.02"]
 

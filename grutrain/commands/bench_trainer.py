@@ -17,6 +17,8 @@ import time
 import torch
 from torch import nn
 
+from grutrain.runtime import autocast_dtype
+
 __all__ = ["TRAINER_MODEL", "bench_trainer", "format_trainer_result", "bench_generation",
            "format_generation_result"]
 
@@ -41,7 +43,8 @@ def synthetic_text():
 
 
 def _autocast(device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def language_model(vocab_size: int, model_cfg):

@@ -7,8 +7,9 @@ tracer unrolls to the example's length. So
   exporter turns into ONNX's GRU operator with `linear_before_reset=1`: reset "after". ONNX's
   `linear_before_reset=0` is exactly reset "before" (n = tanh(x W_in + (r * h) W_hn + b_hn + b_in)),
   so a reset="before" model is exported the same way and the attribute flipped afterwards.
-- pt2 gets `ScanGRU` (scan_gru.py): the same equations with the time loop as `scan`, which
-  torch.export keeps as one operator over a dynamic number of steps.
+- pt2 gets grutrain's GRU (a torch.nn.GRU swapped for it, reset "after"): under torch.export it
+  runs its equations with the time loop as `scan` (grutrain.gru.paths), which torch.export keeps
+  as one operator over a dynamic number of steps.
 
 Inputs and outputs: each task's `export_io` picks one of the interfaces of tasks/export_io.py
 (batch and sequence are dynamic axes); docs/export.md lists them by task.
@@ -27,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from grutrain.errors import GrutrainError
+from grutrain.gru import GRU
 from grutrain.gru.reference import scan_available
-from grutrain.gru.scan import ScanGRU
 from grutrain.tasks import task_class
 from grutrain.tasks.export_io import LanguageModelIO, PaddedSequenceIO
 
@@ -111,6 +112,14 @@ def torch_gru_copy(gru: nn.Module) -> nn.GRU:
                    dropout=gru.dropout, bidirectional=gru.bidirectional)
     plain.load_state_dict(gru.state_dict())
     return plain.eval()
+
+
+def grutrain_gru_copy(gru: nn.Module, reset: str) -> GRU:
+    """grutrain's GRU with the same configuration and weights as `gru` (torch.nn.GRU or grutrain's), in eval mode."""
+    mine = GRU(gru.input_size, gru.hidden_size, gru.num_layers, bias=gru.bias, batch_first=gru.batch_first,
+               dropout=gru.dropout, bidirectional=gru.bidirectional, reset=reset)
+    mine.load_state_dict(gru.state_dict())
+    return mine.eval()
 
 
 def _with_gru(model, gru: nn.Module):
@@ -198,9 +207,9 @@ def export_pt2(model, task: str, reset: str, path: Path) -> dict:
     if not scan_available():
         raise GrutrainError(f"pt2 export needs a torch with torch.export's scan (2.6 or newer); this is torch "
                             f"{torch.__version__}. Use --format onnx or state-dict")
-    io = model_io(_with_gru(model, ScanGRU(_gru(model), reset)), task).eval()
+    io = model_io(_with_gru(model, grutrain_gru_copy(_gru(model), reset)), task).eval()
     inputs = example_inputs(io, EXPORT_BATCH, EXPORT_SEQ)
-    interface = _interface(model, task, inputs)  # run eagerly, scan would compile itself: use the original
+    interface = _interface(model, task, inputs)
     dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
     axes = _axes(io)
     dynamic = {name: {axis: dims[label] for axis, label in axes[name].items()} for name in io.input_names}

@@ -1,8 +1,8 @@
 """`grutrain runs`: the runs of a sweep side by side, from their run directories.
 
 Plain functions: `collect_runs` finds and reads runs and returns data (or raises GrutrainError);
-`runs_to_json`, `runs_to_csv` and `format_runs_table` turn that data into text or a rich table.
-Nothing here prints.
+`runs_to_json`, `runs_to_csv` and `format_runs_table` turn that data into text or a rich table;
+`compare_runs` does both, for the command. Nothing here prints.
 
 A run's status comes from its summary.json (`running`, `finished`, `failed`, `interrupted`), checked
 against the run directory's flock: a summary that still says `running` while no process holds the
@@ -34,6 +34,16 @@ STATUSES = ("running", "finished", "failed", "interrupted", "crashed", "unknown"
 NOT_COMPARED = {"run.dir"}
 # The columns every run has, besides its config keys and its final metrics.
 BASE_COLUMNS = ("run", "status", "step", "total_steps", "wall_time_s", "best/val/loss", "best/step")
+
+
+def compare_runs(dirs: Sequence[str | Path] = (), sort: str | None = None, fmt: str = "table"):
+    """The runs under `dirs` (see `collect_runs`) as `fmt`: "json" or "csv" text, or the rich "table"."""
+    table = collect_runs(dirs, sort=sort)
+    if fmt == "json":
+        return runs_to_json(table)
+    if fmt == "csv":
+        return runs_to_csv(table)
+    return format_runs_table(table, sort=sort)
 
 
 def collect_runs(dirs: Sequence[str | Path] = (), sort: str | None = None) -> dict:

@@ -2,9 +2,9 @@
 
 Rule: imports only torch and its own modules, nothing else of grutrain, so the layer can be
 copied out and used alone. `layer` is the nn.Module; `reference` the equations (the loop every
-other path is checked against, and the form tracers, compilers and torch.func record); `paths`
-decides which implementation runs in the current context; `fused`, `fused_backward` and
-`matmul` are the hand-written fast path; `scan` the whole GRU as torch's scan for torch.export.
+other path is checked against, and the forms tracers, compilers, torch.export and torch.func
+record); `paths` the registry of implementations and which one runs in the current context;
+`fused`, `fused_backward` and `matmul` are the hand-written fast path.
 """
 
 from grutrain.gru.layer import GRU, IMPLS, RESETS, GRUInputError, reference_gru_layer

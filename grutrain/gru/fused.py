@@ -55,11 +55,9 @@ from torch import Tensor
 
 from grutrain.gru.fused_backward import backward_after, backward_before
 from grutrain.gru.matmul import project, step_matmul
-from grutrain.gru.reference import autocast_enabled, reference_gru_layer
+from grutrain.gru.reference import autocast_enabled, check_reset, reference_gru_layer
 
 __all__ = ["fused_gru_layer"]
-
-RESETS = ("after", "before")
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,8 +288,7 @@ def fused_gru_layer(
     bfloat16 autocast, and the outputs have torch.nn.GRU's dtype (see the module docstring).
     A double backward (``create_graph=True``) recomputes the layer with the reference equations.
     """
-    if reset not in RESETS:
-        raise ValueError(f"reset must be 'after' or 'before', got {reset!r}")
+    check_reset(reset)
     if x.dim() != 3:
         raise ValueError(f"x must be [T, B, I], got shape {tuple(x.shape)}")
     T, B, _ = x.shape

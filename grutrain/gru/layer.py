@@ -1,12 +1,13 @@
 """The GRU layer, written from its equations, with torch.nn.GRU's interface and parameter layout.
 
-Two layer functions compute one direction of one layer over a whole sequence:
+Layer functions compute one direction of one layer over a whole sequence:
 
 - ``reference_gru_layer`` (``grutrain.gru.reference``): the equations transcribed step by step,
   the readable definition every other implementation is tested against;
 - ``fused_gru_layer`` (``grutrain.gru.fused``): the fast path, same signature and results;
 
-``grutrain.gru.paths`` picks one for the context (tracing, export and torch.func take the reference).
+``grutrain.gru.paths`` holds them in a registry and picks one for the context: tracers, compilers
+and torch.func get a form of the reference equations they can record (torch.export: its ``scan``).
 
 ``GRU`` stacks them into layers and directions exactly like ``torch.nn.GRU``, so state dicts
 move between the two and both give the same outputs and gradients.
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from grutrain.gru.paths import IMPLS, layer_function
-from grutrain.gru.reference import RESETS, GRUInputError, autocast_enabled, check_reset, reference_gru_layer
+from grutrain.gru.paths import IMPLS, is_exporting, select
+from grutrain.gru.reference import RESETS, GRUInputError, autocast_enabled, check_reset, one_of, reference_gru_layer
 
 __all__ = ["GRU", "GRUInputError", "RESETS", "IMPLS", "reference_gru_layer"]
 
@@ -75,15 +76,17 @@ class GRU(nn.Module):
         reset: ``"after"`` or ``"before"``, where the reset gate acts (equations above).
             Default: ``"after"``
         impl: ``"fused"`` (the fast path, :mod:`grutrain.gru.fused`) or ``"reference"``
-            (:func:`reference_gru_layer`, the step-by-step transcription). Both compute the
-            same function. Default: ``"fused"``
+            (:func:`reference_gru_layer`, the step-by-step transcription), or another
+            implementation registered in :mod:`grutrain.gru.paths` (``IMPLS``). All compute
+            the same function. Default: ``"fused"``
         device, dtype: where and in which dtype to create the parameters, as in torch.nn.
         proj_size: accepted only as 0, as torch.nn.GRU (projections are LSTM-only).
 
     Under ``torch.jit.trace``, ``torch.compile``/``torch.export`` and ``torch.func`` transforms
     the module runs the reference equations whatever ``impl`` says (the fused path's kernels
-    can't be recorded); a traced module calls them compiled by TorchScript, so it runs at any
-    sequence length. A double backward (``create_graph=True``) works on both paths.
+    can't be recorded); a traced module calls them compiled by TorchScript and an exported one
+    as torch's ``scan``, so both run at any sequence length. A double backward
+    (``create_graph=True``) works on both paths.
 
     Inputs: input, h_0, lengths
         * **input**: tensor of shape :math:`(L, H_{in})` for unbatched input,
@@ -188,7 +191,7 @@ class GRU(nn.Module):
             raise GRUInputError("proj_size argument is only supported for LSTM, not RNN or GRU")
         check_reset(reset)
         if impl not in IMPLS:
-            raise GRUInputError(f"impl must be 'fused' or 'reference', got {impl!r}")
+            raise GRUInputError(f"impl must be {one_of(IMPLS)}, got {impl!r}")
         if dropout > 0 and num_layers == 1:
             # Same warning as torch.nn.GRU: the dropout would silently do nothing.
             warnings.warn(
@@ -315,7 +318,8 @@ class GRU(nn.Module):
                              f"got shape {list(lengths.shape)}")
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise GRUInputError(f"GRU: lengths must be integers, got {lengths.dtype}")
-        if batch and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
+        # Under torch.export the values are symbols: the exported program takes them as given.
+        if batch and not is_exporting() and (int(lengths.min()) < 1 or int(lengths.max()) > seq_len):
             raise GRUInputError(f"GRU: lengths must be between 1 and the sequence length {seq_len}, "
                              f"got {lengths.tolist()}")
         return lengths.long()
@@ -369,7 +373,7 @@ class GRU(nn.Module):
         # with the forward output at t.
         reverse = padding.reverse if padding is not None else (lambda t: t.flip(0))
 
-        layer_fn = layer_function(self.impl)
+        path = select(self.impl, x)
         final_states = []  # num_layers * num_directions tensors of [B, H]
         for layer in range(self.num_layers):
             direction_outputs = []  # each [T, B, H]
@@ -378,7 +382,7 @@ class GRU(nn.Module):
                 if not self.bias:
                     weights += [None, None]
                 h0 = hx[layer * self.num_directions + direction]  # [B, H]
-                out, h_last = layer_fn(x if direction == 0 else reverse(x), h0, *weights, reset=self.reset)
+                out, h_last = path.layer(x if direction == 0 else reverse(x), h0, *weights, reset=self.reset)
                 if padding is not None:
                     h_last = padding.last_valid(out)  # each sequence's own end, not the padding's
                 if direction == 1:
@@ -391,10 +395,9 @@ class GRU(nn.Module):
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = F.dropout(x, p=self.dropout, training=self.training)
 
-        from_fused = getattr(layer_fn, "__module__", None) == "grutrain.gru.fused"
-        if from_fused and x.requires_grad and x is direction_outputs[0] and padding is None:
-            # The fast path's output is the buffer its backward reads the states from; the
-            # caller's copy must be theirs to change in place (ReLU(inplace=True), out += ...).
+        if path.output_is_saved_state and x.requires_grad and x is direction_outputs[0] and padding is None:
+            # The layer's output is the buffer its backward reads the states from; the caller's
+            # copy must be theirs to change in place (ReLU(inplace=True), out += ...).
             x = x.clone()
         return x, torch.stack(final_states)  # [T, B, D*H], [L*D, B, H]
 

@@ -25,6 +25,7 @@ LayerFunction = Callable[..., tuple[Tensor, Tensor]]
 
 RESETS = ("after", "before")
 
+
 class GRUInputError(ValueError, RuntimeError):
     """A bad argument or input of the GRU.
 
@@ -33,9 +34,15 @@ class GRUInputError(ValueError, RuntimeError):
     """
 
 
+def one_of(names) -> str:
+    """'a', 'b' or 'c': the allowed values in an error message."""
+    quoted = [repr(name) for name in names]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+
+
 def check_reset(reset: str) -> None:
     if reset not in RESETS:
-        raise GRUInputError(f"reset must be 'after' or 'before', got {reset!r}")
+        raise GRUInputError(f"reset must be {one_of(RESETS)}, got {reset!r}")
 
 
 def reference_gru_layer(
@@ -147,6 +154,12 @@ def scripted_loop() -> LayerFunction:
             warnings.simplefilter("ignore", DeprecationWarning)
             _scripted = torch.jit.script(_reference_loop)
     return _scripted
+
+
+def scripted_layer(*args, **kwargs) -> tuple[Tensor, Tensor]:
+    """``scripted_loop()``, compiled on first use: the layer function for torch.jit.trace (all six
+    tensor arguments positional, as the GRU module passes them, and ``reset``)."""
+    return scripted_loop()(*args, **kwargs)
 
 
 def scan_available() -> bool:

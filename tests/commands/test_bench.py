@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from grutrain.commands.bench import bench_generation, bench_trainer
+from grutrain.commands.bench_trainer import bench_generation, bench_trainer
 from grutrain.cli import main
 from grutrain.runtime import cpu_supports_bf16
 
@@ -93,3 +93,21 @@ def test_generation_bench_compares_per_token_cost():
     result = bench_generation(tokens=3, rounds=2, threads=1)
     assert result["ratio"] == pytest.approx(result["grutrain_us_per_token"] / result["torch_gru_us_per_token"])
     assert len(result["grutrain_runs"]) == len(result["torch_gru_runs"]) == 2
+
+
+def test_bench_layers_reports_every_impl_against_torch():
+    from rich.console import Console
+
+    from grutrain.commands.bench_layers import bench_layers, format_layer_table
+
+    results = bench_layers([(3, 2, 2, 4)], repeats=2, warmup=1, threads=1)
+    assert [r["impl"] for r in results] == ["fused", "reference", "torch"]
+    by_impl = {r["impl"]: r for r in results}
+    assert by_impl["torch"]["train_ratio_vs_torch"] == 1.0 and by_impl["torch"]["mem_ratio_vs_torch"] == 1.0
+    for r in results:
+        assert r["shape"] == (3, 2, 2, 4) and r["threads"] == 1
+        assert r["train_ms"] > 0 and r["forward_ms"] > 0 and r["peak_mem_bytes"] > 0
+        assert r["train_tokens_per_s"] == pytest.approx(3 * 2 / (r["train_ms"] / 1e3))
+    console = Console(width=200, record=True)
+    console.print(format_layer_table(results))
+    assert "reference" in console.export_text()

@@ -258,21 +258,3 @@ def _force_packed(weight, batch):
 
 
 _ORIGINAL_STEP_MATMUL = gm.step_matmul
-
-
-def test_bench_layers_reports_every_impl_against_torch():
-    from rich.console import Console
-
-    from grutrain.commands.bench import bench_layers, format_layer_table
-
-    results = bench_layers([(3, 2, 2, 4)], repeats=2, warmup=1, threads=1)
-    assert [r["impl"] for r in results] == ["fused", "reference", "torch"]
-    by_impl = {r["impl"]: r for r in results}
-    assert by_impl["torch"]["train_ratio_vs_torch"] == 1.0 and by_impl["torch"]["mem_ratio_vs_torch"] == 1.0
-    for r in results:
-        assert r["shape"] == (3, 2, 2, 4) and r["threads"] == 1
-        assert r["train_ms"] > 0 and r["forward_ms"] > 0 and r["peak_mem_bytes"] > 0
-        assert r["train_tokens_per_s"] == pytest.approx(3 * 2 / (r["train_ms"] / 1e3))
-    console = Console(width=200, record=True)
-    console.print(format_layer_table(results))
-    assert "reference" in console.export_text()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from grutrain.gru.layer import GRU
+from grutrain.gru.paths import IMPLS  # every registered implementation
 
 ATOL = 1e-5  # float32
 
@@ -39,7 +40,7 @@ def forward_backward(run, module, x, h0, out_weight, h_weight):
     return out, h_n, grads
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("with_h0", [False, True], ids=["no_h0", "h0"])

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from grutrain.config.schema import config_to_dict
 from grutrain.tasks import validate_config
 from grutrain.trainer.hparams import FINAL_PREFIX, NOT_HPARAMS
 from grutrain.trainer.metrics import read_metrics

@@ -157,7 +157,7 @@ def test_epochs_set_the_number_of_steps(text_file, tmp_path):
 def test_backends_and_reset_variants_train(text_file, tmp_path, backend, reset):
     cfg = tiny_config(text_file, tmp_path / backend, model__backend=backend, model__reset=reset,
                       model__embedding_dim=0, optim__name="sgd", optim__lr=0.5, train__max_steps=30, train__eval_every=30)
-    summary = fit(cfg, progress="none")
+    fit(cfg, progress="none")
     curve = [v for _, v in scalar_curve(tmp_path / backend, "train/loss")]
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5  # it learns
 
