@@ -142,19 +142,13 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
 ) -> None:
     """Forecasts (the horizon after the input's end, on the original scale) or class labels with probabilities."""
-    from grutrain.commands.predict import format_rows, output_format, predict_checkpoint
+    from grutrain.commands.predict import predict_to
 
-    from grutrain.files.outputs import check_output, write_output
-
-    if output is not None:
-        check_output(output, "--output", inputs=[checkpoint, input])  # before the work, not after it
-    rows = predict_checkpoint(checkpoint, input, device)
-    text = format_rows(rows, output_format(output, fmt))
-    if output is None:
+    text, count = predict_to(checkpoint, input, output, fmt, device)
+    if text is not None:
         sys.stdout.write(text)
-        return
-    write_output(output, text, "--output", inputs=[checkpoint, input])
-    out.print(f"{len(rows)} predictions written to {output}")
+    else:
+        out.print(f"{count} predictions written to {output}")
 
 
 @app.command(epilog="Example: grutrain bench --shape 100,16,32,128 --repeats 30 --json")

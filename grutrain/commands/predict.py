@@ -11,6 +11,7 @@ from grutrain.files import json_text
 from grutrain.commands.evaluate import naming_the_file
 from grutrain.files.inputs import open_input
 from grutrain.files.json_text import require_finite
+from grutrain.files.outputs import check_output, write_output
 from grutrain.runtime import resolve_device
 from grutrain.tasks.checkpoints import open_checkpoint
 from grutrain.tasks.protocols import Predicts, require
@@ -25,6 +26,23 @@ def predict_checkpoint(path, input_path, device: str = "auto") -> list[dict]:
     with naming_the_file(path):
         rows = opened.task.predict(opened.model, Path(input_path), opened.device)
         return require_finite(rows, "the predictions")
+
+
+def predict_to(checkpoint: Path, input_path: Path, output: Path | None, fmt: str | None,
+               device: str = "auto") -> tuple[str | None, int]:
+    """`grutrain predict`: the predictions as text, or written to `output` (then the text is None).
+
+    Returns (text for stdout or None, number of predictions). `output` is checked before the work,
+    so a path grutrain may not write is refused before the model runs, not after.
+    """
+    if output is not None:
+        check_output(output, "--output", inputs=[checkpoint, input_path])
+    rows = predict_checkpoint(checkpoint, input_path, device)
+    text = format_rows(rows, output_format(output, fmt))
+    if output is None:
+        return text, len(rows)
+    write_output(output, text, "--output", inputs=[checkpoint, input_path])
+    return None, len(rows)
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from grutrain.commands import lr_find
-from grutrain.config.schema import load_config
+from grutrain.tasks import load_config
 from grutrain.errors import GrutrainError
 from grutrain.runtime import Distributed
 from grutrain.trainer.fit import fit
