@@ -184,6 +184,21 @@ def _print_bench_part(part) -> None:
         Console(highlight=False, width=None if out.is_terminal else 180).print(part)
 
 
+@app.command(epilog="Example: grutrain kernels   (builds the native GRU kernel now, then says what model.kernel=auto runs)")
+def kernels(
+    build: bool = typer.Option(True, "--build/--no-build", help="build the kernel if it is not in the cache yet"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
+) -> None:
+    """Build the native GRU kernel ahead of use; report its cache path, build time and what auto selects."""
+    from grutrain.commands.kernels import format_kernels_report, kernels_report
+
+    report = kernels_report(build=build)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        out.print(format_kernels_report(report))
+
+
 @app.command(epilog="Example: grutrain runs runs/sweep --sort val/perplexity   (or --json, --csv for scripts)")
 def runs(
     dirs: Optional[List[Path]] = typer.Argument(None, metavar="DIR",

@@ -7,7 +7,25 @@ from torch import nn
 from torch.nn import functional as F
 
 from grutrain.config.schema import ModelConfig
+from grutrain.errors import GrutrainError
+from grutrain.gru import native
 from grutrain.gru.layer import GRU
+
+# model.kernel -> the GRU implementation asked for; "native" falls back to "fused" where it can't run.
+KERNEL_IMPLS = {"auto": "native", "native": "native", "python": "fused"}
+
+
+def check_kernel(cfg: ModelConfig, device: torch.device) -> None:
+    """model.kernel=native insists: a one-line error when the native kernel can't run on `device`
+    (auto falls back to the Python fused path with one notice line instead)."""
+    if cfg.backend != "custom" or cfg.kernel != "native":
+        return
+    if not native.load():
+        raise GrutrainError(f"model.kernel=native: the native GRU kernel is unavailable ({native.reason()}); "
+                            "fix that, or use model.kernel=auto (the Python path where native can't run)")
+    if not native.supports(torch.empty(1, 1, 1, device=device)):
+        raise GrutrainError(f"model.kernel=native: the native GRU kernel has no {device.type} implementation; "
+                            "use model.kernel=auto (the Python fused path there)")
 
 
 class SequenceModel(nn.Module):
@@ -33,7 +51,10 @@ class SequenceModel(nn.Module):
         gru_args = dict(input_size=input_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                         dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, batch_first=True,
                         bidirectional=cfg.bidirectional)
-        self.gru = nn.GRU(**gru_args) if cfg.backend == "torch" else GRU(**gru_args, reset=cfg.reset)
+        if cfg.backend == "torch":
+            self.gru = nn.GRU(**gru_args)
+        else:
+            self.gru = GRU(**gru_args, reset=cfg.reset, impl=KERNEL_IMPLS[cfg.kernel])
         self.directions = 2 if cfg.bidirectional else 1
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden_size * self.directions, output_size)
@@ -44,6 +65,17 @@ class SequenceModel(nn.Module):
         if self.embedding is not None:
             return self.embedding(x)  # [B, T, E]
         return F.one_hot(x, self.vocab_size).to(self.head.weight.dtype)  # [B, T, V]
+
+    def step(self, x: torch.Tensor, hidden: torch.Tensor | None = None):
+        """One step of generation: x [B] tokens (or [B, I] features) -> (output [B, output_size],
+        hidden [L*D, B, H]); grutrain's GRU runs its one-step cell (the native kernel's) there."""
+        inputs = self.encode(x[:, None])[:, 0]  # [B, E]
+        if isinstance(self.gru, GRU):
+            output, hidden = self.gru.step(inputs, hidden)  # [B, D*H]
+        else:
+            output, hidden = self.gru(inputs[:, None], hidden)
+            output = output[:, 0]
+        return self.head(self.dropout(output)), hidden
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
         """x: [B, T] tokens or [B, T, I] features -> (output, hidden [L*D, B, H])."""

@@ -5,6 +5,7 @@ Everything here is sized to train in well under a second on a busy 2-core CPU.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -23,6 +24,22 @@ def make_text(n_sentences: int = 120, seed: int = 0) -> str:
         words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 9))]
         lines.append(" ".join(words).capitalize() + ".")
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_kernel(request, tmp_path_factory):
+    """The native GRU kernel is built once per checkout (in pytest's cache directory, kept between
+    sessions) before any test runs, so no test's output holds the build notice. Where it can't be
+    built, the tests (and the commands they start) run the Python path quietly; tests/gru/test_native.py
+    checks the fallback and its notice."""
+    from grutrain.gru import native
+
+    if not os.environ.get("GRUTRAIN_KERNEL_DIR"):
+        cache = getattr(request.config, "cache", None)
+        where = cache.mkdir("grutrain-kernels") if cache is not None else tmp_path_factory.mktemp("kernels")
+        os.environ["GRUTRAIN_KERNEL_DIR"] = str(where)  # inherited by the commands tests start
+    if not native.load():
+        os.environ["GRUTRAIN_NATIVE"] = "0"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""One module per command beyond fit: eval, sample, predict, prepare, lr-find, runs, bench, export,
+"""One module per command beyond fit: eval, sample, predict, prepare, lr-find, runs, bench, kernels, export,
 init. Each is a plain function that returns a value or raises GrutrainError.
 
 Rule: only grutrain.cli imports a command; a command imports the trainer, the tasks (through their

@@ -11,7 +11,12 @@ the machines this runs on are small and shared:
   implementation back to back, so a ratio's spread shows how steady the comparison was);
 - ratios are taken against torch.nn.GRU measured in the same run, never across runs;
 - ``precision="bf16"`` runs every implementation under ``torch.autocast(bfloat16)`` and times
-  torch.nn.GRU both under autocast (the ``torch`` baseline) and in float32 (``torch_fp32``).
+  torch.nn.GRU both under autocast (the ``torch`` baseline) and in float32 (``torch_fp32``);
+- the ``products`` row is the limit: only the matrix products a GRU layer cannot avoid, each into a
+  preallocated buffer (``X W_ih^T`` for all steps and ``h W_hh^T`` per step; for training also
+  ``G W_hh`` per step backward, then ``dW_hh``, ``dW_ih`` and ``dX`` batched), in the precision's
+  dtype, timed in the same interleaved rounds; every row's ``*_ratio_vs_products`` is its time over
+  that one.
 
 On a 2-core machine that other jobs share, prefer ``threads=1``: with 2 threads every parallel
 region (GEMMs, large elementwise ops) waits for a descheduled worker, and under heavy load all
@@ -52,6 +57,39 @@ IMPLS = (*paths.IMPLS, "torch")
 # The reference loop adds nothing under autocast; torch.nn.GRU is timed in float32 too.
 IMPLS_BF16 = (*(name for name in paths.IMPLS if name != "reference"), "torch", "torch_fp32")
 PRECISIONS = ("fp32", "bf16")
+PRODUCTS = "products"  # the matrix products alone: the limit every implementation is compared to
+
+
+class _Products:
+    """The matrix products of one layer's training step and forward, each into a preallocated buffer."""
+
+    def __init__(self, T: int, B: int, I: int, H: int, device, dtype: torch.dtype):
+        g = torch.Generator().manual_seed(0)
+
+        def r(*shape):
+            return (torch.randn(*shape, generator=g) * 0.1).to(device=device, dtype=dtype)
+
+        self.x2, self.w_ih, self.w_hh = r(T * B, I), r(3 * H, I), r(3 * H, H)
+        self.h = r(T + 1, B, H)  # the states each step's product reads
+        self.G = r(T, B, 3 * H)  # the gate gradients of the backward
+        self.gx, self.gh = torch.empty_like(r(T * B, 3 * H)), torch.empty_like(r(T, B, 3 * H))
+        self.dh = torch.empty_like(r(T, B, H))
+        self.dw_hh, self.dw_ih, self.dx = torch.empty_like(self.w_hh), torch.empty_like(self.w_ih), torch.empty_like(self.x2)
+
+    def forward(self) -> None:
+        torch.mm(self.x2, self.w_ih.t(), out=self.gx)
+        w_t = self.w_hh.t()
+        for h, gh in zip(self.h.unbind(0), self.gh.unbind(0)):
+            torch.mm(h, w_t, out=gh)
+
+    def train(self) -> None:
+        self.forward()
+        for g, dh in zip(self.G.unbind(0), self.dh.unbind(0)):
+            torch.mm(g, self.w_hh, out=dh)
+        G2 = self.G.view(-1, self.G.shape[-1])
+        torch.mm(G2.t(), self.h[:-1].reshape(-1, self.h.shape[-1]), out=self.dw_hh)
+        torch.mm(G2.t(), self.x2, out=self.dw_ih)
+        torch.mm(G2, self.w_ih, out=self.dx)
 
 
 class _OneLayer(nn.Module):
@@ -106,10 +144,10 @@ def _forward(timed: _Timed, x: Tensor) -> None:
         timed.model(x)
 
 
-def _timed(fn, timed, x, sync) -> float:
+def _timed(fn, sync) -> float:
     sync()
     start = time.perf_counter()
-    fn(timed, x)
+    fn()
     sync()
     return time.perf_counter() - start
 
@@ -181,8 +219,10 @@ def bench_layers(
     forward_ratio_vs_torch (time / torch.nn.GRU's time; < 1 is faster), peak_mem_bytes and
     mem_ratio_vs_torch (peak memory of a training step), plus threads and device; the spread:
     train_ms_iqr, forward_ms_iqr, train_ratio_iqr, forward_ratio_iqr (25th, 75th percentiles of
-    the times and of the per-repetition ratios). ``precision="bf16"``: everything under bfloat16
-    autocast, "torch" too, and ``*_ratio_vs_torch_fp32`` against torch.nn.GRU in float32.
+    the times and of the per-repetition ratios). Each shape ends with a "products" row (the matrix
+    products alone; peak_mem_bytes and mem_ratio_vs_torch None), and every row has
+    ``*_ratio_vs_products`` and ``*_ratio_products_iqr`` against it. ``precision="bf16"``: everything
+    under bfloat16 autocast, "torch" too, and ``*_ratio_vs_torch_fp32`` against torch.nn.GRU in float32.
     ``threads`` sets torch's intra-op threads for the duration of the run (restored afterwards).
     """
     if precision not in PRECISIONS:
@@ -223,15 +263,18 @@ def _bench_shape(shape, repeats, warmup, device, impls, seed, sync, precision="f
     torch.manual_seed(seed)
     models = _make_models(impls, I, H, device, precision)
     x = torch.randn(T, B, I, device=device)
+    products = _Products(T, B, I, H, device, autocast_dtype(precision, device) or torch.float32)
+    steps = {name: (lambda m=model: _train_step(m, x), lambda m=model: _forward(m, x)) for name, model in models.items()}
+    steps[PRODUCTS] = (products.train, products.forward)
 
-    times = {name: {"train": [], "forward": []} for name in models}
-    names = list(models)
+    times = {name: {"train": [], "forward": []} for name in steps}
+    names = list(steps)
     for rep in range(warmup + repeats):
         # Rotate the order so no implementation always runs right after the same neighbour.
         k = rep % len(names)
         for name in names[k:] + names[:k]:
-            train = _timed(_train_step, models[name], x, sync)
-            forward = _timed(_forward, models[name], x, sync)
+            train = _timed(steps[name][0], sync)
+            forward = _timed(steps[name][1], sync)
             if rep >= warmup:
                 times[name]["train"].append(train)
                 times[name]["forward"].append(forward)
@@ -239,7 +282,7 @@ def _bench_shape(shape, repeats, warmup, device, impls, seed, sync, precision="f
     peaks = {name: _peak_memory_bytes(model, x) for name, model in models.items()}
     tokens = T * B
     rows = []
-    for name in names:
+    for name in [*models, PRODUCTS]:
         row = {"shape": tuple(shape), "impl": name, "precision": precision}
         for kind in ("train", "forward"):
             mine = times[name][kind]
@@ -247,13 +290,16 @@ def _bench_shape(shape, repeats, warmup, device, impls, seed, sync, precision="f
             row[f"{kind}_ms"] = median * 1e3
             row[f"{kind}_ms_iqr"] = tuple(q * 1e3 for q in _quartiles(mine))
             row[f"{kind}_tokens_per_s"] = tokens / median
-            for base in ("torch", "torch_fp32") if precision == "bf16" else ("torch",):
+            bases = ("torch", "torch_fp32", PRODUCTS) if precision == "bf16" else ("torch", PRODUCTS)
+            for base in bases:
                 theirs = times[base][kind]
-                suffix = "" if base == "torch" else "_fp32"
-                row[f"{kind}_ratio_vs_torch{suffix}"] = median / statistics.median(theirs)
+                suffix = {"torch": "", "torch_fp32": "_fp32", PRODUCTS: "_products"}[base]
+                key = "products" if base == PRODUCTS else f"torch{suffix}"
+                row[f"{kind}_ratio_vs_{key}"] = median / statistics.median(theirs)
                 row[f"{kind}_ratio{suffix}_iqr"] = _quartiles([a / b for a, b in zip(mine, theirs)])
-        row["peak_mem_bytes"] = peaks[name]
-        row["mem_ratio_vs_torch"] = peaks[name] / peaks["torch"] if peaks["torch"] else float("nan")
+        row["peak_mem_bytes"] = peaks.get(name)  # None for the products: nothing of a layer is kept
+        row["mem_ratio_vs_torch"] = (peaks[name] / peaks["torch"] if peaks["torch"] else float("nan")) \
+            if name in peaks else None
         row["threads"] = torch.get_num_threads()
         row["device"] = str(device)
         rows.append(row)
@@ -262,13 +308,15 @@ def _bench_shape(shape, repeats, warmup, device, impls, seed, sync, precision="f
 
 def _ratio(row: dict, kind: str, suffix: str = "") -> str:
     low, high = row[f"{kind}_ratio{suffix}_iqr"]
-    return f"{row[f'{kind}_ratio_vs_torch{suffix}']:.2f} ({low:.2f}-{high:.2f})"
+    key = "products" if suffix == "_products" else f"torch{suffix}"
+    return f"{row[f'{kind}_ratio_vs_{key}']:.2f} ({low:.2f}-{high:.2f})"
 
 
 def _table_rows(results: list[dict]):
     """(header, rows) shared by the terminal table and the Markdown one."""
     bf16 = any(r.get("precision") == "bf16" for r in results)
-    header = ["T,B,I,H", "impl", "train ms", "train ratio (IQR)", "fwd ms", "fwd ratio (IQR)"]
+    header = ["T,B,I,H", "impl", "train ms", "train ratio (IQR)", "train / products", "fwd ms", "fwd ratio (IQR)",
+              "fwd / products"]
     if bf16:
         header += ["train vs fp32 torch", "fwd vs fp32 torch"]
     header += ["train tok/s", "peak MiB", "mem ratio"]
@@ -276,11 +324,13 @@ def _table_rows(results: list[dict]):
     for i, row in enumerate(results):
         first_of_shape = i == 0 or results[i - 1]["shape"] != row["shape"]
         cells = [",".join(map(str, row["shape"])) if first_of_shape else "", row["impl"],
-                 f"{row['train_ms']:.2f}", _ratio(row, "train"), f"{row['forward_ms']:.2f}", _ratio(row, "forward")]
+                 f"{row['train_ms']:.2f}", _ratio(row, "train"), _ratio(row, "train", "_products"),
+                 f"{row['forward_ms']:.2f}", _ratio(row, "forward"), _ratio(row, "forward", "_products")]
         if bf16:
             cells += [_ratio(row, "train", "_fp32"), _ratio(row, "forward", "_fp32")]
-        cells += [f"{row['train_tokens_per_s']:,.0f}", f"{row['peak_mem_bytes'] / 2**20:.1f}",
-                  f"{row['mem_ratio_vs_torch']:.2f}"]
+        peak = row["peak_mem_bytes"]
+        cells += [f"{row['train_tokens_per_s']:,.0f}", "-" if peak is None else f"{peak / 2**20:.1f}",
+                  "-" if peak is None else f"{row['mem_ratio_vs_torch']:.2f}"]
         rows.append(cells)
     return header, rows
 
@@ -291,7 +341,8 @@ def format_layer_table(results: list[dict]):
 
     precision = results[0].get("precision", "fp32") if results else "fp32"
     table = Table(title=f"GRU layer ({precision}): training step (fwd+bwd) and no-grad forward; "
-                        "ratio = time / torch.nn.GRU's (median, 25th-75th percentile)")
+                        "ratio = time / torch.nn.GRU's (median, 25th-75th percentile); / products = time / "
+                        "the matrix products' alone (the products row)")
     header, rows = _table_rows(results)
     for col in header:
         table.add_column(col, justify="left" if col in ("T,B,I,H", "impl") else "right")

@@ -175,8 +175,8 @@ def bench_generation(tokens: int = 200, rounds: int = 5, threads: int | None = N
                 hidden = None
                 start = time.perf_counter()
                 for token in ids:
-                    logits, hidden = model(torch.tensor([[token]], device=device), hidden)
-                    logits[0, -1].float().cpu()  # what sample() reads each step
+                    logits, hidden = model.step(torch.tensor([token], device=device), hidden)  # sample()'s step
+                    logits[0].float().cpu()  # what sample() reads each step
                 elapsed = time.perf_counter() - start
                 if rnd > 0:
                     per_token[backend].append(elapsed / tokens * 1e6)

@@ -56,15 +56,19 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout between GRU layers and before the head")
     reset: Literal["after", "before"] = "after"
     backend: Literal["custom", "torch"] = "custom"
+    kernel: Literal["auto", "native", "python"] = Field(
+        "auto", description="custom backend: the native C++ kernel (auto: where it can be built), or python (fused)")
     bidirectional: bool = Field(False, description="classify: read sequences in both directions")
 
     @model_validator(mode="after")
-    def _torch_backend_only_resets_after(self) -> "ModelConfig":
+    def _torch_backend_limits(self) -> "ModelConfig":
         if self.backend == "torch" and self.reset == "before":
             raise ValueError(
                 "model.backend=torch (torch.nn.GRU) only computes reset=after; "
                 "use model.backend=custom for reset=before"
             )
+        if self.backend == "torch" and self.kernel == "native":
+            raise ValueError("model.kernel=native is grutrain's GRU; it needs model.backend=custom")
         return self
 
 

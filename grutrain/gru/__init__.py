@@ -4,7 +4,8 @@ Rule: imports only torch and its own modules, nothing else of grutrain, so the l
 copied out and used alone. `layer` is the nn.Module; `reference` the equations (the loop every
 other path is checked against, and the forms tracers, compilers, torch.export and torch.func
 record); `paths` the registry of implementations and which one runs in the current context;
-`fused`, `fused_backward` and `matmul` are the hand-written fast path.
+`native` (with its C++ sources in `csrc/`) is the compiled kernel, built on first use and
+preferred where it can run; `fused`, `fused_backward` and `matmul` are the Python fast path.
 """
 
 from grutrain.gru.layer import GRU, IMPLS, RESETS, GRUInputError, reference_gru_layer

@@ -4,7 +4,9 @@ Layer functions compute one direction of one layer over a whole sequence:
 
 - ``reference_gru_layer`` (``grutrain.gru.reference``): the equations transcribed step by step,
   the readable definition every other implementation is tested against;
-- ``fused_gru_layer`` (``grutrain.gru.fused``): the fast path, same signature and results;
+- ``fused_gru_layer`` (``grutrain.gru.fused``): the Python fast path, same signature and results;
+- ``native_gru_layer`` (``grutrain.gru.native``): the C++ kernel, built on first use, preferred
+  where it is available (else the fused path);
 
 ``grutrain.gru.paths`` holds them in a registry and picks one for the context: tracers, compilers
 and torch.func get a form of the reference equations they can record (torch.export: its ``scan``).
@@ -75,10 +77,11 @@ class GRU(nn.Module):
         bidirectional: If ``True``, a bidirectional GRU. Default: ``False``
         reset: ``"after"`` or ``"before"``, where the reset gate acts (equations above).
             Default: ``"after"``
-        impl: ``"fused"`` (the fast path, :mod:`grutrain.gru.fused`) or ``"reference"``
-            (:func:`reference_gru_layer`, the step-by-step transcription), or another
-            implementation registered in :mod:`grutrain.gru.paths` (``IMPLS``). All compute
-            the same function. Default: ``"fused"``
+        impl: ``"native"`` (the C++ kernel, :mod:`grutrain.gru.native`, built on first use;
+            where it can't be had, one notice line and the fused path), ``"fused"`` (the Python
+            fast path, :mod:`grutrain.gru.fused`) or ``"reference"`` (:func:`reference_gru_layer`,
+            the step-by-step transcription), or another implementation registered in
+            :mod:`grutrain.gru.paths` (``IMPLS``). All compute the same function. Default: ``"native"``
         device, dtype: where and in which dtype to create the parameters, as in torch.nn.
         proj_size: accepted only as 0, as torch.nn.GRU (projections are LSTM-only).
 
@@ -170,7 +173,7 @@ class GRU(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         reset: str = "after",
-        impl: str = "fused",
+        impl: str = "native",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         proj_size: int = 0,
@@ -348,6 +351,31 @@ class GRU(nn.Module):
         if self.batch_first:
             output = output.transpose(0, 1)  # [B, T, D*H]
         return output, h_n
+
+    def step(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One time step, for generation: input [B, I], hx [num_layers, B, H] or None (zeros) ->
+        (output [B, H], h_n [num_layers, B, H]), what ``forward`` gives on a one-step sequence.
+
+        Without autograd, the implementation's one-step cell runs (the native kernel's: no
+        per-call sequence set-up); otherwise, and for a bidirectional GRU, ``forward`` on one step.
+        """
+        x = input.unsqueeze(0)  # [1, B, I]
+        self._check_input(x, hx, batch_first=False)
+        path = select(self.impl, x)
+        dropping = self.training and self.dropout > 0 and self.num_layers > 1
+        if path.cell is None or torch.is_grad_enabled() or self.bidirectional or dropping:
+            output, h_n = self._forward_time_major(x, hx, None)
+            return output[0], h_n
+        if hx is None:
+            hx = x.new_zeros(self.num_layers, x.size(1), self.hidden_size)
+        states = []
+        for layer in range(self.num_layers):
+            weights = [getattr(self, name) for name in self._parameter_names(layer, 0)]
+            if not self.bias:
+                weights += [None, None]
+            input = path.cell(input, hx[layer], *weights, reset=self.reset)
+            states.append(input)
+        return input, torch.stack(states)
 
     def _forward_packed(self, packed: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
         """A PackedSequence in, one out, as torch.nn.GRU: run on the padded batch with its lengths."""

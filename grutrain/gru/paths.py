@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from grutrain.gru import native
 from grutrain.gru.fused import fused_gru_layer
 from grutrain.gru.reference import LayerFunction, reference_gru_layer, scan_available, scan_layer, scripted_layer
 
@@ -53,6 +54,8 @@ class Implementation:
     supports: whether it takes this input (device, dtype); the input's own tensor, [T, B, I].
     output_is_saved_state: its output is the buffer its backward reads the states from, so the
         module hands the caller a copy to change in place (ReLU(inplace=True), out += ...).
+    cell: one step without autograd, ``(x_t [B, I], h [B, H], weight_ih, weight_hh, bias_ih, bias_hh,
+        reset=) -> h' [B, H]`` (generation, ``GRU.step``); None: the layer runs on one step instead.
     """
 
     name: str
@@ -62,12 +65,16 @@ class Implementation:
     available: Callable[[], bool] = _always
     supports: Callable[[Tensor], bool] = _any_tensor
     output_is_saved_state: bool = False
+    cell: Callable[..., Tensor] | None = None
 
 
 # In order of preference: when the implementation a GRU asks for can't run here, the first one
 # that can does (and if none can, the reference equations op by op, which every recorder records,
 # though a tracer unrolls their loop to the example's length).
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    # The C++ kernel, built on first use (native.available() prints one line when it can't be had).
+    Implementation("native", native.native_gru_layer, frozenset({"eager"}), available=native.available,
+                   supports=native.supports, output_is_saved_state=True, cell=native.native_gru_cell),
     Implementation("fused", fused_gru_layer, frozenset({"eager"}), output_is_saved_state=True),
     Implementation("reference", reference_gru_layer, frozenset({"eager", "compile", "functorch"})),
     Implementation("scan", scan_layer, frozenset({"export"}), selectable=False,

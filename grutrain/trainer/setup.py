@@ -18,6 +18,7 @@ from grutrain.capacity import check_model_fits
 from grutrain.config.schema import Config
 from grutrain.errors import GrutrainError
 from grutrain.files.checkpoint import TrainerState
+from grutrain.model import check_kernel
 from grutrain.runtime import Distributed, autocast_dtype, resolve_device, seed_everything, set_rng_state, set_threads
 from grutrain.trainer.monitor import Monitor
 from grutrain.trainer.optim import build_optimizer
@@ -72,6 +73,7 @@ def build_training(cfg: Config, device: torch.device, amp_dtype: torch.dtype | N
                                rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
     check_model_fits(task, cfg)  # an impossible size is refused here, not by the allocator
     seed_everything(cfg.train.seed)
+    check_kernel(cfg.model, device)  # model.kernel=native where it can't run: a one-line error
     model = task.build_model().to(device)
     # DDP averages the gradients of the ranks' equal-sized batches: the gradient of the global batch.
     train_model = torch.nn.parallel.DistributedDataParallel(model) if dist is not None and dist.enabled else model

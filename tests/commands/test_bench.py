@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from grutrain.commands.bench_trainer import bench_generation, bench_trainer
+from grutrain.gru import native
 from grutrain.cli import main
 from grutrain.runtime import cpu_supports_bf16
 
@@ -19,14 +20,21 @@ def test_bench_json_reports_each_impl_with_ratios_against_torch(capsys):
     assert exit_info.value.code in (0, None)
     result = json.loads(capsys.readouterr().out)  # one JSON object and nothing else on stdout
     rows = {(tuple(r["shape"]), r["impl"]): r for r in result["layers"]}
-    assert set(rows) == {(s, i) for s in [(5, 3, 2, 4), (3, 2, 1, 8)] for i in ("fused", "reference", "torch")}
+    impls = (*(("native",) if native.available() else ()), "fused", "reference", "torch", "products")
+    assert set(rows) == {(s, i) for s in [(5, 3, 2, 4), (3, 2, 1, 8)] for i in impls}
     for (shape, impl), row in rows.items():
-        torch_row = rows[(shape, "torch")]
+        torch_row, products_row = rows[(shape, "torch")], rows[(shape, "products")]
         assert row["train_ratio_vs_torch"] == pytest.approx(row["train_ms"] / torch_row["train_ms"])
         assert row["forward_ratio_vs_torch"] == pytest.approx(row["forward_ms"] / torch_row["forward_ms"])
+        assert row["train_ratio_vs_products"] == pytest.approx(row["train_ms"] / products_row["train_ms"])
+        assert row["forward_ratio_vs_products"] == pytest.approx(row["forward_ms"] / products_row["forward_ms"])
         tokens = shape[0] * shape[1]
         assert row["train_tokens_per_s"] == pytest.approx(tokens / (row["train_ms"] / 1000), rel=1e-6)
-        assert row["peak_mem_bytes"] > 0
+        if impl == "products":  # the matrix products alone keep nothing of a layer
+            assert row["peak_mem_bytes"] is None and row["mem_ratio_vs_torch"] is None
+        else:
+            assert row["peak_mem_bytes"] > 0
+            assert row["mem_ratio_vs_torch"] == pytest.approx(row["peak_mem_bytes"] / torch_row["peak_mem_bytes"])
 
 
 def test_bad_shape_is_a_one_line_error(capsys):
@@ -76,6 +84,7 @@ def test_bench_bf16_times_torch_under_autocast_and_in_fp32(capsys):
     assert exit_info.value.code in (0, None)
     text = capsys.readouterr().out
     assert text.startswith("`grutrain bench") and "| torch_fp32 |" in text and "train vs fp32 torch" in text
+    assert "| products |" in text and "train / products" in text
 
 
 def test_bench_bf16_without_native_bfloat16_is_a_one_line_error(monkeypatch, capsys):
@@ -101,12 +110,14 @@ def test_bench_layers_reports_every_impl_against_torch():
     from grutrain.commands.bench_layers import bench_layers, format_layer_table
 
     results = bench_layers([(3, 2, 2, 4)], repeats=2, warmup=1, threads=1)
-    assert [r["impl"] for r in results] == ["fused", "reference", "torch"]
+    native_row = ["native"] if native.available() else []
+    assert [r["impl"] for r in results] == [*native_row, "fused", "reference", "torch", "products"]
     by_impl = {r["impl"]: r for r in results}
     assert by_impl["torch"]["train_ratio_vs_torch"] == 1.0 and by_impl["torch"]["mem_ratio_vs_torch"] == 1.0
     for r in results:
         assert r["shape"] == (3, 2, 2, 4) and r["threads"] == 1
-        assert r["train_ms"] > 0 and r["forward_ms"] > 0 and r["peak_mem_bytes"] > 0
+        assert r["train_ms"] > 0 and r["forward_ms"] > 0
+        assert r["peak_mem_bytes"] is None if r["impl"] == "products" else r["peak_mem_bytes"] > 0
         assert r["train_tokens_per_s"] == pytest.approx(3 * 2 / (r["train_ms"] / 1e3))
     console = Console(width=200, record=True)
     console.print(format_layer_table(results))

@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 import grutrain.gru.layer as layer_module
-from grutrain.gru import paths
+from grutrain.gru import native, paths
 from grutrain.gru.fused import fused_gru_layer
 from grutrain.gru.layer import GRU
 from grutrain.gru.reference import reference_gru_layer, scan_available
 
 
 def test_impls_are_the_selectable_implementations_in_registry_order():
-    assert paths.IMPLS == ("fused", "reference")
+    assert paths.IMPLS == ("native", "fused", "reference")
     assert [impl.name for impl in paths.IMPLEMENTATIONS if impl.selectable] == list(paths.IMPLS)
     assert all(impl.runs_in <= set(paths.CONTEXTS) for impl in paths.IMPLEMENTATIONS)
     with pytest.raises(KeyError):
@@ -26,15 +26,17 @@ def test_impls_are_the_selectable_implementations_in_registry_order():
 
 
 @pytest.mark.parametrize("context, expected", [
-    ("eager", {"fused": "fused", "reference": "reference"}),
-    ("trace", {"fused": "scripted", "reference": "scripted"}),
-    ("export", {"fused": "scan", "reference": "scan"}),
-    ("compile", {"fused": "reference", "reference": "reference"}),
-    ("functorch", {"fused": "reference", "reference": "reference"}),
+    ("eager", {"native": "native", "fused": "fused", "reference": "reference"}),
+    ("trace", {"native": "scripted", "fused": "scripted", "reference": "scripted"}),
+    ("export", {"native": "scan", "fused": "scan", "reference": "scan"}),
+    ("compile", {"native": "reference", "fused": "reference", "reference": "reference"}),
+    ("functorch", {"native": "reference", "fused": "reference", "reference": "reference"}),
 ])
 def test_each_context_gets_a_form_it_can_record(monkeypatch, context, expected):
     if context == "export" and not scan_available():
-        expected = {"fused": "reference", "reference": "reference"}  # the last resort: unrolled
+        expected = dict.fromkeys(expected, "reference")  # the last resort: unrolled
+    if context == "eager" and not native.available():
+        expected["native"] = "fused"  # no compiler here: the next in the table
     monkeypatch.setattr(paths, "current_context", lambda: context)
     assert {impl: paths.select(impl).name for impl in expected} == expected
 
@@ -91,7 +93,7 @@ def test_a_registered_kernel_runs_when_asked_for_and_where_it_can(monkeypatch):
     for a, b in zip(gru(x), oracle(x)):
         torch.testing.assert_close(a, b)
     assert len(calls) == 2  # one call per layer and direction
-    gru.double()(x.double())  # a dtype it does not take: the next in the table (fused) runs
+    gru.double()(x.double())  # a dtype it does not take: the next in the table runs
     assert len(calls) == 2
     assert paths.select("fused").name == "fused"  # asked for by name only
 
@@ -100,7 +102,7 @@ def test_an_unavailable_kernel_falls_back_to_the_next_in_the_table(monkeypatch):
     calls = []
     _register(monkeypatch, paths.Implementation("missing", _kernel(calls), frozenset({"eager"}),
                                                 available=lambda: False))
-    assert paths.select("missing").name == "fused"
+    assert paths.select("missing").name == ("native" if native.available() else "fused")
     GRU(3, 4, impl="missing")(torch.randn(5, 2, 3))
     assert calls == []
 
@@ -117,3 +119,13 @@ def test_an_output_that_is_the_saved_state_reaches_the_caller_as_a_copy(monkeypa
     else:
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             out.sum().backward()
+
+
+def test_the_native_kernel_is_preferred_and_falls_back_to_fused_where_it_cannot_run(monkeypatch):
+    assert GRU(3, 4).impl == "native"
+    if native.available():
+        assert paths.select("native", torch.zeros(2, 1, 3)).name == "native"
+        assert paths.select("native", torch.zeros(2, 1, 3, dtype=torch.float16)).name == "fused"  # a dtype it lacks
+    unbuilt = dataclasses.replace(paths.implementation("native"), available=lambda: False)
+    monkeypatch.setattr(paths, "IMPLEMENTATIONS", (unbuilt, *paths.IMPLEMENTATIONS[1:]))
+    assert paths.select("native", torch.zeros(2, 1, 3)).name == "fused"

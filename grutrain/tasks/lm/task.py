@@ -307,5 +307,6 @@ def generate(model, prompt_ids: torch.Tensor, length: int, *, temperature: float
                     last = last.masked_fill(last < kth, float("-inf"))
                 next_id = int(torch.multinomial(torch.softmax(last, -1), 1, generator=generator))
             generated.append(next_id)
-            logits, hidden = model(torch.tensor([[next_id]], device=device), hidden)
+            step_logits, hidden = model.step(torch.tensor([next_id], device=device), hidden)  # [1, V]
+            logits = step_logits[:, None]
     return generated

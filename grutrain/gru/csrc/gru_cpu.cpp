@@ -1,0 +1,936 @@
+// CPU kernels of the native GRU (grutrain_native::* behind the CPU dispatch key).
+//
+// Equations (torch.nn.GRU's gate layout, rows of w_ih / w_hh ordered r, z, n):
+//   r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)      z likewise
+//   n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))   reset="after"  (torch.nn.GRU, cuDNN)
+//   n = tanh(x W_in^T + b_in + (r*h) W_hn^T + b_hn)     reset="before" (Cho et al. 2014)
+//   h' = n + z (h - n)
+//
+// Forward: ONE GEMM for the input projections of all steps (written straight into the workspace),
+// then per step one GEMM h W_hh^T into a small gate buffer and ONE vectorised pass over the gates
+// (at::vec::Vectorized, at::parallel_for over batch rows) that writes the gate values the
+// backward needs, the output row and (mixed precision) the bfloat16 copy of h for the next GEMM.
+// reset="before" needs r before its second product: two GEMMs and two passes per step.
+// Backward: per step one pass writing all gate gradients (+ the bias sums, per thread) and one
+// GEMM for dh; then dW_hh, dW_ih and dx are one GEMM each over the stacked [T*B, .] gradients
+// (per time chunk of at most `chunk_bytes` of gradient buffer, reused across chunks).
+//
+// GEMMs: MKL's sgemm_ / cblas_gemm_bf16bf16f32 / packed sgemm, looked up at run time in the
+// already loaded libtorch (no link-time dependency); where they are missing (non-MKL builds),
+// at::mm_out / at::addmm_out on strided views.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace grutrain_native {
+namespace {
+
+using at::Tensor;
+using at::vec::Vectorized;
+using BF16 = c10::BFloat16;
+
+// ------------------------------------------------------------------------------------------
+// Tuning knobs (cpu_tune op): read per call.
+// ------------------------------------------------------------------------------------------
+struct Tuning {
+  int64_t chunk_bytes = 2 << 20;    // backward gradient buffer cap (bytes, reused per time chunk)
+  int64_t infer_chunk_bytes = 1 << 20;  // no-grad forward: gate buffer cap (L2-sized, reused)
+  int64_t grain_elems = 4096;       // elements of a gate pass per parallel task
+  int64_t lowp_min_hidden = 64;     // mixed precision: bf16 recurrent + batched products from this H
+  int64_t lowp_min_input = 64;      // mixed precision: bf16 input projection from this I
+  int64_t packed_min_hidden = 256;  // float32: MKL packed W_hh for the per-step product from this H
+  int64_t packed_max_batch = 64;    //   ... and up to this batch
+  int64_t packed_min_steps = 16;    //   ... over at least this many steps
+  int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
+};
+Tuning& tuning() {
+  static Tuning t;
+  return t;
+}
+
+int64_t cpu_tune(c10::string_view name, int64_t value) {
+  Tuning& t = tuning();
+  int64_t* slot = nullptr;
+  const std::string n(name);
+  if (n == "chunk_bytes") slot = &t.chunk_bytes;
+  else if (n == "infer_chunk_bytes") slot = &t.infer_chunk_bytes;
+  else if (n == "grain_elems") slot = &t.grain_elems;
+  else if (n == "lowp_min_hidden") slot = &t.lowp_min_hidden;
+  else if (n == "lowp_min_input") slot = &t.lowp_min_input;
+  else if (n == "packed_min_hidden") slot = &t.packed_min_hidden;
+  else if (n == "packed_max_batch") slot = &t.packed_max_batch;
+  else if (n == "packed_min_steps") slot = &t.packed_min_steps;
+  else if (n == "use_blas") slot = &t.use_blas;
+  TORCH_CHECK(slot != nullptr, "grutrain_native::cpu_tune: unknown knob '", n, "'");
+  const int64_t old = *slot;
+  if (value >= 0) *slot = value;  // a negative value only reads
+  return old;
+}
+
+// ------------------------------------------------------------------------------------------
+// BLAS, resolved at run time.
+// ------------------------------------------------------------------------------------------
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                          const float*, const int*, const float*, const int*, const float*, float*,
+                          const int*);
+using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
+                          const double*, const int*, const double*, const int*, const double*, double*,
+                          const int*);
+using pack_size_fn = size_t (*)(int, int, int, int);
+using pack_fn = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
+using compute_fn = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float,
+                            float*, int);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+struct Blas {
+  sgemm_fn sgemm = nullptr;
+  dgemm_fn dgemm = nullptr;
+  pack_size_fn pack_size = nullptr;
+  pack_fn pack = nullptr;
+  compute_fn compute = nullptr;
+};
+
+void* find_symbol(const char* name) {
+  void* p = dlsym(RTLD_DEFAULT, name);
+  if (p == nullptr) {
+    // libtorch_cpu was loaded RTLD_LOCAL by torch._C: look it up through a symbol of it.
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(&at::get_num_threads), &info) && info.dli_fname) {
+      void* h = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+      if (h) p = dlsym(h, name);
+    }
+  }
+  return p;
+}
+
+const Blas& blas_symbols() {
+  static const Blas b = [] {
+    Blas r;
+    r.sgemm = reinterpret_cast<sgemm_fn>(find_symbol("sgemm_"));
+    r.dgemm = reinterpret_cast<dgemm_fn>(find_symbol("dgemm_"));
+    r.pack_size = reinterpret_cast<pack_size_fn>(find_symbol("cblas_sgemm_pack_get_size"));
+    r.pack = reinterpret_cast<pack_fn>(find_symbol("cblas_sgemm_pack"));
+    r.compute = reinterpret_cast<compute_fn>(find_symbol("cblas_sgemm_compute"));
+    if (!(r.pack_size && r.pack && r.compute)) r.pack_size = nullptr;
+    return r;
+  }();
+  return b;
+}
+
+inline bool use_blas() { return tuning().use_blas != 0; }
+
+// A row-major matrix (possibly the transpose of what is stored) as a strided tensor view.
+template <typename S>
+Tensor as_view(const S* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<S>::value);
+  if (!trans) return at::from_blob(const_cast<S*>(p), {rows, cols}, {ld, 1}, opts);
+  return at::from_blob(const_cast<S*>(p), {cols, rows}, {ld, 1}, opts).t();
+}
+
+// Row-major C[M,N] = op(A)[M,K] op(B)[K,N] + beta * C. op(A) = A^T when ta (A stored [K,M]).
+// A, B of type S (float, double or bfloat16), C of type R (float or double).
+template <typename S, typename R>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* A, int64_t lda, const S* B,
+          int64_t ldb, float beta, R* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == 0.f)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, R(0));
+    return;
+  }
+  const Blas& b = blas_symbols();
+  if constexpr (std::is_same_v<S, float>) {
+    if (b.sgemm && use_blas()) {
+      const int m = N, n = M, k = K, la = lda, lb = ldb, lc = ldc;  // column-major: C^T = B^T A^T
+      const float one = 1.f;
+      b.sgemm(tb ? "T" : "N", ta ? "T" : "N", &m, &n, &k, &one, B, &lb, A, &la, &beta, C, &lc);
+      return;
+    }
+  } else if constexpr (std::is_same_v<S, double>) {
+    if (b.dgemm && use_blas()) {
+      const int m = N, n = M, k = K, la = lda, lb = ldb, lc = ldc;
+      const double one = 1., bt = beta;
+      b.dgemm(tb ? "T" : "N", ta ? "T" : "N", &m, &n, &k, &one, B, &lb, A, &la, &bt, C, &lc);
+      return;
+    }
+  } else {
+    // bf16 x bf16: ATen's mm (oneDNN, AVX512-BF16 where the CPU has it; MKL's bf16 GEMM runs its
+    // generic code on AMD CPUs, 2x slower than oneDNN here). Its bf16 result is added in float.
+    static_assert(std::is_same_v<S, BF16> && std::is_same_v<R, float>, "bf16 x bf16 -> float only");
+  }
+  // ATen on strided views (also the fallback where MKL's symbols are missing).
+  Tensor a = as_view(A, M, K, lda, ta), bm = as_view(B, K, N, ldb, tb), c = as_view(C, M, N, ldc, false);
+  if constexpr (std::is_same_v<S, R>) {
+    if (beta == 0.f) at::mm_out(c, a, bm);
+    else at::addmm_out(c, c, a, bm, beta, 1);
+  } else {
+    Tensor p = at::mm(a, bm);  // in S; widened by copy_/add_
+    if (beta == 0.f) c.copy_(p);
+    else if (beta == 1.f) c.add_(p);
+    else c.mul_(beta).add_(p);
+  }
+}
+
+// Row-major C[M,N] = op(A) op(B) in bfloat16 (float accumulation inside the GEMM, one rounding of
+// the result), C contiguous: the per-step products of the bfloat16 route; the gate passes read C.
+void mm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const BF16* A, int64_t lda, const BF16* B,
+             int64_t ldb, BF16* C) {
+  Tensor c = as_view(C, M, N, N, false);
+  at::mm_out(c, as_view(A, M, K, lda, ta), as_view(B, K, N, ldb, tb));
+}
+
+// acc[M,N] (+)= h[M,K] W^T with W [N,K]: the per-step product, optionally with MKL's packed W^T.
+template <typename S, typename R>
+struct StepMatmul {
+  const S* w;
+  int64_t N, K;
+  Tensor packed;  // float32 only
+  StepMatmul(const S* w_, int64_t N_, int64_t K_, int64_t batch, int64_t steps, int64_t max_bytes)
+      : w(w_), N(N_), K(K_) {
+    if constexpr (std::is_same_v<S, float>) {
+      const Tuning& t = tuning();
+      const Blas& b = blas_symbols();
+      if (b.pack_size && use_blas() && K >= t.packed_min_hidden && batch <= t.packed_max_batch &&
+          steps >= t.packed_min_steps) {
+        const size_t bytes = b.pack_size(kBMatrix, batch, N, K);
+        if (bytes > 0 && static_cast<int64_t>(bytes) <= max_bytes) {
+          packed = at::empty({static_cast<int64_t>((bytes + 3) / 4)}, at::kFloat);
+          b.pack(kRowMajor, kBMatrix, kTrans, batch, N, K, 1.f, w, K, packed.data_ptr<float>());
+        }
+      }
+    }
+  }
+  void operator()(int64_t M, const S* h, int64_t ldh, float beta, R* acc, int64_t ldc) const {
+    if constexpr (std::is_same_v<S, float>) {
+      if (packed.defined()) {
+        blas_symbols().compute(kRowMajor, kNoTrans, kPacked, M, N, K, h, ldh, packed.data_ptr<float>(), K,
+                               beta, acc, ldc);
+        return;
+      }
+    }
+    gemm<S, R>(false, true, M, N, K, h, ldh, w, K, beta, acc, ldc);
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// Vector helpers
+// ------------------------------------------------------------------------------------------
+// float32: ATen's inline exp_u20 (a polynomial, ~20 ulp) instead of the out-of-line Sleef u10
+// calls: the gate pass is bound by these transcendentals. tanh(x) = 1 - 2 / (1 + exp(2x)) then
+// has an absolute error of a few float32 ulps of 1 (like the products' rounding); float64
+// (gradcheck) keeps Sleef's exp and tanh.
+template <typename T>
+inline Vectorized<T> vsigmoid(const Vectorized<T>& x) {
+  const Vectorized<T> one(T(1));
+  if constexpr (std::is_same_v<T, float>) {
+    // exp_u20 clamps its argument, which would turn NaN into a number: keep NaN visible.
+    return Vectorized<T>::blendv(one / (one + x.neg().exp_u20()), x, x.isnan());
+  } else {
+    return one / (one + x.neg().exp());
+  }
+}
+
+template <typename T>
+inline Vectorized<T> vtanh(const Vectorized<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Vectorized<T> one(T(1)), two(T(2));
+    // exp_u20 clamps large arguments (2 / huge -> 1 - 0); NaN is passed through explicitly.
+    return Vectorized<T>::blendv(one - two / (one + (x + x).exp_u20()), x, x.isnan());
+  } else {
+    return x.tanh();
+  }
+}
+
+template <typename T>
+inline Vectorized<T> vload(const T* p, int64_t n) {
+  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
+}
+
+inline Vectorized<float> vload(const BF16* p, int64_t n) {
+  // bf16 -> float is a 16-bit shift; a plain loop the compiler vectorises. (ATen's
+  // convert_to_float<BFloat16> is not inline for AVX512 builds: an undefined symbol here.)
+  constexpr int64_t V = Vectorized<float>::size();
+  alignas(64) uint32_t bits[V];
+  const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
+  for (int64_t i = 0; i < V; ++i) bits[i] = i < n ? static_cast<uint32_t>(q[i]) << 16 : 0u;
+  return Vectorized<float>::loadu(bits);
+}
+
+// Store a vector of T as M (T itself, or bfloat16 for the mixed-precision GEMM operands).
+template <typename M, typename T>
+inline void vstore(M* dst, const Vectorized<T>& v, int64_t n) {
+  if constexpr (std::is_same_v<M, T>) {
+    v.store(dst, n);
+  } else {
+    alignas(64) T tmp[Vectorized<T>::size()];
+    v.store(tmp);
+    at::vec::convert(tmp, dst, n);
+  }
+}
+
+// Rows [0, rows) in parallel, in tasks of >= grain_elems elements of `cols` each.
+template <typename F>
+inline void rows_parallel(int64_t rows, int64_t cols, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, tuning().grain_elems / std::max<int64_t>(1, cols));
+  if (rows <= grain) {
+    f(0, rows);
+  } else {
+    at::parallel_for(0, rows, grain, f);
+  }
+}
+
+// The combined biases as one [4H] vector: "after": [b_ir+b_hr | b_iz+b_hz | b_in | b_hn];
+// "before": [b_ir+b_hr | b_iz+b_hz | b_in+b_hn | 0].
+template <typename T>
+std::vector<T> pack_bias(const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, int64_t H,
+                         bool after) {
+  std::vector<T> bias(4 * H, T(0));
+  if (b_ih && b_ih->defined()) {
+    Tensor b = b_ih->contiguous();
+    const T* p = b.data_ptr<T>();
+    for (int64_t j = 0; j < 3 * H; ++j) bias[j] += p[j];
+  }
+  if (b_hh && b_hh->defined()) {
+    Tensor b = b_hh->contiguous();
+    const T* p = b.data_ptr<T>();
+    for (int64_t j = 0; j < 2 * H; ++j) bias[j] += p[j];
+    for (int64_t j = 2 * H; j < 3 * H; ++j) bias[after ? j + H : j] += p[j];
+  }
+  return bias;
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward gate passes (one step, rows [b0, b1))
+// ------------------------------------------------------------------------------------------
+// "after": g [B, 4H] holds x W_ih^T in cols 0:3H on entry; gh [B, 3H] = h W_hh^T. Writes
+// r | z | n | hn into g, h' into hout (and hlast), bf16(h') into hlow.
+template <typename T, typename M, typename P>
+void pass_fwd_after(int64_t b0, int64_t b1, int64_t H, T* g, const P* gh, const T* bias, const T* h,
+                    T* hout, T* hlast, M* hlow) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t b = b0; b < b1; ++b) {
+    T* gr = g + b * 4 * H;
+    const P* a = gh + b * 3 * H;
+    const T* hp = h + b * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec r = vsigmoid(vload(gr + j, n) + vload(a + j, n) + vload(bias + j, n));
+      Vec z = vsigmoid(vload(gr + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
+      Vec hn = vload(a + 2 * H + j, n) + vload(bias + 3 * H + j, n);
+      Vec nn = vtanh(vload(gr + 2 * H + j, n) + vload(bias + 2 * H + j, n) + r * hn);
+      Vec hv = vload(hp + j, n);
+      Vec hnew = nn + z * (hv - nn);
+      r.store(gr + j, n);
+      z.store(gr + H + j, n);
+      nn.store(gr + 2 * H + j, n);
+      hn.store(gr + 3 * H + j, n);
+      hnew.store(hout + b * H + j, n);
+      if (hlast) hnew.store(hlast + b * H + j, n);
+      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hnew, n);
+    }
+  }
+}
+
+// "before", first pass: g [B, 3H] holds x W_ih^T on entry; gh [B, 2H] = h W_{hr,hz}^T.
+// Writes r | z into g and r*h (as M) into rh.
+template <typename T, typename M, typename P>
+void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* g, const P* gh, const T* bias, const T* h,
+                       M* rh) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t b = b0; b < b1; ++b) {
+    T* gr = g + b * 3 * H;
+    const P* a = gh + b * 2 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec r = vsigmoid(vload(gr + j, n) + vload(a + j, n) + vload(bias + j, n));
+      Vec z = vsigmoid(vload(gr + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
+      r.store(gr + j, n);
+      z.store(gr + H + j, n);
+      vstore(rh + b * H + j, r * vload(h + b * H + j, n), n);
+    }
+  }
+}
+
+// "before", second pass: ghn [B, H] = (r*h) W_hn^T. Writes n into g and h'.
+template <typename T, typename M, typename P>
+void pass_fwd_before_b(int64_t b0, int64_t b1, int64_t H, T* g, const P* ghn, const T* bias, const T* h,
+                       T* hout, T* hlast, M* hlow) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t b = b0; b < b1; ++b) {
+    T* gr = g + b * 3 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec nn = vtanh(vload(gr + 2 * H + j, n) + vload(bias + 2 * H + j, n) + vload(ghn + b * H + j, n));
+      Vec z = vload(gr + H + j, n);
+      Vec hv = vload(h + b * H + j, n);
+      Vec hnew = nn + z * (hv - nn);
+      nn.store(gr + 2 * H + j, n);
+      hnew.store(hout + b * H + j, n);
+      if (hlast) hnew.store(hlast + b * H + j, n);
+      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hnew, n);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward over the sequence
+// ------------------------------------------------------------------------------------------
+struct Dims {
+  int64_t T, B, I, H;
+};
+
+Dims check_inputs(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                  const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  TORCH_CHECK(x.dim() == 3, "grutrain_native: x must be [T, B, I], got ", x.sizes());
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  TORCH_CHECK(T >= 1, "grutrain_native: x must have at least one time step");
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 3 * H, "grutrain_native: w_hh must be [3H, H], got ",
+              w_hh.sizes());
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == 3 * H && w_ih.size(1) == I,
+              "grutrain_native: w_ih must be [3H, I] = [", 3 * H, ", ", I, "], got ", w_ih.sizes());
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H, "grutrain_native: h0 must be [B, H] = [",
+              B, ", ", H, "], got ", h0.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "grutrain_native: float32 or float64 only, got ", dt);
+  TORCH_CHECK(h0.scalar_type() == dt && w_ih.scalar_type() == dt && w_hh.scalar_type() == dt,
+              "grutrain_native: x, h0 and the weights must have one dtype");
+  for (const auto* b : {&b_ih, &b_hh})
+    if (*b && (*b)->defined())
+      TORCH_CHECK((*b)->dim() == 1 && (*b)->size(0) == 3 * H && (*b)->scalar_type() == dt,
+                  "grutrain_native: biases must be [3H] of the input's dtype");
+  return {T, B, I, H};
+}
+
+bool is_after(c10::string_view reset) {
+  if (reset == "after") return true;
+  TORCH_CHECK(reset == "before", "grutrain_native: reset must be 'after' or 'before', got '",
+              std::string(reset), "'");
+  return false;
+}
+
+bool wants_lowp(const std::optional<at::ScalarType>& matmul_dtype, at::ScalarType dt) {
+  if (!matmul_dtype || *matmul_dtype == dt) return false;
+  TORCH_CHECK(*matmul_dtype == at::kBFloat16 && dt == at::kFloat,
+              "grutrain_native: matmul_dtype must be None or bfloat16 (with float32 inputs)");
+  return true;
+}
+
+// x [rows, I] W^T into g (ld `ldg`, cols 0:3H) -- the input projection of a block of steps.
+template <typename T>
+void input_projection(const Tensor& x2, const Tensor& w_ih, const Tensor& x2_low, const Tensor& w_ih_low,
+                      T* g, int64_t ldg) {
+  const int64_t rows = x2.size(0), I = x2.size(1), N = w_ih.size(0);
+  if (x2_low.defined()) {
+    gemm<BF16, float>(false, true, rows, N, I, x2_low.data_ptr<BF16>(), I, w_ih_low.data_ptr<BF16>(), I, 0.f,
+                      reinterpret_cast<float*>(g), ldg);
+  } else {
+    gemm<T, T>(false, true, rows, N, I, x2.data_ptr<T>(), I, w_ih.data_ptr<T>(), I, 0.f, g, ldg);
+  }
+}
+
+// The whole forward. keep=true: the workspace holds every step's gates (returned), else a chunk
+// buffer is reused. Returns (out, h_n, workspace-or-undefined).
+template <typename F, typename M>
+std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor& h0_in, const Tensor& w_ih_in,
+                                                const Tensor& w_hh_in, const std::optional<Tensor>& b_ih,
+                                                const std::optional<Tensor>& b_hh, bool after, bool keep,
+                                                bool lowp_input) {
+  const Dims d = check_inputs(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
+  constexpr bool kLow = !std::is_same_v<M, F>;
+  Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const std::vector<F> bias = pack_bias<F>(b_ih, b_hh, H, after);
+  const int64_t W = after ? 4 * H : 3 * H;  // workspace row width
+
+  Tensor out = at::empty({T, B, H}, x.options());
+  Tensor h_n = at::empty({B, H}, x.options());
+  // Chunks of steps: all at once when keeping the workspace, else a reused buffer of <= chunk_bytes.
+  const int64_t row_bytes = B * W * static_cast<int64_t>(sizeof(F));
+  const int64_t L = keep ? T : std::max<int64_t>(1, std::min<int64_t>(T, tuning().infer_chunk_bytes / row_bytes));
+  Tensor ws = at::empty({L, B, W}, x.options());
+
+  // Mixed precision operands.
+  Tensor w_hh_m = kLow ? w_hh.to(at::kBFloat16).contiguous() : w_hh;
+  const M* whh = w_hh_m.template data_ptr<M>();
+  Tensor x_low, w_ih_low;
+  if (lowp_input) {
+    x_low = x.to(at::kBFloat16).contiguous();
+    w_ih_low = w_ih.to(at::kBFloat16).contiguous();
+  }
+  Tensor h_low;  // bf16 copy of the current state (the per-step GEMM's operand)
+  if constexpr (kLow) h_low = h0.to(at::kBFloat16).contiguous();
+  M* hlow = kLow ? h_low.template data_ptr<M>() : nullptr;
+
+  // Per-step products: float32 GEMMs accumulate in F (MKL, W_hh^T packed where it pays); the
+  // bfloat16 route writes bf16 products (oneDNN) that the gate passes read and widen.
+  const int64_t gh_cols = after ? 3 * H : 2 * H;
+  const auto mdt = c10::CppTypeToScalarType<M>::value;
+  Tensor gh_t = at::empty({B, gh_cols}, x.options().dtype(mdt));
+  Tensor rh_t = after ? Tensor() : at::empty({B, H}, x.options().dtype(mdt));
+  Tensor ghn_t = after ? Tensor() : at::empty({B, H}, x.options().dtype(mdt));
+  M* gh = gh_t.template data_ptr<M>();
+  M* rh = after ? nullptr : rh_t.template data_ptr<M>();
+  M* ghn = after ? nullptr : ghn_t.template data_ptr<M>();
+  // Packing W_hh^T must not raise the training step's peak: its size is capped by the
+  // backward's gradient buffer (allocated anyway), or by the chunk buffer for inference.
+  const int64_t pack_cap = keep ? std::min<int64_t>(T * row_bytes, tuning().chunk_bytes) : L * row_bytes;
+  std::optional<StepMatmul<F, F>> mm_main, mm_n;
+  if constexpr (!kLow) {
+    mm_main.emplace(whh, gh_cols, H, B, T, pack_cap);
+    if (!after) mm_n.emplace(whh + 2 * H * H, H, H, B, T, pack_cap / 2);
+  }
+  // acc [B, N] = a [B, H] W^T for the rows of W starting at row0.
+  auto step_mm = [&](const M* a, int64_t row0, int64_t N, M* acc) {
+    if constexpr (kLow) {
+      mm_bf16(false, true, B, N, H, a, H, whh + row0 * H, H, acc);
+    } else {
+      (row0 == 0 ? *mm_main : *mm_n)(B, a, H, 0.f, acc, N);
+    }
+  };
+
+  F* outp = out.data_ptr<F>();
+  const F* bp = bias.data();
+  for (int64_t t0 = 0; t0 < T; t0 += L) {
+    const int64_t len = std::min(L, T - t0);
+    F* g0 = ws.data_ptr<F>();
+    {
+      Tensor x2 = x.narrow(0, t0, len).view({len * B, I});
+      Tensor xl = lowp_input ? x_low.narrow(0, t0, len).view({len * B, I}) : Tensor();
+      input_projection<F>(x2, w_ih, xl, w_ih_low, g0, W);
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t t = t0 + i;
+      F* g = g0 + i * B * W;
+      const F* h = t == 0 ? h0.data_ptr<F>() : outp + (t - 1) * B * H;
+      F* hout = outp + t * B * H;
+      F* hlast = t == T - 1 ? h_n.data_ptr<F>() : nullptr;
+      const M* hm;
+      if constexpr (kLow) hm = hlow; else hm = h;
+      if (after) {
+        step_mm(hm, 0, gh_cols, gh);
+        rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+          pass_fwd_after<F, M, M>(b0, b1, H, g, gh, bp, h, hout, hlast, hlow);
+        });
+      } else {
+        step_mm(hm, 0, gh_cols, gh);
+        rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+          pass_fwd_before_a<F, M, M>(b0, b1, H, g, gh, bp, h, rh);
+        });
+        step_mm(rh, 2 * H, H, ghn);
+        rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+          pass_fwd_before_b<F, M, M>(b0, b1, H, g, ghn, bp, h, hout, hlast, hlow);
+        });
+      }
+    }
+  }
+  return {out, h_n, keep ? ws : Tensor()};
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward gate passes (one step, rows [b0, b1)); acc: this task's bias-gradient sums.
+// ------------------------------------------------------------------------------------------
+// "after": G row [da_n | da_r | da_z | dhn] (input side 0:3H with w_ih's rows rotated to n, r, z;
+// hidden side H:4H in w_hh's r, z, n order). dnext = gprev + dh * z (the GEMM adds the rest).
+// dprod (bfloat16 route): the previous step's product G W_hh, still to be added to dh.
+template <typename T, typename M>
+void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh, const M* dprod,
+                    const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* hlow) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec one(T(1));
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* s = ws + b * 4 * H;
+    M* gr = G + b * 4 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n), hn = vload(s + 3 * H + j, n);
+      Vec d = vload(dh + b * H + j, n), hp = vload(hprev + b * H + j, n);
+      if constexpr (!std::is_same_v<M, T>) {
+        if (dprod) d = d + vload(dprod + b * H + j, n);
+      }
+      Vec omz = one - z;
+      Vec dan = d * omz * (one - nn * nn);
+      Vec daz = d * (hp - nn) * z * omz;
+      Vec dhn = dan * r;
+      Vec dar = dhn * hn * (one - r);
+      vstore(gr + j, dan, n);
+      vstore(gr + H + j, dar, n);
+      vstore(gr + 2 * H + j, daz, n);
+      vstore(gr + 3 * H + j, dhn, n);
+      Vec nx = d * z;
+      if (gprev) nx = nx + vload(gprev + b * H + j, n);
+      nx.store(dnext + b * H + j, n);
+      (vload(acc + j, n) + dan).store(acc + j, n);
+      (vload(acc + H + j, n) + dar).store(acc + H + j, n);
+      (vload(acc + 2 * H + j, n) + daz).store(acc + 2 * H + j, n);
+      (vload(acc + 3 * H + j, n) + dhn).store(acc + 3 * H + j, n);
+      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hp, n);
+    }
+  }
+}
+
+// "before", first pass: G row [da_r | da_z | da_n]; writes da_z, da_n, dnext = gprev + dh z,
+// r*h (as M) for dW_hn and (mixed precision) h_prev as M.
+template <typename T, typename M>
+void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh, const M* dprod,
+                       const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* rh, M* hlow) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec one(T(1));
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* s = ws + b * 3 * H;
+    M* gr = G + b * 3 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n);
+      Vec d = vload(dh + b * H + j, n), hp = vload(hprev + b * H + j, n);
+      if constexpr (!std::is_same_v<M, T>) {
+        if (dprod) d = d + vload(dprod + b * H + j, n);
+      }
+      Vec omz = one - z;
+      Vec dan = d * omz * (one - nn * nn);
+      Vec daz = d * (hp - nn) * z * omz;
+      vstore(gr + H + j, daz, n);
+      vstore(gr + 2 * H + j, dan, n);
+      Vec nx = d * z;
+      if (gprev) nx = nx + vload(gprev + b * H + j, n);
+      nx.store(dnext + b * H + j, n);
+      (vload(acc + H + j, n) + daz).store(acc + H + j, n);
+      (vload(acc + 2 * H + j, n) + dan).store(acc + 2 * H + j, n);
+      vstore(rh + b * H + j, r * hp, n);
+      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hp, n);
+    }
+  }
+}
+
+// "before", second pass: drh = da_n W_hn [B, H]; da_r = drh h r (1-r); dnext += drh r.
+template <typename T, typename M>
+void pass_bwd_before_b(int64_t b0, int64_t b1, int64_t H, const T* ws, const M* drh, const T* hprev, M* G,
+                       T* dnext, T* acc) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec one(T(1));
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* s = ws + b * 3 * H;
+    M* gr = G + b * 3 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec r = vload(s + j, n), e = vload(drh + b * H + j, n);
+      Vec dar = e * vload(hprev + b * H + j, n) * r * (one - r);
+      vstore(gr + j, dar, n);
+      (vload(acc + j, n) + dar).store(acc + j, n);
+      (vload(dnext + b * H + j, n) + e * r).store(dnext + b * H + j, n);
+    }
+  }
+}
+
+template <typename F, typename M>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
+    const std::optional<Tensor>& grad_out_in, const std::optional<Tensor>& grad_hn_in, const Tensor& x_in,
+    const Tensor& h0_in, const Tensor& w_ih_in, const Tensor& w_hh_in, const Tensor& out_in,
+    const Tensor& ws_in, bool after, std::array<bool, 6> mask) {
+  const Dims d = check_inputs(x_in, h0_in, w_ih_in, w_hh_in, std::nullopt, std::nullopt);
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
+  constexpr bool kLow = !std::is_same_v<M, F>;
+  const int64_t W = after ? 4 * H : 3 * H;  // workspace and gradient row width
+  TORCH_CHECK(ws_in.dim() == 3 && ws_in.size(0) == T && ws_in.size(1) == B && ws_in.size(2) == W,
+              "grutrain_native: workspace does not match the inputs");
+  TORCH_CHECK(out_in.sizes() == at::IntArrayRef({T, B, H}), "grutrain_native: out must be [T, B, H]");
+  const auto& [need_x, need_h0, need_wih, need_whh, need_bih, need_bhh] = mask;
+  const bool need_b = need_bih || need_bhh;
+  auto opts = x_in.options();
+  const auto mdt = c10::CppTypeToScalarType<M>::value;
+
+  Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  Tensor out = out_in.contiguous(), ws = ws_in.contiguous();
+  // grad_out: read in place when contiguous; otherwise (e.g. the expanded ones of out.sum())
+  // one step at a time through a [B, H] buffer, never materialised as [T, B, H].
+  Tensor gout, gstep;
+  if (grad_out_in && grad_out_in->defined()) {
+    gout = *grad_out_in;
+    if (!gout.is_contiguous()) gstep = at::empty({B, H}, opts);
+  }
+  const F* go = gout.defined() && !gstep.defined() ? gout.data_ptr<F>() : nullptr;
+
+  // Gradient buffer of a chunk of L steps, reused for every chunk (latest steps first).
+  const int64_t row_bytes = B * W * static_cast<int64_t>(sizeof(M));
+  const int64_t L = std::max<int64_t>(1, std::min<int64_t>(T, tuning().chunk_bytes / row_bytes));
+  Tensor Gbuf = at::empty({L, B, W}, opts.dtype(mdt));
+  Tensor rh_buf = after ? Tensor() : at::empty({L, B, H}, opts.dtype(mdt));            // r*h ("before")
+  Tensor hlow_buf = kLow && need_whh ? at::empty({L, B, H}, opts.dtype(mdt)) : Tensor();  // h_prev as bf16
+  Tensor drh_t = after ? Tensor() : at::empty({B, H}, opts.dtype(mdt));
+  // bfloat16 route: the step's product G W_hh lands here (bf16) and the next pass adds it to dh.
+  Tensor dprod_t = kLow ? at::empty({B, H}, opts.dtype(mdt)) : Tensor();
+  const M* dprod = nullptr;  // pending product, if any
+  Tensor ping = at::empty({B, H}, opts), pong = at::empty({B, H}, opts);
+
+  // Operands of the GEMMs in M.
+  Tensor w_hh_m = kLow ? w_hh.to(at::kBFloat16) : w_hh;
+  const M* whh = w_hh_m.template data_ptr<M>();
+  Tensor w_in_m;  // dx = G_in w: rows rotated to (n, r, z) for "after"
+  if (need_x) {
+    Tensor w = after ? at::cat({w_ih.narrow(0, 2 * H, H), w_ih.narrow(0, 0, 2 * H)}) : w_ih;
+    w_in_m = w.to(mdt).contiguous();
+  }
+  Tensor x_m = need_wih ? (kLow ? x.to(at::kBFloat16) : x) : Tensor();
+
+  Tensor dx = need_x ? at::empty({T, B, I}, opts) : Tensor();
+  Tensor dw_in = need_wih ? at::empty({3 * H, I}, opts) : Tensor();  // "after": rows n, r, z
+  Tensor dw_hh = need_whh ? at::empty({3 * H, H}, opts) : Tensor();
+  const int nthreads = std::max(1, at::get_num_threads());
+  Tensor accs = at::zeros({nthreads, W}, opts);
+
+  // dh of the last step.
+  F* dh = ping.data_ptr<F>();
+  {
+    Tensor dhv = ping;
+    if (gout.defined()) dhv.copy_(gout[T - 1]); else dhv.zero_();
+    if (grad_hn_in && grad_hn_in->defined()) dhv.add_(*grad_hn_in);
+  }
+  F* spare = pong.data_ptr<F>();
+  const F* outp = out.data_ptr<F>();
+  const F* h0p = h0.data_ptr<F>();
+  F* accp = accs.data_ptr<F>();
+  bool first_chunk = true;  // weight gradients: beta 0 for the first chunk processed
+
+  const int64_t n_chunks = (T + L - 1) / L;
+  for (int64_t c = n_chunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * L, len = std::min(L, T - t0);
+    M* G0 = Gbuf.template data_ptr<M>();
+    M* rh0 = after ? nullptr : rh_buf.template data_ptr<M>();
+    M* hl0 = hlow_buf.defined() ? hlow_buf.template data_ptr<M>() : nullptr;
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = t0 + i;
+      const F* s = ws.data_ptr<F>() + t * B * W;
+      const F* hprev = t == 0 ? h0p : outp + (t - 1) * B * H;
+      const F* gprev = (t > 0 && go) ? go + (t - 1) * B * H : nullptr;
+      if (t > 0 && gstep.defined()) {
+        gstep.copy_(gout[t - 1]);
+        gprev = gstep.data_ptr<F>();
+      }
+      M* G = G0 + i * B * W;
+      M* hl = hl0 ? hl0 + i * B * H : nullptr;
+      F* dnext = spare;
+      const bool chain = t > 0 || need_h0;  // dh_{t-1} needed
+      if (after) {
+        rows_parallel(B, 4 * H, [&](int64_t b0, int64_t b1) {
+          pass_bwd_after<F, M>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
+                               accp + at::get_thread_num() * W, hl);
+        });
+        if (chain) {  // dh_{t-1} += [da_r | da_z | dhn] W_hh
+          if constexpr (kLow) {
+            M* dp = dprod_t.template data_ptr<M>();
+            mm_bf16(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, dp);
+            dprod = dp;
+          } else {
+            gemm<M, F>(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, 1.f, dnext, H);
+          }
+        }
+      } else {
+        M* rh = rh0 + i * B * H;
+        M* drh = drh_t.template data_ptr<M>();
+        rows_parallel(B, 3 * H, [&](int64_t b0, int64_t b1) {
+          pass_bwd_before_a<F, M>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
+                                  accp + at::get_thread_num() * W, rh, hl);
+        });
+        if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
+        else gemm<M, F>(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f, drh, H);
+        rows_parallel(B, 3 * H, [&](int64_t b0, int64_t b1) {
+          pass_bwd_before_b<F, M>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
+        });
+        if (chain) {  // dh_{t-1} += [da_r | da_z] W_{hr,hz}
+          if constexpr (kLow) {
+            M* dp = dprod_t.template data_ptr<M>();
+            mm_bf16(false, false, B, H, 2 * H, G, 3 * H, whh, H, dp);
+            dprod = dp;
+          } else {
+            gemm<M, F>(false, false, B, H, 2 * H, G, 3 * H, whh, H, 1.f, dnext, H);
+          }
+        }
+      }
+      std::swap(dh, spare);
+    }
+
+    // Batched products of the chunk: rows t0*B .. (t0+len)*B of the stacked [T*B, .] tensors.
+    const int64_t K = len * B;
+    const float beta = first_chunk ? 0.f : 1.f;
+    if (need_whh) {
+      F* dwh = dw_hh.data_ptr<F>();
+      const int64_t nh = after ? 3 * H : 2 * H;  // hidden-side columns multiplying h_prev
+      const int64_t col = after ? H : 0;
+      if constexpr (kLow) {
+        gemm<M, F>(true, false, nh, H, K, G0 + col, W, hl0, H, beta, dwh, H);
+      } else {
+        // h_prev rows: h0 for step 0, then the outputs.
+        int64_t k0 = 0;
+        float bt = beta;
+        if (t0 == 0) {
+          gemm<M, F>(true, false, nh, H, B, G0 + col, W, h0p, H, bt, dwh, H);
+          k0 = B;
+          bt = 1.f;
+        }
+        if (K > k0)
+          gemm<M, F>(true, false, nh, H, K - k0, G0 + k0 * W + col, W, outp + (t0 * B + k0 - B) * H, H, bt,
+                     dwh, H);
+      }
+      if (!after)  // dW_hn = da_n^T (r*h)
+        gemm<M, F>(true, false, H, H, K, G0 + 2 * H, W, rh0, H, beta, dwh + 2 * H * H, H);
+    }
+    if (need_wih)
+      gemm<M, F>(true, false, 3 * H, I, K, G0, W, x_m.template data_ptr<M>() + t0 * B * I, I, beta,
+                 dw_in.data_ptr<F>(), I);
+    if (need_x)
+      gemm<M, F>(false, false, K, I, 3 * H, G0, W, w_in_m.template data_ptr<M>(), I, 0.f,
+                 dx.data_ptr<F>() + t0 * B * I, I);
+    first_chunk = false;
+  }
+
+  Tensor dh0 = need_h0 ? (dh == ping.data_ptr<F>() ? ping : pong) : Tensor();
+  if (need_h0 && dprod != nullptr) dh0.add_(dprod_t);  // the pending bf16 product
+  Tensor dw_ih, db_ih, db_hh;
+  if (need_wih) dw_ih = after ? at::cat({dw_in.narrow(0, H, 2 * H), dw_in.narrow(0, 0, H)}) : dw_in;
+  if (need_b) {
+    Tensor acc = accs.sum(0);  // [W]
+    if (after) {
+      if (need_bih) db_ih = at::cat({acc.narrow(0, H, 2 * H), acc.narrow(0, 0, H)});
+      if (need_bhh) db_hh = acc.narrow(0, H, 3 * H).clone();
+    } else {
+      if (need_bih) db_ih = acc;
+      if (need_bhh) db_hh = need_bih ? acc.clone() : acc;
+    }
+  }
+  return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+// ------------------------------------------------------------------------------------------
+// Op entry points
+// ------------------------------------------------------------------------------------------
+template <typename F>
+auto dispatch_types(at::ScalarType dt, bool low, const F& f) {
+  if (dt == at::kDouble) return f(double(), double());
+  if (low) return f(float(), BF16());
+  return f(float(), float());
+}
+
+std::tuple<Tensor, Tensor, Tensor> run_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
+                                               const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                               const std::optional<Tensor>& b_hh, c10::string_view reset,
+                                               std::optional<at::ScalarType> matmul_dtype, bool keep) {
+  const bool after = is_after(reset);
+  const bool low = wants_lowp(matmul_dtype, x.scalar_type());
+  const int64_t H = w_hh.size(1), I = x.dim() == 3 ? x.size(2) : 0;
+  const bool low_rec = low && H >= tuning().lowp_min_hidden;
+  const bool low_in = low && I >= tuning().lowp_min_input;
+  return dispatch_types(x.scalar_type(), low_rec, [&](auto t, auto m) {
+    using T = decltype(t);
+    using M = decltype(m);
+    return forward_impl<T, M>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
+                                                 const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                                 const std::optional<Tensor>& b_hh, c10::string_view reset,
+                                                 std::optional<at::ScalarType> matmul_dtype) {
+  return run_forward(x, h0, w_ih, w_hh, b_ih, b_hh, reset, matmul_dtype, true);
+}
+
+std::tuple<Tensor, Tensor> gru_layer_inference_cpu(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
+                                                   const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                                   const std::optional<Tensor>& b_hh, c10::string_view reset,
+                                                   std::optional<at::ScalarType> matmul_dtype) {
+  auto [out, h_n, ws] = run_forward(x, h0, w_ih, w_hh, b_ih, b_hh, reset, matmul_dtype, false);
+  return {out, h_n};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cpu(
+    const std::optional<Tensor>& grad_out, const std::optional<Tensor>& grad_h_n, const Tensor& x,
+    const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& out, const Tensor& ws,
+    c10::string_view reset, std::optional<at::ScalarType> matmul_dtype, std::array<bool, 6> mask) {
+  const bool after = is_after(reset);
+  const bool low = wants_lowp(matmul_dtype, x.scalar_type());
+  const bool low_rec = low && w_hh.size(1) >= tuning().lowp_min_hidden;
+  return dispatch_types(x.scalar_type(), low_rec, [&](auto t, auto m) {
+    using T = decltype(t);
+    using M = decltype(m);
+    return backward_impl<T, M>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
+  });
+}
+
+// One step, no grad (generation): two GEMMs (three for "before") and the gate pass, serial for
+// small batches. h may alias nothing of the output (a new tensor is returned).
+template <typename T>
+Tensor cell_impl(const Tensor& x_in, const Tensor& h_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
+                 const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, bool after) {
+  const int64_t B = x_in.size(0), I = x_in.size(1), H = w_hh_in.size(1);
+  Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const std::vector<T> bias = pack_bias<T>(b_ih, b_hh, H, after);
+  const int64_t W = after ? 4 * H : 3 * H;
+  const int64_t gh_cols = after ? 3 * H : 2 * H;
+  // One scratch allocation: g [B, W] | gh [B, gh_cols] | rh, ghn [B, H] each ("before").
+  Tensor scratch = at::empty({B * (W + gh_cols + (after ? 0 : 2 * H))}, x.options());
+  T* g = scratch.data_ptr<T>();
+  T* gh = g + B * W;
+  Tensor hnew = at::empty({B, H}, x.options());
+  const T *hp = h.data_ptr<T>(), *wih = w_ih.data_ptr<T>(), *whh = w_hh.data_ptr<T>();
+  gemm<T, T>(false, true, B, 3 * H, I, x.data_ptr<T>(), I, wih, I, 0.f, g, W);
+  gemm<T, T>(false, true, B, gh_cols, H, hp, H, whh, H, 0.f, gh, gh_cols);
+  T* ho = hnew.data_ptr<T>();
+  if (after) {
+    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+      pass_fwd_after<T, T, T>(b0, b1, H, g, gh, bias.data(), hp, ho, nullptr, nullptr);
+    });
+  } else {
+    T* rh = gh + B * gh_cols;
+    T* ghn = rh + B * H;
+    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+      pass_fwd_before_a<T, T, T>(b0, b1, H, g, gh, bias.data(), hp, rh);
+    });
+    gemm<T, T>(false, true, B, H, H, rh, H, whh + 2 * H * H, H, 0.f, ghn, H);
+    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+      pass_fwd_before_b<T, T, T>(b0, b1, H, g, ghn, bias.data(), hp, ho, nullptr, nullptr);
+    });
+  }
+  return hnew;
+}
+
+Tensor gru_cell_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, c10::string_view reset) {
+  const bool after = is_after(reset);
+  TORCH_CHECK(x.dim() == 2 && h.dim() == 2 && x.size(0) == h.size(0),
+              "grutrain_native::gru_cell: x must be [B, I] and h [B, H]");
+  // Reuse the layer's checks on a [1, B, I] view.
+  check_inputs(x.unsqueeze(0), h, w_ih, w_hh, b_ih, b_hh);
+  if (x.scalar_type() == at::kDouble) return cell_impl<double>(x, h, w_ih, w_hh, b_ih, b_hh, after);
+  return cell_impl<float>(x, h, w_ih, w_hh, b_ih, b_hh, after);
+}
+
+}  // namespace
+}  // namespace grutrain_native
+
+TORCH_LIBRARY_IMPL(grutrain_native, CPU, m) {
+  m.impl("gru_layer", &grutrain_native::gru_layer_cpu);
+  m.impl("gru_layer_inference", &grutrain_native::gru_layer_inference_cpu);
+  m.impl("gru_layer_backward", &grutrain_native::gru_layer_backward_cpu);
+  m.impl("gru_cell", &grutrain_native::gru_cell_cpu);
+}
+
+// Tuning/test knobs of these CPU kernels (no tensor arguments: a catch-all kernel).
+TORCH_LIBRARY_FRAGMENT(grutrain_native, m) {
+  m.def("cpu_tune(str name, int value=-1) -> int", &grutrain_native::cpu_tune);
+}

@@ -1,0 +1,567 @@
+"""The native GRU kernel (grutrain/gru/native.py + csrc/) against independent references: a naive
+step-by-step transcription of the equations (gate by gate), torch.nn.GRU, finite differences
+(gradcheck, gradgradcheck), float32 for the bfloat16 route; the cell against the layer; the
+loader's fallback (no compiler, a failed build, no AVX2) and its file lock (concurrent first use
+builds once).
+
+One build is shared by every test (conftest.py's session cache, GRUTRAIN_KERNEL_DIR); the tests of
+the loader itself run subprocesses with fresh kernel directories. The conformance of the GRU module
+on the native path is in test_gru_conformance.py, test_gru.py and test_gru_lengths.py (they run
+every implementation of the registry). The cases parametrised by device run on CUDA too when a
+CUDA kernel is registered and a GPU is present.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from grutrain.gru import native as native_module
+
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+@pytest.fixture(scope="session")
+def native():
+    if not native_module.load():
+        pytest.skip(f"native kernel unavailable: {native_module.status()['reason']}")
+    return native_module
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request, native):
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"{native.LIBRARY}::gru_layer", request.param.upper()
+    ):
+        pytest.skip(f"no {request.param} kernel registered")
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def tune(native):
+    """Set CPU tuning knobs for one test; restored afterwards."""
+    changed = {}
+
+    def set_knob(name, value):
+        old = torch.ops.grutrain_native.cpu_tune(name, value)
+        changed.setdefault(name, old)
+
+    yield set_knob
+    for name, old in changed.items():
+        torch.ops.grutrain_native.cpu_tune(name, old)
+
+
+def naive_gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset):
+    """The GRU equations, one gate and one step at a time, with W_ir/W_iz/W_in sliced out."""
+    H = w_hh.shape[1]
+    W_ir, W_iz, W_in = w_ih[:H], w_ih[H : 2 * H], w_ih[2 * H :]
+    W_hr, W_hz, W_hn = w_hh[:H], w_hh[H : 2 * H], w_hh[2 * H :]
+
+    def b(v, k):
+        return 0.0 if v is None else v[k * H : (k + 1) * H]
+
+    h, outs = h0, []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        r = torch.sigmoid(xt @ W_ir.T + b(b_ih, 0) + h @ W_hr.T + b(b_hh, 0))
+        z = torch.sigmoid(xt @ W_iz.T + b(b_ih, 1) + h @ W_hz.T + b(b_hh, 1))
+        if reset == "after":
+            n = torch.tanh(xt @ W_in.T + b(b_ih, 2) + r * (h @ W_hn.T + b(b_hh, 2)))
+        else:
+            n = torch.tanh(xt @ W_in.T + b(b_ih, 2) + (r * h) @ W_hn.T + b(b_hh, 2))
+        h = z * h + (1 - z) * n
+        outs.append(h)
+    return torch.stack(outs), h
+
+
+def make_inputs(T, B, I, H, dtype=torch.float32, bias=True, h0_grad=True, x_grad=True, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    k = H**-0.5  # nn.GRU's init range
+
+    def u(*shape):
+        return ((torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1) * k).to(device)
+
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).to(device).requires_grad_(x_grad)
+    h0 = (torch.randn(B, H, generator=g, dtype=dtype) * 0.5).to(device).requires_grad_(h0_grad)
+    w_ih, w_hh = u(3 * H, I).requires_grad_(), u(3 * H, H).requires_grad_()
+    b_ih = u(3 * H).requires_grad_() if bias else None
+    b_hh = u(3 * H).requires_grad_() if bias else None
+    return [x, h0, w_ih, w_hh, b_ih, b_hh]
+
+
+def run_with_grads(fn, inputs, reset, seed=1):
+    """Outputs, h_T and the gradients of every input that requires grad, for a random loss that
+    uses both the output sequence and h_T."""
+    out, h_T = fn(*inputs, reset=reset)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)).sum() + (
+        h_T * torch.randn(h_T.shape, generator=g, dtype=h_T.dtype).to(out.device)
+    ).sum()
+    leaves = [t for t in inputs if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(loss, leaves)
+    return [out, h_T, *grads]
+
+
+def assert_all_close(actual, expected, dtype, **tol):
+    assert len(actual) == len(expected)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        torch.testing.assert_close(a, e, **(tol or TOL[dtype]), msg=lambda m: f"tensor {i}: {m}")
+
+
+# --------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("h0_grad", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_matches_naive_equations(native, device, reset, bias, h0_grad, dtype):
+    inputs = make_inputs(6, 3, 5, 7, dtype=dtype, bias=bias, h0_grad=h0_grad, device=device)
+    expected = run_with_grads(naive_gru, inputs, reset)
+    actual = run_with_grads(native.native_gru_layer, inputs, reset)
+    assert_all_close(actual, expected, dtype)
+    if not h0_grad:
+        assert inputs[1].grad is None
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+@pytest.mark.parametrize("shape", [(9, 17, 3, 19), (4, 1, 2, 33), (3, 40, 8, 64)])
+def test_matches_naive_at_ragged_sizes(native, device, reset, shape):
+    """H not a multiple of the vector width (tails), B=1, and batches split over threads."""
+    inputs = make_inputs(*shape, dtype=torch.float64, device=device)
+    assert_all_close(
+        run_with_grads(native.native_gru_layer, inputs, reset),
+        run_with_grads(naive_gru, inputs, reset),
+        torch.float64,
+    )
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_one_bias_only(native, device, reset):
+    for keep in (4, 5):  # bias_ih only, then bias_hh only
+        inputs = make_inputs(4, 2, 3, 5, dtype=torch.float64, device=device)
+        inputs[9 - keep] = None
+        assert_all_close(
+            run_with_grads(native.native_gru_layer, inputs, reset),
+            run_with_grads(naive_gru, inputs, reset),
+            torch.float64,
+        )
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_single_step(native, device, reset):
+    inputs = make_inputs(1, 4, 3, 5, dtype=torch.float64, device=device)
+    assert_all_close(
+        run_with_grads(native.native_gru_layer, inputs, reset),
+        run_with_grads(naive_gru, inputs, reset),
+        torch.float64,
+    )
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_long_sequences_split_into_chunks(native, tune, reset):
+    """Tiny caps force several time chunks (backward gradient buffer, no-grad gate buffer)."""
+    inputs = make_inputs(11, 3, 4, 5, dtype=torch.float64)
+    expected = run_with_grads(naive_gru, inputs, reset)
+    row = 3 * 4 * 5 * 8  # bytes of one step of the widest [B, 4H] buffer
+    for chunk_steps in (1, 3, 4, 100):
+        tune("chunk_bytes", chunk_steps * row)
+        tune("infer_chunk_bytes", chunk_steps * row)
+        assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float64)
+        with torch.no_grad():
+            out, h_T = native.native_gru_layer(*inputs, reset=reset)
+        assert_all_close([out, h_T], expected[:2], torch.float64)
+
+
+def test_matches_torch_nn_gru(native, device):
+    torch.manual_seed(0)
+    T, B, I, H = 7, 4, 5, 6
+    ref = torch.nn.GRU(I, H).to(device)
+    x = torch.randn(T, B, I, device=device, requires_grad=True)
+    h0 = torch.randn(1, B, H, device=device, requires_grad=True)
+    weights = [torch.nn.Parameter(p.detach().clone()) for p in ref.parameters()]  # ih, hh, b_ih, b_hh
+
+    out_ref, hn_ref = ref(x, h0)
+    out, h_T = native.native_gru_layer(x, h0[0], *weights, reset="after")
+    torch.testing.assert_close(out, out_ref, **TOL[torch.float32])
+    torch.testing.assert_close(h_T, hn_ref[0], **TOL[torch.float32])
+
+    go, gh = torch.randn_like(out), torch.randn_like(h_T)
+    expected = torch.autograd.grad((out_ref * go).sum() + (hn_ref[0] * gh).sum(), [x, h0, *ref.parameters()])
+    actual = torch.autograd.grad((out * go).sum() + (h_T * gh).sum(), [x, h0, *weights])
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e.reshape(a.shape), **TOL[torch.float32])
+
+
+def test_matches_torch_nn_gru_at_a_standard_shape(native, tune):
+    """(35, 32, 28, 256): the MKL packed per-step product and the threaded gate passes in use."""
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(28, 256)
+    x = torch.randn(35, 32, 28)
+    weights = [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    out_ref, hn_ref = ref(x)
+    out, h_T = native.native_gru_layer(x, None, *weights)
+    torch.testing.assert_close(out, out_ref, atol=2e-5, rtol=1e-4)
+    go = torch.randn_like(out)
+    expected = torch.autograd.grad((out_ref * go).sum(), list(ref.parameters()))
+    actual = torch.autograd.grad((out * go).sum(), weights)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_gradcheck_float64(native, device, reset, bias):
+    inputs = tuple(make_inputs(4, 2, 3, 4, dtype=torch.float64, bias=bias, device=device))
+    assert torch.autograd.gradcheck(lambda *a: native.native_gru_layer(*a, reset=reset), inputs)
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_gradgradcheck_double_backward(native, device, reset):
+    """create_graph=True: the reference equations are recomputed, as in the fused path."""
+    inputs = tuple(make_inputs(3, 2, 2, 3, dtype=torch.float64, device=device))
+    assert torch.autograd.gradgradcheck(lambda *a: native.native_gru_layer(*a, reset=reset), inputs)
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_gradient_penalty_matches_reference(native, device, reset):
+    inputs = make_inputs(5, 2, 3, 4, dtype=torch.float64, device=device)
+    results = []
+    for fn in (native.native_gru_layer, naive_gru):
+        out, h_T = fn(*inputs, reset=reset)
+        (dx,) = torch.autograd.grad(out.pow(2).sum() + h_T.sum(), inputs[0], create_graph=True)
+        results.append(torch.autograd.grad(dx.pow(2).sum() + out.sum(), [t for t in inputs if t is not None]))
+    assert_all_close(results[0], results[1], torch.float64)
+
+
+# --------------------------------------------------------------------------- bfloat16 (mixed precision)
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_bf16_autocast_cpu_close_to_float32(native, reset):
+    inputs = make_inputs(8, 4, 6, 16)
+    expected = run_with_grads(native.native_gru_layer, inputs, reset)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_bf16 = inputs[0].detach().to(torch.bfloat16).requires_grad_()
+        out, h_T = native.native_gru_layer(x_bf16, *inputs[1:], reset=reset)
+        torch_out, torch_h = torch.nn.GRU(6, 16)(x_bf16)
+    # The output dtype is torch.nn.GRU's under the same autocast (bf16 in, bf16 out on CPU).
+    assert out.dtype == torch_out.dtype == torch.bfloat16 and h_T.dtype == torch_h.dtype
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g)).sum() + (h_T * torch.randn(h_T.shape, generator=g)).sum()
+    grads = torch.autograd.grad(loss, [x_bf16, *inputs[1:]])
+    assert grads[0].dtype == torch.bfloat16  # flows back through the cast to the bf16 input
+    for a, e in zip([out, h_T, *grads], expected):
+        torch.testing.assert_close(a.float(), e, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("hidden", [256, 32])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_bf16_products_stay_close_to_float32(native, tune, reset, hidden):
+    """test_gru_bf16's tolerance: 3e-2 of each tensor's largest entry. hidden=32 is forced onto the
+    bfloat16 route too (below the size where it is chosen by default)."""
+    tune("lowp_min_hidden", 1)
+    tune("lowp_min_input", 1)
+    inputs = make_inputs(12, 8, 256, hidden)
+    expected = run_with_grads(native.native_gru_layer, inputs, reset)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = run_with_grads(native.native_gru_layer, inputs, reset)
+    assert [a.dtype for a in actual] == [torch.float32] * len(expected)
+    rel = []
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        scale = float(e.detach().abs().max())
+        torch.testing.assert_close(a, e, atol=3e-2 * scale, rtol=0, msg=lambda m: f"tensor {i}: {m}")
+        rel.append(float((a - e).detach().abs().max()) / scale)
+    assert max(rel) > 1e-4  # the bfloat16 route was really taken (float32 agrees to ~1e-6)
+
+
+def test_bf16_keeps_float32_state(native):
+    """The float32 state is why the route exists: closer to float32 than an all-bf16 nn.GRU."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(256, 256)
+    x = torch.randn(64, 8, 256)
+    params = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    with torch.no_grad():
+        expected, _ = gru(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, _ = native.native_gru_layer(x, None, *params)
+        all_bf16, _ = gru.to(torch.bfloat16)(x.to(torch.bfloat16))
+    mixed_error = (mixed - expected).abs().max()
+    assert 0 < mixed_error < (all_bf16.float() - expected).abs().max() / 2
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_no_grad_path_matches_training_path(native, tune, reset, precision):
+    tune("infer_chunk_bytes", 8 * 4 * 256 * 4 * 5)  # several chunks of the no-grad gate buffer
+    inputs = make_inputs(12, 8, 256, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision is not None):
+        out_train, h_train = native.native_gru_layer(*inputs, reset=reset)
+        with torch.no_grad():
+            out, h_T = native.native_gru_layer(*inputs, reset=reset)
+    assert out_train.grad_fn is not None and out.grad_fn is None
+    torch.testing.assert_close(out, out_train.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_T, h_train.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_aten_fallback_gemms_match(native, tune, reset):
+    """The at::mm fallback (builds without MKL's symbols) gives the same results, bf16 too."""
+    inputs = make_inputs(5, 3, 64, 64)
+    expected = run_with_grads(native.native_gru_layer, inputs, reset)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_bf16 = run_with_grads(native.native_gru_layer, inputs, reset)
+    tune("use_blas", 0)
+    assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual_bf16 = run_with_grads(native.native_gru_layer, inputs, reset)
+    for a, e in zip(actual_bf16, expected_bf16):  # bf16 rounding of the products differs
+        torch.testing.assert_close(a, e, atol=3e-2 * float(e.detach().abs().max()), rtol=0)
+
+
+# --------------------------------------------------------------------------- interface details
+
+
+def test_no_grad_forward_builds_no_graph_and_matches(native):
+    inputs = make_inputs(5, 3, 4, 6)
+    out_grad, h_grad = native.native_gru_layer(*inputs)
+    with torch.no_grad():
+        out, h_T = native.native_gru_layer(*inputs)
+    assert out.grad_fn is None and h_T.grad_fn is None
+    torch.testing.assert_close(out, out_grad.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(h_T, h_grad.detach(), atol=0, rtol=0)
+    assert out.shape == (5, 3, 6) and out.is_contiguous()
+
+
+def test_only_requested_gradients_are_computed(native):
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(5, 3, 4, 6, dtype=torch.float64, h0_grad=False, x_grad=False)
+    w_ih.requires_grad_(False)  # a frozen input projection
+    out, h_T = native.native_gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh)
+    (out.sum() + h_T.sum()).backward()
+    assert x.grad is None and h0.grad is None and w_ih.grad is None
+    ref = [t.detach().clone().requires_grad_(t.requires_grad) for t in (x, h0, w_ih, w_hh, b_ih, b_hh)]
+    out_ref, h_ref = naive_gru(*ref, "after")
+    (out_ref.sum() + h_ref.sum()).backward()
+    for mine, theirs in zip((w_hh, b_ih, b_hh), ref[3:]):
+        torch.testing.assert_close(mine.grad, theirs.grad, **TOL[torch.float64])
+
+
+def test_only_one_output_used(native):
+    inputs = make_inputs(4, 2, 3, 5, dtype=torch.float64)
+    for pick in (0, 1):
+        got = torch.autograd.grad(native.native_gru_layer(*inputs)[pick].sum(), inputs[2])
+        want = torch.autograd.grad(naive_gru(*inputs, "after")[pick].sum(), inputs[2])
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+def test_non_contiguous_input_and_default_h0(native):
+    x, _, w_ih, w_hh, b_ih, b_hh = make_inputs(5, 3, 4, 6, dtype=torch.float64)
+    x_bt = x.detach().transpose(0, 1).contiguous().requires_grad_()  # [B, T, I]
+    out, h_T = native.native_gru_layer(x_bt.transpose(0, 1), None, w_ih, w_hh, b_ih, b_hh)
+    out_ref, h_ref = naive_gru(x, torch.zeros(3, 6, dtype=torch.float64), w_ih, w_hh, b_ih, b_hh, "after")
+    torch.testing.assert_close(out, out_ref, **TOL[torch.float64])
+    torch.testing.assert_close(h_T, h_ref, **TOL[torch.float64])
+    (g,) = torch.autograd.grad(out.sum(), x_bt)
+    (g_ref,) = torch.autograd.grad(out_ref.sum(), x)
+    torch.testing.assert_close(g, g_ref.transpose(0, 1), **TOL[torch.float64])
+
+
+def test_in_place_change_of_output_is_caught(native):
+    out, _ = native.native_gru_layer(*make_inputs(3, 2, 3, 4))
+    out.add_(1)  # allowed like on any tensor, but the backward needs the unmodified states
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_retain_graph_backward_twice(native):
+    inputs = make_inputs(4, 2, 3, 5, dtype=torch.float64)
+    out, h_T = native.native_gru_layer(*inputs)
+    first = torch.autograd.grad(out.sum(), inputs[3], retain_graph=True)
+    second = torch.autograd.grad(out.sum(), inputs[3])
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
+def test_rejects_bad_arguments(native):
+    with pytest.raises(ValueError, match="reset"):
+        native.native_gru_layer(*make_inputs(2, 1, 2, 3), reset="middle")
+    with pytest.raises(ValueError, match="T, B, I"):
+        native.native_gru_layer(torch.randn(2, 3), *make_inputs(2, 1, 2, 3)[1:])
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(2, 1, 2, 3)
+    with pytest.raises(RuntimeError, match="w_ih"):
+        native.native_gru_layer(x, h0, w_ih[:, :1], w_hh, b_ih, b_hh)
+
+
+def test_the_op_is_registered_per_dispatch_key(native):
+    name = f"{native.LIBRARY}::gru_layer"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+    assert native.supports(torch.zeros(1))
+    assert not native.supports(torch.zeros(1, dtype=torch.float16))
+
+
+# --------------------------------------------------------------------------- the cell (generation)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_cell_equals_one_step_of_the_layer(native, device, reset, bias, batch, dtype):
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(1, batch, 5, 7, dtype=dtype, bias=bias, device=device)
+    with torch.no_grad():
+        out, h_T = native.native_gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset=reset)
+        h1 = native.native_gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh, reset=reset)
+        _, h_ref = naive_gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset)
+    # The same pass and products (MKL may round a product differently by one ulp by alignment).
+    tight = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-14, rtol=1e-14)
+    torch.testing.assert_close(h1, h_T, **tight)
+    torch.testing.assert_close(h1, h_ref, **TOL[dtype])
+
+
+def test_cell_steps_follow_torch_gru(native):
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(16, 256)
+    w = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    xs = torch.randn(20, 1, 16)
+    with torch.no_grad():
+        expected, _ = gru(xs)
+        h = torch.zeros(1, 256)
+        for t in range(20):
+            h = native.native_gru_cell(xs[t], h, *w)
+            torch.testing.assert_close(h, expected[t], atol=1e-5, rtol=1e-5)
+
+
+def test_cell_refuses_grad(native):
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(1, 2, 3, 4)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        native.native_gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def _python(code: str, env_extra: dict) -> subprocess.Popen:
+    hidden = ("GRUTRAIN_KERNEL_DIR", "GRUTRAIN_CACHE_DIR", "GRUTRAIN_NATIVE", "CXX", "ATEN_CPU_CAPABILITY")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    env.update(env_extra, MAX_JOBS="1")
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# Trains a few steps on whatever path is available: the native kernel, else the Python fused path.
+_TRAIN = """
+    import torch
+    from grutrain.gru import native
+    from grutrain.gru.fused import fused_gru_layer
+    ok = native.load()
+    print("AVAILABLE", ok)
+    print("AGAIN", native.load())  # no second notice
+    layer = native.native_gru_layer if ok else fused_gru_layer
+    torch.manual_seed(0)
+    params = [torch.randn(12, 3, requires_grad=True), torch.randn(12, 4, requires_grad=True)]
+    opt = torch.optim.SGD(params, lr=0.1)
+    x = torch.randn(5, 2, 3)
+    losses = []
+    for _ in range(3):
+        out, h = layer(x, torch.zeros(2, 4), *params, None, None, reset="after")
+        loss = out.pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    print("TRAINED", losses[-1] < losses[0])
+    print("STATUS", native.status()["reason"])
+"""
+
+
+def _notice_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("grutrain:")]
+
+
+def test_fallback_without_compiler(tmp_path):
+    proc = _python(_TRAIN, {"GRUTRAIN_KERNEL_DIR": str(tmp_path), "CXX": "/nonexistent/g++"})
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "AVAILABLE False" in stdout and "AGAIN False" in stdout and "TRAINED True" in stdout
+    lines = _notice_lines(stderr)
+    assert lines == [
+        "grutrain: native GRU kernel unavailable (no C++ compiler found: /nonexistent/g++; install g++ or "
+        "set CXX); using the Python fused path"
+    ], stderr
+    assert "no C++ compiler" in stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/false"), reason="needs /bin/false as a failing compiler")
+def test_fallback_when_the_build_fails(tmp_path):
+    """A compiler that fails: one line (the building notice ends in the failure), a log, and a
+    FAILED mark so the next process does not try again."""
+    for attempt in range(2):
+        proc = _python(_TRAIN, {"GRUTRAIN_KERNEL_DIR": str(tmp_path), "CXX": "/bin/false"})
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        assert "AVAILABLE False" in stdout and "TRAINED True" in stdout
+        lines = _notice_lines(stderr)
+        assert len(lines) == 1 and "unavailable" in lines[0] and "using the Python fused path" in lines[0], stderr
+        if attempt == 0:
+            assert "building the native GRU kernel" in lines[0] and "build failed" in lines[0]
+        else:
+            assert "building" not in lines[0] and "an earlier build failed" in lines[0]
+    (kernel_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (kernel_dir / "build.log").exists() and (kernel_dir / "FAILED.json").exists()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 instruction sets")
+def test_fallback_when_the_cpu_lacks_avx2(tmp_path):
+    proc = _python(_TRAIN, {"GRUTRAIN_KERNEL_DIR": str(tmp_path), "ATEN_CPU_CAPABILITY": "default"})
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "AVAILABLE False" in stdout and "TRAINED True" in stdout
+    lines = _notice_lines(stderr)
+    assert len(lines) == 1 and "lacks AVX2" in lines[0], stderr
+
+
+def test_status_reports_the_build(native):
+    s = native.status()
+    assert s["loaded"] and s["built"] and s["reason"] is None
+    assert s["path"] == os.path.join(s["kernels_dir"], s["key"])
+    assert os.path.exists(os.path.join(s["path"], "grutrain_native.so"))
+
+
+# The compiler's work replaced by a copy of this session's build (after a second's pause, so the
+# processes overlap): what is under test is the lock and the re-check after it, not g++.
+_FAKE_COMPILER = """
+    import os, shutil, time
+    import torch
+    from torch.utils import cpp_extension
+
+    def fake_load(name, sources, build_directory, **kwargs):  # as load(is_python_module=False): build, load
+        time.sleep(1.0)
+        shutil.copy({built!r}, build_directory)
+        torch.ops.load_library(os.path.join(build_directory, os.path.basename({built!r})))
+
+    cpp_extension.load = fake_load
+    cpp_extension.is_ninja_available = lambda: True
+"""
+
+
+def test_concurrent_first_use_builds_once(native, tmp_path):
+    """Three processes start together on an empty kernel directory: one builds, the others wait
+    for its lock and load what it built."""
+    built = os.path.join(native.status()["path"], native.LIBRARY + ".so")
+    code = textwrap.dedent(_FAKE_COMPILER.format(built=built)) + textwrap.dedent(_TRAIN)
+    procs = [_python(code, {"GRUTRAIN_KERNEL_DIR": str(tmp_path)}) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    building = 0
+    for proc, (stdout, stderr) in zip(procs, results):
+        assert proc.returncode == 0, stderr
+        assert "AVAILABLE True" in stdout and "TRAINED True" in stdout, stdout + stderr
+        lines = _notice_lines(stderr)
+        building += sum("building the native GRU kernel" in line for line in lines)
+        assert all("built in" in line for line in lines), stderr
+    assert building == 1
+    assert len([k for k in os.listdir(tmp_path) if not k.endswith(".lock")]) == 1
