@@ -37,6 +37,12 @@ class ForecastDataConfig(Section):
     missing: Literal["interpolate", "drop", "error"] = Field("error", description="what to do with blank cells")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
+    val_rows: Optional[int] = Field(
+        None, ge=1, description="the competition protocol: the last rows of every series before the test block "
+        "are its validation block (replaces data.val_fraction)")
+    test_rows: Optional[int] = Field(
+        None, ge=0, description="the last rows of every series are its test block, e.g. the official horizon "
+        "(replaces data.test_fraction; 0: train on everything up to the end)")
 
     @model_validator(mode="after")
     def _has_targets(self) -> "ForecastDataConfig":

@@ -20,7 +20,8 @@ from grutrain.tasks.forecast import calendar as cal
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
 from grutrain.errors import GrutrainError
-from grutrain.tasks.forecast.metrics import interval_coverage, mae_by_step, mase, pinball_loss
+from grutrain.tasks.forecast.metrics import (interval_coverage, mae_by_step, mase, percentage_errors, pinball_loss,
+                                             series_average)
 from grutrain.runtime import evaluating
 
 EVAL_BATCH = 512  # windows per forward pass at evaluation
@@ -80,8 +81,21 @@ class PreparedSeries:
         return actual, mask
 
     def point_metrics(self, point: np.ndarray, actual, mask, starts) -> dict:
-        scale = self.row_scale[np.asarray(starts)][:, None, :]  # [W, 1, T]
-        return {**forecast_errors(point, actual, mask), "mase": mase(point, actual, mask, scale)}
+        """MAE, RMSE (over cells), sMAPE, MAPE and MASE; with several series the last three are averaged per
+        series, then over series, as the competition tables are."""
+        starts = np.asarray(starts)
+        scale = self.row_scale[starts][:, None, :]  # [W, 1, T]
+        out = {**forecast_errors(point, actual, mask), "mase": mase(point, actual, mask, scale)}
+        smape_terms, mape_terms = percentage_errors(point, actual)
+        if self.row_series is None:
+            keep = mask & np.isfinite(mape_terms)
+            out["mape"] = float(mape_terms[keep].mean()) if keep.any() else float("nan")
+            return out
+        groups = self.row_series[starts]
+        scaled = np.abs(point - actual) / np.where(scale > 0, scale, np.nan)
+        out.update(smape=series_average(smape_terms, mask, groups), mape=series_average(mape_terms, mask, groups),
+                   mase=series_average(scaled, mask, groups))
+        return out
 
     def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False) -> dict:
         """The model's loss (normalised scale) and metrics (original scale) over the windows at `starts`."""

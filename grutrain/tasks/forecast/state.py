@@ -98,6 +98,8 @@ def stored_series(stored, several: dict | None, layout: WindowLayout, n_columns:
     except (TypeError, KeyError, ValueError):
         raise GrutrainError("the checkpoint is damaged: its per-series normalisation is unreadable") from None
     series_norm, series_scale = numbers(ids)
+    if split == "test" and isinstance(several.get("mase_scale_test"), list):
+        series_scale = several["mase_scale_test"]  # the scale of the rows before each test block
     series = PreparedSeries(values, observed, calendar, np.asarray([m for m, _ in series_norm])[rows],
                             np.asarray([sd for _, sd in series_norm])[rows], layout,
                             np.asarray(series_scale)[rows], rows, ids)

@@ -97,7 +97,8 @@ class ForecastTask:
         several = None
         if len(panel.ids) > 1:
             several = {"ids": list(panel.ids), "mean": [list(m) for m, _ in series_norm],
-                       "std": [list(sd) for _, sd in series_norm], "mase_scale": [list(x) for x in scales]}
+                       "std": [list(sd) for _, sd in series_norm], "mase_scale": [list(x) for x in scales],
+                       "mase_scale_test": _test_scales(panel, T, (list(layout.seasons) or [1])[0])}
         # One series: its normalisation; several: the first series' (the others are in `several`).
         mean, std = series_norm[0]
         task = cls(cfg, panel.tables[0].columns, mean, std, layout, cycles, scales[0], several)
@@ -111,7 +112,7 @@ class ForecastTask:
         self.series = PreparedSeries(panel.values, panel.observed, calendar,
                                      np.asarray([m for m, _ in series_norm])[rows],
                                      np.asarray([sd for _, sd in series_norm])[rows], layout,
-                                     np.asarray(scales)[rows], rows, panel.ids)
+                                     self._row_scales(panel, scales, rows), rows, panel.ids)
         self.norm, self.values, self.observed = self.series.norm, self.series.values, self.series.observed
         self.blocks = {"val": panel.blocks[0][1], "test": panel.blocks[0][2]}  # the (first) series' blocks
         self.train_starts = torch.from_numpy(panel.starts("train", layout.input_len, layout.horizon, layout.history))
@@ -130,6 +131,17 @@ class ForecastTask:
         self.sampler = ShuffledBatches(len(self.train_starts), rows_per_step, self.cfg.train.seed + 1,
                                        self._make_batch, rank=rank, world_size=world_size, what="windows")
         self.items_per_batch = self.sampler.global_batch * layout.input_len  # time steps read
+
+    def _row_scales(self, panel: Panel, scales, rows) -> np.ndarray:
+        """[N, T] the MASE scale of each row: a panel's test rows take the scale of all rows before the test
+        block (M4's in-sample scale at the forecast origin), the others that of the training rows."""
+        out = np.array(np.asarray(scales, dtype=np.float64)[rows])
+        if self.several is None:
+            return out
+        for offset, blocks, scale in zip(panel.offsets, panel.blocks, self.several["mase_scale_test"]):
+            test = blocks[2]
+            out[offset + test.start:offset + test.stop] = scale
+        return out
 
     def _make_batch(self, indices: torch.Tensor):
         starts = self.train_starts[indices]
@@ -336,6 +348,12 @@ def _known(metrics: dict) -> dict:
             if not (k.endswith("mase") and isinstance(v, float) and math.isnan(v))}
 
 
+def _test_scales(panel: Panel, n_targets: int, season: int) -> list[list[float]]:
+    """Per series, the MASE scale of the rows before its test block (padding left out)."""
+    return [[float(x) for x in seasonal_scale(t.values[b[0].start:b[2].start, :n_targets], season)]
+            for t, b in zip(panel.tables, panel.blocks)]
+
+
 def _check_lengths(panel: Panel, cfg) -> None:
     d = cfg.data
     layout = base_layout(cfg)
@@ -351,3 +369,8 @@ def _check_lengths(panel: Panel, cfg) -> None:
                                 f"{train_b.stop} of {len(table)} rows, fewer than the {needed} one window needs "
                                 f"({describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
                                 "data.input_len or data.horizon")
+        season = max([1, *d.seasons])
+        if train_b.stop - train_b.start <= season:
+            raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
+                                f"{train_b.stop - train_b.start} rows; its MASE scale needs more than one season "
+                                f"({season}); lower data.val_rows/data.test_rows or give a longer series")
