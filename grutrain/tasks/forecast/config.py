@@ -26,9 +26,16 @@ class ForecastDataConfig(Section):
                                      description="extra input columns known for the horizon too (holidays, a weather forecast)")
     season: Optional[int | list[int]] = Field(
         None, description="season length(s) in rows, e.g. 48 or [48, 336]: a seasonal-naive baseline each")
-    anchor: Literal["auto", "naive", "seasonal"] = Field(
+    anchor: Literal["auto", "naive", "seasonal", "profile"] = Field(
         "auto", description="what the model predicts the residual over: auto = the baseline (naive or a "
-        "seasonal naive) with the lowest in-sample MAE on the training rows")
+        "seasonal naive) with the lowest in-sample MAE on the training rows; profile = the mean of the last "
+        "season plus the seasonal profile of the last data.profile_periods seasons (first season)")
+    profile_periods: int = Field(3, ge=1, description="anchor profile: seasons the profile averages over")
+    transform: Literal["none", "log"] = Field(
+        "none", description="log: the model reads and predicts log(1 + y) (non-negative targets), so a "
+        "window's level and season act as ratios")
+    loss: Literal["mse", "mae"] = Field("mse", description="training loss on the normalised targets "
+                                       "(with data.quantiles: the pinball loss)")
     calendar: Literal["auto", "none", "epoch_seconds"] = Field(
         "auto", description="calendar inputs (hour, weekday, day of year) from a date time column; "
         "epoch_seconds: the time column holds Unix times")

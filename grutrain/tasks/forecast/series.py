@@ -27,6 +27,20 @@ from grutrain.runtime import evaluating
 EVAL_BATCH = 512  # windows per forward pass at evaluation
 
 
+def transformed(values: np.ndarray, transform: str, n_targets: int) -> np.ndarray:
+    """The rows as the model sees them before normalisation: data.transform=log takes log(1 + y) of the
+    targets (values below 0 are clipped to 0: the transform is for non-negative series)."""
+    if transform != "log":
+        return values
+    out = np.array(values, dtype=np.float64)
+    out[:, :n_targets] = np.log1p(np.maximum(out[:, :n_targets], 0.0))
+    return out
+
+
+def untransformed(forecast: np.ndarray, transform: str) -> np.ndarray:
+    return np.expm1(forecast) if transform == "log" else forecast
+
+
 def normalise(values: np.ndarray, mean, std) -> torch.Tensor:
     return torch.from_numpy((values - np.asarray(mean)) / np.asarray(std)).float()  # [N, F]
 
@@ -50,7 +64,8 @@ class PreparedSeries:
         self.row_mean = np.broadcast_to(np.asarray(self.mean, dtype=np.float64), shape)
         self.row_std = np.broadcast_to(np.asarray(self.std, dtype=np.float64), shape)
         self.row_scale = np.broadcast_to(np.asarray(self.mase_scale, dtype=np.float64), (shape[0], self.layout.n_targets))
-        self.norm = normalise(self.values, self.row_mean, self.row_std)
+        self.norm = normalise(transformed(self.values, self.layout.transform, self.layout.n_targets),
+                              self.row_mean, self.row_std)
         self.calendar_t = torch.from_numpy(np.asarray(self.calendar, dtype=np.float32).reshape(len(self.values), -1))
 
     def inputs(self, starts: torch.Tensor):
@@ -70,7 +85,8 @@ class PreparedSeries:
                 out.append(add_anchor(output.cpu(), anchor, self.layout))
         T, starts = self.layout.n_targets, np.asarray(starts)
         z = torch.cat(out).double().numpy()
-        return z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
+        z = z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
+        return untransformed(z, self.layout.transform)
 
     def _actual(self, starts):
         T, ahead = self.layout.n_targets, np.arange(self.layout.horizon)
@@ -104,13 +120,16 @@ class PreparedSeries:
         forecast = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
         starts = np.asarray(starts)
         std, mean = self.row_std[starts, None, :T], self.row_mean[starts, None, :T]  # [W, 1, T]
-        actual_norm = (actual - mean) / std
+        model_scale = lambda v: transformed(v.reshape(-1, 1), layout.transform, 1).reshape(v.shape)  # noqa: E731
+        actual_norm = (model_scale(actual) - mean) / std
         if layout.quantiles:
-            loss = pinball_loss(((forecast - mean[..., None]) / std[..., None])[mask], actual_norm[mask], layout.quantiles)
+            loss = pinball_loss(((model_scale(forecast) - mean[..., None]) / std[..., None])[mask], actual_norm[mask],
+                                layout.quantiles)
             point = forecast[..., layout.median_index]
         else:
             point = forecast[..., 0]
-            loss = float(((((point - mean) / std) - actual_norm)[mask] ** 2).mean())
+            error = ((model_scale(point) - mean) / std - actual_norm)[mask]
+            loss = float(np.abs(error).mean() if layout.loss == "mae" else (error ** 2).mean())
         out = {"loss": loss, **self.point_metrics(point, actual, mask, starts)}
         if layout.quantiles:
             out["pinball"] = pinball_loss(forecast[mask], actual[mask], layout.quantiles)

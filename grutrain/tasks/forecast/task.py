@@ -40,7 +40,7 @@ from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
 from grutrain.tasks.export_io import SequenceIO
 from grutrain.tasks.protocols import Split
-from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series
+from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series, transformed
 from grutrain.tasks.forecast.state import (base_layout, check_normalisation, describe_window, predict_series,
                                            rows_text, saved_layout, stored_series)
 
@@ -78,7 +78,13 @@ class ForecastTask:
         _check_lengths(panel, cfg)
         T = len(d.target_columns)
         # Each series is normalised by its own training rows ([S, F]); the held-out rows never reach it.
-        series_norm = [fit_normalisation(t.values[blocks[0]]) for t, blocks in zip(panel.tables, panel.blocks)]
+        if d.transform == "log" and any((t.values[b[0], :T] < 0).any() for t, b in zip(panel.tables, panel.blocks)):
+            raise GrutrainError("data.transform=log needs non-negative targets, and the training rows hold negative "
+                                "values; set data.transform=none")
+        model_rows = [transformed(t.values, d.transform, T) for t in panel.tables]  # the scale the model reads
+        series_norm = [fit_normalisation(v[blocks[0]]) for v, blocks in zip(model_rows, panel.blocks)]
+        if d.transform == "log":  # log units are relative errors already: no division by each series' spread
+            series_norm = [(m, [1.0] * T + sd[T:]) for m, sd in series_norm]
         if saved is not None:  # a resumed run keeps the normalisation and layout it was trained with
             state = saved["task_state"]
             norm = check_normalisation(state, cfg)
@@ -87,8 +93,8 @@ class ForecastTask:
             cycles, calendar = calendar_of_panel(panel, cfg, cycles)
         else:
             cycles, calendar = calendar_of_panel(panel, cfg, None)
-            train_norm = [(t.values[blocks[0], :T] - np.asarray(m[:T])) / np.asarray(sd[:T])
-                          for t, blocks, (m, sd) in zip(panel.tables, panel.blocks, series_norm)]
+            train_norm = [(v[blocks[0], :T] - np.asarray(m[:T])) / np.asarray(sd[:T])
+                          for v, blocks, (m, sd) in zip(model_rows, panel.blocks, series_norm)]
             lag = choose_anchor_lag(train_norm, d.seasons, d.anchor)
             layout = base_layout(cfg, lag, calendar.shape[1], residual_scale(train_norm, lag))
             first_season = d.seasons[0] if d.seasons else 1
@@ -177,6 +183,8 @@ class ForecastTask:
         forecast = add_anchor(output, anchor, self.layout)  # [B, H, T, Q]
         if self.layout.quantiles:
             return pinball_loss(forecast, y.float(), self.layout.quantiles), None
+        if self.layout.loss == "mae":
+            return F.l1_loss(forecast[..., 0], y.float()), None
         return F.mse_loss(forecast[..., 0], y.float()), None
 
     # ------------------------------------------------------------------ held-out data
