@@ -34,6 +34,9 @@ class ForecastDataConfig(Section):
     transform: Literal["none", "log"] = Field(
         "none", description="log: the model reads and predicts log(1 + y) (non-negative targets), so a "
         "window's level and season act as ratios")
+    ensemble: int = Field(1, ge=1, le=32, description="models trained side by side; the forecast is their median")
+    refit: bool = Field(False, description="train on the validation block too (after choosing train.max_steps on "
+                        "it): the final fit before the test block; the validation metrics are then in-sample")
     loss: Literal["mse", "mae"] = Field("mse", description="training loss on the normalised targets "
                                        "(with data.quantiles: the pinball loss)")
     calendar: Literal["auto", "none", "epoch_seconds"] = Field(

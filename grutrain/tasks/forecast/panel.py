@@ -42,11 +42,14 @@ class Panel:
         return np.repeat(np.arange(len(self.tables)), [len(t) for t in self.tables])
 
     def starts(self, which: str, input_len: int, horizon: int, history: int) -> np.ndarray:
-        """Window starts (rows of the concatenated array) of block `which` (train, val, test, all) of every series."""
+        """Window starts (rows of the concatenated array) of block `which` (train, val, test, train+val, all) of every
+        series."""
         out = []
         for offset, table, blocks in zip(self.offsets, self.tables, self.blocks):
             if which == "all" or blocks is None:
                 lo, hi = 0, len(table)
+            elif which == "train+val":  # data.refit: the final fit, on every row before the test block
+                lo, hi = blocks[0].start, blocks[1].stop
             else:
                 block = dict(zip(("train", "val", "test"), blocks))[which]
                 lo, hi = block.start, block.stop

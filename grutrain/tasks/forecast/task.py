@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from grutrain import plots
 from grutrain.data.batching import ShuffledBatches
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
+from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.panel import Panel, load_panel
 from grutrain.data.timeseries import fit_normalisation
 from grutrain.errors import GrutrainError
@@ -121,7 +122,8 @@ class ForecastTask:
                                      self._row_scales(panel, scales, rows), rows, panel.ids)
         self.norm, self.values, self.observed = self.series.norm, self.series.values, self.series.observed
         self.blocks = {"val": panel.blocks[0][1], "test": panel.blocks[0][2]}  # the (first) series' blocks
-        self.train_starts = torch.from_numpy(panel.starts("train", layout.input_len, layout.horizon, layout.history))
+        which = "train+val" if self.cfg.data.refit else "train"
+        self.train_starts = torch.from_numpy(panel.starts(which, layout.input_len, layout.horizon, layout.history))
         if len(self.train_starts) == 0:
             raise GrutrainError(f"the training block has {panel.blocks[0][0].stop} rows, too few for one window with "
                                 f"{layout.history} rows of history (data.input_len, and one anchor season before "
@@ -167,7 +169,11 @@ class ForecastTask:
 
     # ------------------------------------------------------------------ the model
 
-    def build_model(self) -> SequenceModel:
+    def build_model(self) -> nn.Module:
+        n = self.cfg.data.ensemble
+        return self._one_model() if n == 1 else MedianEnsemble([self._one_model() for _ in range(n)])
+
+    def _one_model(self) -> SequenceModel:
         layout = self.layout
         model = SequenceModel(self.cfg.model, output_size=layout.n_outputs, input_size=layout.n_inputs, per_step=False)
         if layout.anchor_lag > 1 or layout.quantiles:
@@ -180,6 +186,7 @@ class ForecastTask:
     def loss(self, model, batch, hidden):
         x, anchor, y = batch
         output, _ = model(x)
+        output, anchor, y = per_member(output, anchor, y)  # an ensemble: every member's loss, averaged
         forecast = add_anchor(output, anchor, self.layout)  # [B, H, T, Q]
         if self.layout.quantiles:
             return pinball_loss(forecast, y.float(), self.layout.quantiles), None
@@ -305,6 +312,8 @@ class ForecastTask:
 
     @staticmethod
     def export_io(model) -> nn.Module:
+        if isinstance(model, MedianEnsemble):
+            raise GrutrainError("export takes one model; this checkpoint holds an ensemble (data.ensemble > 1)")
         return SequenceIO(model, "output")  # the change from the last input value of each target, normalised
 
     def usage(self) -> dict:
