@@ -34,6 +34,8 @@ class ForecastDataConfig(Section):
     transform: Literal["none", "log"] = Field(
         "none", description="log: the model reads and predicts log(1 + y) (non-negative targets), so a "
         "window's level and season act as ratios")
+    conformal: bool = Field(True, description="with data.quantiles: calibrate the intervals on the validation "
+                            "block (CQR) for test, --data and predict")
     ensemble: int = Field(1, ge=1, le=32, description="models trained side by side; the forecast is their median")
     refit: bool = Field(False, description="train on the validation block too (after choosing train.max_steps on "
                         "it): the final fit before the test block; the validation metrics are then in-sample")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from grutrain.tasks.forecast import calendar as cal
+from grutrain.tasks.forecast.conformal import apply_offsets, cqr_offsets
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
 from grutrain.errors import GrutrainError
@@ -74,8 +75,9 @@ class PreparedSeries:
     def targets(self, starts: torch.Tensor) -> torch.Tensor:
         return gather_windows(self.norm, starts, torch.arange(self.layout.horizon))[:, :, : self.layout.n_targets]
 
-    def forecast(self, model, starts: np.ndarray, device, amp_dtype=None) -> np.ndarray:
-        """[W, horizon, T, Q] on the original scale (Q = 1 without quantiles)."""
+    def forecast(self, model, starts: np.ndarray, device, amp_dtype=None, conformal=None) -> np.ndarray:
+        """[W, horizon, T, Q] on the original scale (Q = 1 without quantiles); `conformal`: the CQR offsets
+        ([intervals, horizon, T], conformal.py) that calibrate the intervals."""
         out = []
         with evaluating(model):
             for chunk in torch.from_numpy(np.asarray(starts)).split(EVAL_BATCH):
@@ -86,7 +88,17 @@ class PreparedSeries:
         T, starts = self.layout.n_targets, np.asarray(starts)
         z = torch.cat(out).double().numpy()
         z = z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
-        return untransformed(z, self.layout.transform)
+        forecast = untransformed(z, self.layout.transform)
+        if conformal is not None:
+            forecast = apply_offsets(forecast, conformal, self.row_scale[starts][:, None, :], self.layout.quantiles,
+                                     self.layout.median_index)
+        return forecast
+
+    def calibrate(self, model, starts: np.ndarray, device) -> np.ndarray:
+        """The CQR offsets of the model's intervals on the windows at `starts` (the validation block)."""
+        actual, mask = self._actual(starts)
+        forecast = self.forecast(model, starts, device)
+        return cqr_offsets(forecast, actual, mask, self.row_scale[np.asarray(starts)][:, None, :], self.layout.quantiles)
 
     def _actual(self, starts):
         T, ahead = self.layout.n_targets, np.arange(self.layout.horizon)
@@ -113,11 +125,16 @@ class PreparedSeries:
                    mase=series_average(scaled, mask, groups))
         return out
 
-    def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False) -> dict:
-        """The model's loss (normalised scale) and metrics (original scale) over the windows at `starts`."""
+    def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False, conformal=None) -> dict:
+        """The model's loss (normalised scale) and metrics (original scale) over the windows at `starts`;
+        with `conformal` offsets the intervals are calibrated, and the raw heads' coverage is reported too."""
         layout, T = self.layout, self.layout.n_targets
         actual, mask = self._actual(starts)
-        forecast = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
+        raw = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
+        forecast = raw
+        if conformal is not None:
+            forecast = apply_offsets(raw, conformal, self.row_scale[np.asarray(starts)][:, None, :], layout.quantiles,
+                                     layout.median_index)
         starts = np.asarray(starts)
         std, mean = self.row_std[starts, None, :T], self.row_mean[starts, None, :T]  # [W, 1, T]
         model_scale = lambda v: transformed(v.reshape(-1, 1), layout.transform, 1).reshape(v.shape)  # noqa: E731
@@ -138,6 +155,8 @@ class PreparedSeries:
                 lo, hi = qs[i], qs[-1 - i]
                 nominal = round(100 * (hi - lo))
                 out[f"coverage_{nominal}"] = interval_coverage(forecast[..., i], forecast[..., -1 - i], actual, mask)
+                if conformal is not None:
+                    out[f"coverage_{nominal}_raw"] = interval_coverage(raw[..., i], raw[..., -1 - i], actual, mask)
         if by_step:
             out["mae_by_step"] = mae_by_step(point, actual, mask)
         if by_step and self.ids is not None and len(self.ids) > 1:

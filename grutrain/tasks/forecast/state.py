@@ -109,7 +109,7 @@ def stored_series(stored, several: dict | None, layout: WindowLayout, n_columns:
 
 
 def predict_series(model, cfg, table, mean, std, scale, layout: WindowLayout, cycles, input_path,
-                   device) -> list[dict]:
+                   device, conformal=None) -> list[dict]:
     """The rows `predict` writes for one series: one per step ahead after the end of `table`."""
     need = layout.history
     if len(table) < need:
@@ -130,7 +130,7 @@ def predict_series(model, cfg, table, mean, std, scale, layout: WindowLayout, cy
                                table.time_column, table.time_axis, list(table.times) + future)
         _, calendar = calendar_of(extended, cfg, cycles)
     series = PreparedSeries(padded, np.ones(padded.shape, bool), calendar, mean, std, layout, scale)
-    forecast = series.forecast(model, np.array([len(table)]), device)[0]  # [H, T, Q]
+    forecast = series.forecast(model, np.array([len(table)]), device, conformal=conformal)[0]  # [H, T, Q]
     rows = []
     for k in range(layout.horizon):
         row = {"step": k + 1}

@@ -241,16 +241,25 @@ class ForecastTask:
     def evaluate(self, model, split: Split, device, amp_dtype=None, *,
                  whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         held = self.held_out(split)
-        metrics = held.series.score(model, held.starts, device, amp_dtype)
+        metrics = held.series.score(model, held.starts, device, amp_dtype, conformal=self._conformal(model, split, device))
         metrics["mae_vs_baseline"] = held.series.baselines(held.starts, metrics["mae"])["mae_vs_baseline"]
         return _known(metrics)
 
     def report(self, model, split: Split, device) -> dict:
         """The model's metrics next to every baseline's on the same windows (per series too, with several)."""
         held = self.held_out(split)
-        metrics = held.series.score(model, held.starts, device, by_step=True)
+        metrics = held.series.score(model, held.starts, device, by_step=True,
+                                    conformal=self._conformal(model, split, device))
         return _known({"split": held.name, "windows": len(held.starts), **metrics,
                        **held.series.baselines(held.starts, metrics["mae"])})
+
+    def _conformal(self, model, split: Split, device) -> np.ndarray | None:
+        """CQR offsets from the validation block for any data but the validation block itself (None: no
+        quantiles, data.conformal off, or no validation window)."""
+        if not self.layout.quantiles or not self.cfg.data.conformal or split == "val" or not self.has_split("val"):
+            return None
+        held = self._split("val")
+        return held.series.calibrate(model, held.starts, device)
 
     def baselines(self) -> dict[str, float]:
         out = {}
@@ -352,9 +361,11 @@ class ForecastTask:
                                 "evaluate this model with `grutrain eval --data` instead")
         panel = load_panel(cfg.data, path=input_path, role="--input", split=False)
         series_norm, scales = self._numbers(panel.ids)
+        conformal = self._conformal(model, input_path, device)
         rows = []
         for name, table, (mean, std), scale in zip(panel.ids, panel.tables, series_norm, scales):
-            for row in predict_series(model, cfg, table, mean, std, scale, layout, self.cycles, input_path, device):
+            for row in predict_series(model, cfg, table, mean, std, scale, layout, self.cycles, input_path, device,
+                                      conformal):
                 rows.append({cfg.data.id_column: name, **row} if cfg.data.id_column else row)
         return rows
 
