@@ -24,8 +24,9 @@ class ForecastDataConfig(Section):
     horizon: int = Field(1, gt=0, description="time steps it predicts, all at once (direct multi-step)")
     known_columns: list[str] = Field(default_factory=list,
                                      description="extra input columns known for the horizon too (holidays, a weather forecast)")
-    season: Optional[int | list[int]] = Field(
-        None, description="season length(s) in rows, e.g. 48 or [48, 336]: a seasonal-naive baseline each")
+    season: Optional[int | list[int] | Literal["auto"]] = Field(
+        None, description="season length(s) in rows, e.g. 48 or [48, 336]: a seasonal-naive baseline each; "
+        "auto: found from the time column's spacing (dates) or the autocorrelation of the training rows")
     anchor: Literal["auto", "naive", "seasonal", "profile"] = Field(
         "auto", description="what the model predicts the residual over: auto = the baseline (naive or a "
         "seasonal naive) with the lowest in-sample MAE on the training rows; profile = the mean of the last "
@@ -72,7 +73,7 @@ class ForecastDataConfig(Section):
 
     @property
     def seasons(self) -> list[int]:
-        if self.season is None:
+        if self.season is None or self.season == "auto":  # auto: resolved when the data is read (seasons.py)
             return []
         return [self.season] if isinstance(self.season, int) else list(self.season)
 

@@ -22,6 +22,7 @@ new rows: state.py.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +34,7 @@ from torch.nn import functional as F
 from grutrain import plots
 from grutrain.data.batching import ShuffledBatches
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
+from grutrain.tasks.forecast import seasons
 from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.panel import Panel, load_panel
 from grutrain.data.timeseries import fit_normalisation
@@ -74,6 +76,8 @@ class ForecastTask:
     @classmethod
     def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
                     world_size: int = 1) -> "ForecastTask":
+        if cfg.data.season == "auto":
+            cfg = _with_seasons(cfg, saved, rank)
         d = cfg.data
         panel = load_panel(d)
         _check_lengths(panel, cfg)
@@ -374,6 +378,20 @@ def _known(metrics: dict) -> dict:
     """The metrics without a MASE that cannot be known: a checkpoint from before MASE has no scale."""
     return {k: v for k, v in metrics.items()
             if not (k.endswith("mase") and isinstance(v, float) and math.isnan(v))}
+
+
+def _with_seasons(cfg, saved: dict | None, rank: int):
+    """The config with data.season: auto replaced by the seasons found (or, resuming, those trained with)."""
+    if saved is not None:
+        found = list(saved["task_state"].get("forecast_layout", {}).get("seasons", []))
+    else:
+        panel = load_panel(cfg.data)
+        found = seasons.detect(panel.tables, [b[0] for b in panel.blocks], len(cfg.data.target_columns),
+                               cfg.data.calendar == "epoch_seconds")
+        if rank == 0:
+            print(f"data.season: auto -> {found or 'none'}", file=sys.stderr, flush=True)
+    data = cfg.data.model_copy(update={"season": found or None})
+    return cfg.model_copy(update={"data": data})
 
 
 def _test_scales(panel: Panel, n_targets: int, season: int) -> list[list[float]]:
