@@ -33,7 +33,8 @@ from torch.nn import functional as F
 
 from grutrain import plots
 from grutrain.data.batching import ShuffledBatches
-from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
+from grutrain.tasks.forecast.windows import (WindowLayout, add_anchor, choose_anchor_lag, residual_scale,
+                                             rolling_origins)
 from grutrain.tasks.forecast import seasons
 from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.panel import Panel, load_panel
@@ -249,13 +250,20 @@ class ForecastTask:
         metrics["mae_vs_baseline"] = held.series.baselines(held.starts, metrics["mae"])["mae_vs_baseline"]
         return _known(metrics)
 
-    def report(self, model, split: Split, device) -> dict:
-        """The model's metrics next to every baseline's on the same windows (per series too, with several)."""
+    def report(self, model, split: Split, device, origins: int | None = None) -> dict:
+        """The model's metrics next to every baseline's on the same windows (per series too, with several);
+        `origins`: only the last N forecast origins of each series, `horizon` rows apart (rolling origin)."""
         held = self.held_out(split)
-        metrics = held.series.score(model, held.starts, device, by_step=True,
+        starts = held.starts
+        if origins is not None:
+            groups = held.series.row_series[starts] if held.series.row_series is not None else None
+            starts = rolling_origins(starts, groups, self.layout.horizon, origins)
+        metrics = held.series.score(model, starts, device, by_step=True,
                                     conformal=self._conformal(model, split, device))
-        return _known({"split": held.name, "windows": len(held.starts), **metrics,
-                       **held.series.baselines(held.starts, metrics["mae"])})
+        out = {"split": held.name, "windows": len(starts), **metrics, **held.series.baselines(starts, metrics["mae"])}
+        if origins is not None:
+            out["origins"] = origins
+        return _known(out)
 
     def _conformal(self, model, split: Split, device) -> np.ndarray | None:
         """CQR offsets from the validation block for any data but the validation block itself (None: no

@@ -184,3 +184,18 @@ def seasonal_naive_baselines(values: np.ndarray, starts: np.ndarray, horizon: in
         name = "seasonal_naive" if len(seasons) == 1 else f"seasonal_naive_{s}"
         out[name] = values[anchor_rows(starts, horizon, s)][:, :, :n_targets]
     return out
+
+
+def rolling_origins(starts: np.ndarray, groups: np.ndarray | None, horizon: int, n: int) -> np.ndarray:
+    """The last `n` forecast origins of each series among the window `starts` of a block, `horizon`
+    rows apart, so that the windows tile the block's end without overlap (statsforecast's
+    cross_validation with step_size = h; darts' historical_forecasts): the first starts of each
+    series come first. `groups` [W]: each start's series (None: one series)."""
+    starts = np.asarray(starts)
+    groups = np.zeros(len(starts), dtype=np.int64) if groups is None else np.asarray(groups)
+    out = []
+    for g in dict.fromkeys(groups.tolist()):
+        mine = set(starts[groups == g].tolist())
+        last = max(mine)
+        out += [s for s in (last - horizon * k for k in range(n - 1, -1, -1)) if s in mine]
+    return np.asarray(out, dtype=np.int64)
