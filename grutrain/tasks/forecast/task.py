@@ -270,6 +270,8 @@ class ForecastTask:
         quantiles, data.conformal off, or no validation window)."""
         if not self.layout.quantiles or not self.cfg.data.conformal or split == "val" or not self.has_split("val"):
             return None
+        if getattr(self.cfg.data, "refit", False):
+            return None  # the validation block was trained on: scores there are in-sample, not calibration
         held = self._split("val")
         return held.series.calibrate(model, held.starts, device)
 
