@@ -84,3 +84,22 @@ def test_panel_metrics_match_a_computation_by_hand(tmp_path):
     assert got["smape"] == pytest.approx(200 * 0.1 / 2.1)
     by_hand = [np.mean(0.1 * actual[k] / task.several["mase_scale_test"][k][0]) for k in range(3)]
     assert got["mase"] == pytest.approx(np.mean(by_hand))
+
+
+@pytest.mark.parametrize("name, series, naive, snaive", [
+    ("quarterly", 427, (3.633, 31.68), (1.699, 16.61)),
+    ("monthly", 366, (3.591, 40.41), (1.631, 21.67)),
+])
+def test_the_tourism_configs_reproduce_the_published_baselines(name, series, naive, snaive):
+    """statsforecast 2.1.1's Naive and SeasonalNaive on the official protocol (data/README.md)."""
+    import yaml
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    cfg = validate_config(yaml.safe_load((repo / "configs" / f"tourism_{name}.yaml").read_text()))
+    cfg.data.path = str(repo / cfg.data.path)
+    task = ForecastTask.from_config(cfg, rows_per_step=256)
+    assert len(task.ids) == series and len(task.eval_starts("test")) == series  # one window per series
+    got = task.baselines()
+    assert (round(got["test/naive_mase"], 3), round(got["test/naive_smape"], 2)) == naive
+    assert (round(got["test/seasonal_naive_mase"], 3), round(got["test/seasonal_naive_smape"], 2)) == snaive
