@@ -97,11 +97,13 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout and nothing else"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the task's figure to this file (.png): "
                                         "lm loss by position, forecasts vs actual, classify confusion matrix"),
+    origins: Optional[int] = typer.Option(None, "--origins", min=1, help="forecast: score the last N forecast "
+                                          "origins of each series, one horizon apart (rolling origin), baselines too"),
 ) -> None:
     """Metrics of a saved model on a held-out split or another data file (lm: loss, perplexity, bits per character)."""
     from grutrain.commands.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device, plot=plot)
+    result = evaluate_checkpoint(checkpoint, split=split, data_path=data, device=device, plot=plot, origins=origins)
     if as_json:
         sys.stdout.write(json_text.dumps(result) + "\n")
         return

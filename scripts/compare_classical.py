@@ -10,9 +10,16 @@ test rows already seen), as statsforecast's cross_validation does; grutrain was 
 training block and reads only its input window. MASE uses the scale grutrain reports (the in-sample seasonal-naive MAE of the
 training rows with the first season).
 
+A panel (data.id_column, e.g. configs/tourism_quarterly.yaml) is compared under the competition
+protocol instead: from the last --origins forecast origins of every series in the test block (1:
+the official last-h block), grutrain's forecast next to statsforecast's Naive, SeasonalNaive,
+AutoETS and AutoTheta fitted on every row of the series before the origin, all scored by grutrain's
+own metrics (MASE at the origin's scale, sMAPE and MAPE averaged per series, then over series).
+
 statsforecast is an optional extra (pip install -e '.[classical]'), never a grutrain dependency.
 
     python scripts/compare_classical.py runs/taylor-1/checkpoints/best.pt
+    python scripts/compare_classical.py runs/tourism_quarterly-1/checkpoints/last.pt
 """
 
 from __future__ import annotations
@@ -28,22 +35,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a forecast checkpoint with one target and one series")
     parser.add_argument("--origin-step", type=int, default=None, help="rows between origins (default: horizon)")
+    parser.add_argument("--origins", type=int, default=1, help="panels: forecast origins per series (default 1)")
     args = parser.parse_args()
     try:
         import pandas as pd
         from statsforecast import StatsForecast
         from statsforecast.models import MSTL, AutoETS
     except ImportError:
-        raise SystemExit("this script needs statsforecast: pip install -e '.[classical]'") from None
+        raise SystemExit("this script needs statsforecast (not installed): pip install -e '.[classical]' "
+                         "or pip install statsforecast") from None
     from grutrain.data.timeseries import load_series
-    from grutrain.tasks import open_checkpoint
+    from grutrain.tasks.checkpoints import open_checkpoint
 
     device = torch.device("cpu")
     opened = open_checkpoint(args.checkpoint, device)
     model, cfg = opened.model, opened.cfg
     d = cfg.data
-    if len(d.target_columns) != 1 or d.id_column:
-        raise SystemExit("the comparison takes a model of one series and one target")
+    if len(d.target_columns) != 1:
+        raise SystemExit("the comparison takes a model of one target")
+    if d.id_column:
+        return _panel(opened, args.origins, pd, StatsForecast)
     series, starts, _ = opened.task.held_out("test")
     horizon, seasons = d.horizon, d.seasons
     step = args.origin_step or horizon
@@ -82,6 +93,45 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, (mae, rmse, mase, wall) in rows.items():
         print(f"| {name} | {mae:.4g} | {rmse:.4g} | {mase:.3f} | {mae / best:.3f} | {wall:.1f} |")
+
+
+def _panel(opened, n_origins: int, pd, StatsForecast) -> None:
+    """The competition table: grutrain and statsforecast's models on the same windows of every series."""
+    from statsforecast.models import AutoETS, AutoTheta, Naive, SeasonalNaive
+
+    from grutrain.tasks.forecast.windows import rolling_origins
+
+    device = torch.device("cpu")
+    series, starts, _ = opened.task.held_out("test")
+    layout = opened.task.layout
+    horizon, season = layout.horizon, (list(layout.seasons) or [1])[0]
+    starts = rolling_origins(starts, series.row_series[starts], horizon, n_origins)
+    actual, mask = series._actual(starts)
+    rows = {}
+    started = time.perf_counter()
+    forecast = series.forecast(opened.model, starts, device)[..., layout.median_index or 0]
+    rows["grutrain"] = (series.point_metrics(forecast, actual, mask, starts), time.perf_counter() - started)
+    frames = []
+    for w, start in enumerate(starts):  # each window: the observed rows of its series before the origin
+        k = series.row_series[start]
+        first = np.flatnonzero(series.row_series == k)[0]
+        history = series.values[first:start, 0][series.observed[first:start, 0]]
+        frames.append(pd.DataFrame({"unique_id": w, "ds": np.arange(len(history)), "y": history}))
+    df = pd.concat(frames)
+    models = {"Naive": Naive(), "SeasonalNaive": SeasonalNaive(season_length=season),
+              "AutoETS": AutoETS(season_length=season), "AutoTheta": AutoTheta(season_length=season)}
+    for name, classical in models.items():
+        started = time.perf_counter()
+        out = StatsForecast(models=[classical], freq=1, n_jobs=1).forecast(df=df, h=horizon)
+        out = out.reset_index() if "unique_id" not in out.columns else out
+        predicted = out.sort_values(["unique_id", "ds"])[name].to_numpy().reshape(len(starts), horizon, 1)
+        rows[name] = (series.point_metrics(predicted, actual, mask, starts), time.perf_counter() - started)
+    print(f"{opened.cfg.data.path}: {len(starts)} windows of {horizon} steps ({n_origins} origin(s) per series), "
+          "test block")
+    print("| model | MASE | sMAPE | MAPE | wall s |")
+    print("|---|---|---|---|---|")
+    for name, (m, wall) in rows.items():
+        print(f"| {name} | {m['mase']:.3f} | {m['smape']:.2f} | {m['mape']:.2f} | {wall:.1f} |")
 
 
 def _baselines(series, starts) -> dict:

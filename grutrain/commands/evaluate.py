@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 
 from grutrain import plots
@@ -24,9 +25,10 @@ def naming_the_file(path):
 
 
 def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str = "auto",
-                        plot: str | Path | None = None) -> dict:
+                        plot: str | Path | None = None, origins: int | None = None) -> dict:
     """The task's report (split, size, metrics, baselines) of a checkpoint on `split` or on all of `data_path`;
-    with `plot`, the task's figure of the same data is written there too."""
+    with `plot`, the task's figure of the same data is written there too; `origins` (forecast): only the last
+    N forecast origins of each series, one horizon apart (rolling-origin evaluation)."""
     if plot is not None:  # before the evaluation, not after it
         plots.require_matplotlib()
         check_output(plot, "--plot", inputs=[path, data_path])
@@ -35,7 +37,12 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
         if plot is not None:
             require(opened.task, Figures, "figure for --plot")
         target = eval_target(opened.task, split, data_path)
-        report = opened.task.report(opened.model, target, opened.device)
+        if origins is None:
+            report = opened.task.report(opened.model, target, opened.device)
+        elif "origins" not in inspect.signature(opened.task.report).parameters:  # an ability, not a task name
+            raise GrutrainError(f"--origins is for forecast checkpoints; this one is task {opened.cfg.task}")
+        else:
+            report = opened.task.report(opened.model, target, opened.device, origins=origins)
         require_finite(report, f"the metrics on {target}")  # never print nan
         result = {"checkpoint": str(path), "task": opened.cfg.task, "step": opened.step, **report}
         if plot is not None:

@@ -228,10 +228,14 @@ def fill_missing(table: SeriesTable, missing: str, blocks: list[slice] | None = 
                        table.time_axis, table.times, table.ids)
 
 
-def split_blocks(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
-    """Contiguous [train | val | test] blocks of rows, the last ones held out (as for text)."""
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
+def split_blocks(n: int, val_fraction: float, test_fraction: float, val_rows: int | None = None,
+                 test_rows: int | None = None) -> tuple[slice, slice, slice]:
+    """Contiguous [train | val | test] blocks of rows, the last ones held out (as for text).
+
+    val_rows / test_rows (the competition protocol: the last h rows of every series) replace the
+    fractions when given."""
+    n_test = int(round(n * test_fraction)) if test_rows is None else min(test_rows, n)
+    n_val = int(round(n * val_fraction)) if val_rows is None else min(val_rows, n - n_test)
     n_train = n - n_val - n_test
     return slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n)
 
@@ -246,7 +250,8 @@ def load_series(cfg, path: str | Path | None = None, role: str = "data.path", sp
     table = read_series_csv(path or cfg.path, columns, cfg.time_column, cfg.missing, role=role)
     if cfg.missing != "interpolate":
         table = fill_missing(table, cfg.missing)  # drop changes the row count: split after it
-    blocks = split_blocks(len(table), cfg.val_fraction, cfg.test_fraction) if split else None
+    blocks = split_blocks(len(table), cfg.val_fraction, cfg.test_fraction, getattr(cfg, "val_rows", None),
+                          getattr(cfg, "test_rows", None)) if split else None
     table = fill_missing(table, cfg.missing, list(blocks) if blocks else None)
     return table, blocks
 

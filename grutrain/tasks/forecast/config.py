@@ -24,11 +24,24 @@ class ForecastDataConfig(Section):
     horizon: int = Field(1, gt=0, description="time steps it predicts, all at once (direct multi-step)")
     known_columns: list[str] = Field(default_factory=list,
                                      description="extra input columns known for the horizon too (holidays, a weather forecast)")
-    season: Optional[int | list[int]] = Field(
-        None, description="season length(s) in rows, e.g. 48 or [48, 336]: a seasonal-naive baseline each")
-    anchor: Literal["auto", "naive", "seasonal"] = Field(
+    season: Optional[int | list[int] | Literal["auto"]] = Field(
+        None, description="season length(s) in rows, e.g. 48 or [48, 336]: a seasonal-naive baseline each; "
+        "auto: found from the time column's spacing (dates) or the autocorrelation of the training rows")
+    anchor: Literal["auto", "naive", "seasonal", "profile"] = Field(
         "auto", description="what the model predicts the residual over: auto = the baseline (naive or a "
-        "seasonal naive) with the lowest in-sample MAE on the training rows")
+        "seasonal naive) with the lowest in-sample MAE on the training rows; profile = the mean of the last "
+        "season plus the seasonal profile of the last data.profile_periods seasons (first season)")
+    profile_periods: int = Field(3, ge=1, description="anchor profile: seasons the profile averages over")
+    transform: Literal["none", "log"] = Field(
+        "none", description="log: the model reads and predicts log(1 + y) (non-negative targets), so a "
+        "window's level and season act as ratios")
+    conformal: bool = Field(True, description="with data.quantiles: calibrate the intervals on the validation "
+                            "block (CQR) for test, --data and predict")
+    ensemble: int = Field(1, ge=1, le=32, description="models trained side by side; the forecast is their median")
+    refit: bool = Field(False, description="train on the validation block too (after choosing train.max_steps on "
+                        "it): the final fit before the test block; the validation metrics are then in-sample")
+    loss: Literal["mse", "mae"] = Field("mse", description="training loss on the normalised targets "
+                                       "(with data.quantiles: the pinball loss)")
     calendar: Literal["auto", "none", "epoch_seconds"] = Field(
         "auto", description="calendar inputs (hour, weekday, day of year) from a date time column; "
         "epoch_seconds: the time column holds Unix times")
@@ -37,6 +50,12 @@ class ForecastDataConfig(Section):
     missing: Literal["interpolate", "drop", "error"] = Field("error", description="what to do with blank cells")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
+    val_rows: Optional[int] = Field(
+        None, ge=1, description="the competition protocol: the last rows of every series before the test block "
+        "are its validation block (replaces data.val_fraction)")
+    test_rows: Optional[int] = Field(
+        None, ge=0, description="the last rows of every series are its test block, e.g. the official horizon "
+        "(replaces data.test_fraction; 0: train on everything up to the end)")
 
     @model_validator(mode="after")
     def _has_targets(self) -> "ForecastDataConfig":
@@ -54,7 +73,7 @@ class ForecastDataConfig(Section):
 
     @property
     def seasons(self) -> list[int]:
-        if self.season is None:
+        if self.season is None or self.season == "auto":  # auto: resolved when the data is read (seasons.py)
             return []
         return [self.season] if isinstance(self.season, int) else list(self.season)
 

@@ -66,3 +66,28 @@ def interval_coverage(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, 
     """Share (0..1) of the scored cells whose actual value lies within [lower, upper]."""
     inside = (actual >= lower) & (actual <= upper)
     return float(inside[mask].mean()) if mask.any() else math.nan
+
+
+def percentage_errors(forecast: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sMAPE terms 200|y-f|/(|y|+|f|), 0 where both are 0; MAPE terms 100|y-f|/|y|, NaN where y = 0)
+    per cell, in percent."""
+    err = np.abs(forecast - actual)
+    denom = np.abs(actual) + np.abs(forecast)
+    smape = np.divide(200 * err, denom, out=np.zeros_like(err, dtype=np.float64), where=denom > 0)
+    mape = np.divide(100 * err, np.abs(actual), out=np.full(err.shape, np.nan), where=actual != 0)
+    return smape, mape
+
+
+def series_average(cells: np.ndarray, mask: np.ndarray, groups: np.ndarray) -> float:
+    """The mean over series of each series' mean cell ([W, H, T] cells, windows grouped by `groups` [W]):
+    how the Tourism and M competitions aggregate MASE, sMAPE and MAPE (every series weighs the same,
+    however many windows it has). Cells that are masked out or not finite are left out."""
+    keep = mask & np.isfinite(cells)
+    means = []
+    for g in np.unique(groups):
+        rows = groups == g
+        for j in range(cells.shape[-1]):
+            chosen = cells[rows][..., j][keep[rows][..., j]]
+            if chosen.size:
+                means.append(chosen.mean())
+    return float(np.mean(means)) if means else math.nan

@@ -42,11 +42,14 @@ class Panel:
         return np.repeat(np.arange(len(self.tables)), [len(t) for t in self.tables])
 
     def starts(self, which: str, input_len: int, horizon: int, history: int) -> np.ndarray:
-        """Window starts (rows of the concatenated array) of block `which` (train, val, test, all) of every series."""
+        """Window starts (rows of the concatenated array) of block `which` (train, val, test, train+val, all) of every
+        series."""
         out = []
         for offset, table, blocks in zip(self.offsets, self.tables, self.blocks):
             if which == "all" or blocks is None:
                 lo, hi = 0, len(table)
+            elif which == "train+val":  # data.refit: the final fit, on every row before the test block
+                lo, hi = blocks[0].start, blocks[1].stop
             else:
                 block = dict(zip(("train", "val", "test"), blocks))[which]
                 lo, hi = block.start, block.stop
@@ -74,8 +77,45 @@ def load_panel(cfg, path=None, role: str = "data.path", split: bool = True) -> P
     for name, part in parts:
         if cfg.missing != "interpolate":
             part = fill_missing(part, cfg.missing)  # drop changes the row count: split after it
-        these = split_blocks(len(part), cfg.val_fraction, cfg.test_fraction) if split else None
-        tables.append(fill_missing(part, cfg.missing, list(these) if these else None))
+        these = split_blocks(len(part), cfg.val_fraction, cfg.test_fraction, cfg.val_rows, cfg.test_rows) \
+            if split else None
+        part = fill_missing(part, cfg.missing, list(these) if these else None)
+        if these is not None and id_column is not None and (cfg.val_rows, cfg.test_rows) != (None, None):
+            part, these = pad_front(part, these, _rows_needed(cfg), max([1, *cfg.seasons]))
+        tables.append(part)
         blocks.append(these)
     return Panel([name for name, _ in parts], tables, blocks)
+
+
+def _rows_needed(cfg) -> int:
+    """Training rows one window needs at most: its inputs, one season before them, its targets."""
+    return cfg.input_len + max([1, *cfg.seasons]) + cfg.horizon
+
+
+def pad_front(table: SeriesTable, blocks: tuple[slice, slice, slice], need: int, season: int = 1):
+    """A panel's short series (the shortest Tourism series has 14 training rows) padded at the front to
+    `need` training rows, so that it still gives one training window: the padding repeats the series'
+    first whole season (its first value when shorter), is marked unobserved and is never a target, a
+    normalisation row or a MASE row (the training block starts after it)."""
+    train = blocks[0]
+    pad = need - (train.stop - train.start)
+    if pad <= 0 or train.stop - train.start < 1:
+        return table, blocks
+    period = season if season <= train.stop - train.start else 1
+    source_rows = np.arange(-pad, 0) % period  # row -k takes the row k rows before the end of the first period
+    values = np.concatenate([table.values[source_rows], table.values])
+    observed = np.concatenate([np.zeros((pad, values.shape[1]), bool), table.observed])
+    lines = np.concatenate([np.full(pad, table.lines[0]), table.lines])
+    times = list(table.times)
+    if times:  # the padding's times (read only by calendar inputs) continue the first spacing backwards
+        try:
+            step = times[1] - times[0]
+            times = [times[0] - step * (pad - i) for i in range(pad)] + times
+        except (IndexError, OverflowError, ValueError):
+            return table, blocks  # no time before the first: _check_lengths says the series is too short
+    ids = [table.ids[0]] * pad + list(table.ids) if table.ids else []
+    padded = SeriesTable(table.source, table.columns, values, observed, lines, table.time_column, table.time_axis,
+                         times, ids)
+    shifted = tuple(slice(b.start + pad, b.stop + pad) for b in blocks)
+    return padded, shifted
 

@@ -17,13 +17,29 @@ import numpy as np
 import torch
 
 from grutrain.tasks.forecast import calendar as cal
+from grutrain.tasks.forecast.conformal import apply_offsets, cqr_offsets
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
 from grutrain.errors import GrutrainError
-from grutrain.tasks.forecast.metrics import interval_coverage, mae_by_step, mase, pinball_loss
+from grutrain.tasks.forecast.metrics import (interval_coverage, mae_by_step, mase, percentage_errors, pinball_loss,
+                                             series_average)
 from grutrain.runtime import evaluating
 
 EVAL_BATCH = 512  # windows per forward pass at evaluation
+
+
+def transformed(values: np.ndarray, transform: str, n_targets: int) -> np.ndarray:
+    """The rows as the model sees them before normalisation: data.transform=log takes log(1 + y) of the
+    targets (values below 0 are clipped to 0: the transform is for non-negative series)."""
+    if transform != "log":
+        return values
+    out = np.array(values, dtype=np.float64)
+    out[:, :n_targets] = np.log1p(np.maximum(out[:, :n_targets], 0.0))
+    return out
+
+
+def untransformed(forecast: np.ndarray, transform: str) -> np.ndarray:
+    return np.expm1(forecast) if transform == "log" else forecast
 
 
 def normalise(values: np.ndarray, mean, std) -> torch.Tensor:
@@ -49,7 +65,8 @@ class PreparedSeries:
         self.row_mean = np.broadcast_to(np.asarray(self.mean, dtype=np.float64), shape)
         self.row_std = np.broadcast_to(np.asarray(self.std, dtype=np.float64), shape)
         self.row_scale = np.broadcast_to(np.asarray(self.mase_scale, dtype=np.float64), (shape[0], self.layout.n_targets))
-        self.norm = normalise(self.values, self.row_mean, self.row_std)
+        self.norm = normalise(transformed(self.values, self.layout.transform, self.layout.n_targets),
+                              self.row_mean, self.row_std)
         self.calendar_t = torch.from_numpy(np.asarray(self.calendar, dtype=np.float32).reshape(len(self.values), -1))
 
     def inputs(self, starts: torch.Tensor):
@@ -58,8 +75,9 @@ class PreparedSeries:
     def targets(self, starts: torch.Tensor) -> torch.Tensor:
         return gather_windows(self.norm, starts, torch.arange(self.layout.horizon))[:, :, : self.layout.n_targets]
 
-    def forecast(self, model, starts: np.ndarray, device, amp_dtype=None) -> np.ndarray:
-        """[W, horizon, T, Q] on the original scale (Q = 1 without quantiles)."""
+    def forecast(self, model, starts: np.ndarray, device, amp_dtype=None, conformal=None) -> np.ndarray:
+        """[W, horizon, T, Q] on the original scale (Q = 1 without quantiles); `conformal`: the CQR offsets
+        ([intervals, horizon, T], conformal.py) that calibrate the intervals."""
         out = []
         with evaluating(model):
             for chunk in torch.from_numpy(np.asarray(starts)).split(EVAL_BATCH):
@@ -69,7 +87,18 @@ class PreparedSeries:
                 out.append(add_anchor(output.cpu(), anchor, self.layout))
         T, starts = self.layout.n_targets, np.asarray(starts)
         z = torch.cat(out).double().numpy()
-        return z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
+        z = z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
+        forecast = untransformed(z, self.layout.transform)
+        if conformal is not None:
+            forecast = apply_offsets(forecast, conformal, self.row_scale[starts][:, None, :], self.layout.quantiles,
+                                     self.layout.median_index)
+        return forecast
+
+    def calibrate(self, model, starts: np.ndarray, device) -> np.ndarray:
+        """The CQR offsets of the model's intervals on the windows at `starts` (the validation block)."""
+        actual, mask = self._actual(starts)
+        forecast = self.forecast(model, starts, device)
+        return cqr_offsets(forecast, actual, mask, self.row_scale[np.asarray(starts)][:, None, :], self.layout.quantiles)
 
     def _actual(self, starts):
         T, ahead = self.layout.n_targets, np.arange(self.layout.horizon)
@@ -80,23 +109,44 @@ class PreparedSeries:
         return actual, mask
 
     def point_metrics(self, point: np.ndarray, actual, mask, starts) -> dict:
-        scale = self.row_scale[np.asarray(starts)][:, None, :]  # [W, 1, T]
-        return {**forecast_errors(point, actual, mask), "mase": mase(point, actual, mask, scale)}
+        """MAE, RMSE (over cells), sMAPE, MAPE and MASE; with several series the last three are averaged per
+        series, then over series, as the competition tables are."""
+        starts = np.asarray(starts)
+        scale = self.row_scale[starts][:, None, :]  # [W, 1, T]
+        out = {**forecast_errors(point, actual, mask), "mase": mase(point, actual, mask, scale)}
+        smape_terms, mape_terms = percentage_errors(point, actual)
+        if self.row_series is None:
+            keep = mask & np.isfinite(mape_terms)
+            out["mape"] = float(mape_terms[keep].mean()) if keep.any() else float("nan")
+            return out
+        groups = self.row_series[starts]
+        scaled = np.abs(point - actual) / np.where(scale > 0, scale, np.nan)
+        out.update(smape=series_average(smape_terms, mask, groups), mape=series_average(mape_terms, mask, groups),
+                   mase=series_average(scaled, mask, groups))
+        return out
 
-    def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False) -> dict:
-        """The model's loss (normalised scale) and metrics (original scale) over the windows at `starts`."""
+    def score(self, model, starts: np.ndarray, device, amp_dtype=None, by_step: bool = False, conformal=None) -> dict:
+        """The model's loss (normalised scale) and metrics (original scale) over the windows at `starts`;
+        with `conformal` offsets the intervals are calibrated, and the raw heads' coverage is reported too."""
         layout, T = self.layout, self.layout.n_targets
         actual, mask = self._actual(starts)
-        forecast = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
+        raw = self.forecast(model, starts, device, amp_dtype)  # [W, H, T, Q]
+        forecast = raw
+        if conformal is not None:
+            forecast = apply_offsets(raw, conformal, self.row_scale[np.asarray(starts)][:, None, :], layout.quantiles,
+                                     layout.median_index)
         starts = np.asarray(starts)
         std, mean = self.row_std[starts, None, :T], self.row_mean[starts, None, :T]  # [W, 1, T]
-        actual_norm = (actual - mean) / std
+        model_scale = lambda v: transformed(v.reshape(-1, 1), layout.transform, 1).reshape(v.shape)  # noqa: E731
+        actual_norm = (model_scale(actual) - mean) / std
         if layout.quantiles:
-            loss = pinball_loss(((forecast - mean[..., None]) / std[..., None])[mask], actual_norm[mask], layout.quantiles)
+            loss = pinball_loss(((model_scale(forecast) - mean[..., None]) / std[..., None])[mask], actual_norm[mask],
+                                layout.quantiles)
             point = forecast[..., layout.median_index]
         else:
             point = forecast[..., 0]
-            loss = float(((((point - mean) / std) - actual_norm)[mask] ** 2).mean())
+            error = ((model_scale(point) - mean) / std - actual_norm)[mask]
+            loss = float(np.abs(error).mean() if layout.loss == "mae" else (error ** 2).mean())
         out = {"loss": loss, **self.point_metrics(point, actual, mask, starts)}
         if layout.quantiles:
             out["pinball"] = pinball_loss(forecast[mask], actual[mask], layout.quantiles)
@@ -105,6 +155,8 @@ class PreparedSeries:
                 lo, hi = qs[i], qs[-1 - i]
                 nominal = round(100 * (hi - lo))
                 out[f"coverage_{nominal}"] = interval_coverage(forecast[..., i], forecast[..., -1 - i], actual, mask)
+                if conformal is not None:
+                    out[f"coverage_{nominal}_raw"] = interval_coverage(raw[..., i], raw[..., -1 - i], actual, mask)
         if by_step:
             out["mae_by_step"] = mae_by_step(point, actual, mask)
         if by_step and self.ids is not None and len(self.ids) > 1:

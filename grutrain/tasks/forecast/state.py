@@ -22,8 +22,10 @@ def describe_window(layout: WindowLayout) -> str:
 
 def base_layout(cfg, anchor_lag: int = 1, n_calendar: int = 0, scale: tuple = ()) -> WindowLayout:
     d = cfg.data
+    profile = d.profile_periods if d.anchor == "profile" and anchor_lag > 1 else 0
     return WindowLayout(d.input_len, d.horizon, len(d.target_columns), len(d.input_columns), len(d.known_columns),
-                        n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale)
+                        n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale, profile, d.transform,
+                        d.loss)
 
 
 def check_normalisation(task_state: dict, cfg) -> dict:
@@ -98,6 +100,8 @@ def stored_series(stored, several: dict | None, layout: WindowLayout, n_columns:
     except (TypeError, KeyError, ValueError):
         raise GrutrainError("the checkpoint is damaged: its per-series normalisation is unreadable") from None
     series_norm, series_scale = numbers(ids)
+    if split == "test" and isinstance(several.get("mase_scale_test"), list):
+        series_scale = several["mase_scale_test"]  # the scale of the rows before each test block
     series = PreparedSeries(values, observed, calendar, np.asarray([m for m, _ in series_norm])[rows],
                             np.asarray([sd for _, sd in series_norm])[rows], layout,
                             np.asarray(series_scale)[rows], rows, ids)
@@ -105,7 +109,7 @@ def stored_series(stored, several: dict | None, layout: WindowLayout, n_columns:
 
 
 def predict_series(model, cfg, table, mean, std, scale, layout: WindowLayout, cycles, input_path,
-                   device) -> list[dict]:
+                   device, conformal=None) -> list[dict]:
     """The rows `predict` writes for one series: one per step ahead after the end of `table`."""
     need = layout.history
     if len(table) < need:
@@ -126,7 +130,7 @@ def predict_series(model, cfg, table, mean, std, scale, layout: WindowLayout, cy
                                table.time_column, table.time_axis, list(table.times) + future)
         _, calendar = calendar_of(extended, cfg, cycles)
     series = PreparedSeries(padded, np.ones(padded.shape, bool), calendar, mean, std, layout, scale)
-    forecast = series.forecast(model, np.array([len(table)]), device)[0]  # [H, T, Q]
+    forecast = series.forecast(model, np.array([len(table)]), device, conformal=conformal)[0]  # [H, T, Q]
     rows = []
     for k in range(layout.horizon):
         row = {"step": k + 1}

@@ -22,6 +22,7 @@ new rows: state.py.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,7 +33,10 @@ from torch.nn import functional as F
 
 from grutrain import plots
 from grutrain.data.batching import ShuffledBatches
-from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
+from grutrain.tasks.forecast.windows import (WindowLayout, add_anchor, choose_anchor_lag, residual_scale,
+                                             rolling_origins)
+from grutrain.tasks.forecast import seasons
+from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.panel import Panel, load_panel
 from grutrain.data.timeseries import fit_normalisation
 from grutrain.errors import GrutrainError
@@ -40,7 +44,7 @@ from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
 from grutrain.tasks.export_io import SequenceIO
 from grutrain.tasks.protocols import Split
-from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series
+from grutrain.tasks.forecast.series import PreparedSeries, calendar_of_panel, forecast_data, saved_series, transformed
 from grutrain.tasks.forecast.state import (base_layout, check_normalisation, describe_window, predict_series,
                                            rows_text, saved_layout, stored_series)
 
@@ -73,12 +77,20 @@ class ForecastTask:
     @classmethod
     def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
                     world_size: int = 1) -> "ForecastTask":
+        if cfg.data.season == "auto":
+            cfg = _with_seasons(cfg, saved, rank)
         d = cfg.data
         panel = load_panel(d)
         _check_lengths(panel, cfg)
         T = len(d.target_columns)
         # Each series is normalised by its own training rows ([S, F]); the held-out rows never reach it.
-        series_norm = [fit_normalisation(t.values[blocks[0]]) for t, blocks in zip(panel.tables, panel.blocks)]
+        if d.transform == "log" and any((t.values[b[0], :T] < 0).any() for t, b in zip(panel.tables, panel.blocks)):
+            raise GrutrainError("data.transform=log needs non-negative targets, and the training rows hold negative "
+                                "values; set data.transform=none")
+        model_rows = [transformed(t.values, d.transform, T) for t in panel.tables]  # the scale the model reads
+        series_norm = [fit_normalisation(v[blocks[0]]) for v, blocks in zip(model_rows, panel.blocks)]
+        if d.transform == "log":  # log units are relative errors already: no division by each series' spread
+            series_norm = [(m, [1.0] * T + sd[T:]) for m, sd in series_norm]
         if saved is not None:  # a resumed run keeps the normalisation and layout it was trained with
             state = saved["task_state"]
             norm = check_normalisation(state, cfg)
@@ -87,8 +99,8 @@ class ForecastTask:
             cycles, calendar = calendar_of_panel(panel, cfg, cycles)
         else:
             cycles, calendar = calendar_of_panel(panel, cfg, None)
-            train_norm = [(t.values[blocks[0], :T] - np.asarray(m[:T])) / np.asarray(sd[:T])
-                          for t, blocks, (m, sd) in zip(panel.tables, panel.blocks, series_norm)]
+            train_norm = [(v[blocks[0], :T] - np.asarray(m[:T])) / np.asarray(sd[:T])
+                          for v, blocks, (m, sd) in zip(model_rows, panel.blocks, series_norm)]
             lag = choose_anchor_lag(train_norm, d.seasons, d.anchor)
             layout = base_layout(cfg, lag, calendar.shape[1], residual_scale(train_norm, lag))
             first_season = d.seasons[0] if d.seasons else 1
@@ -97,7 +109,8 @@ class ForecastTask:
         several = None
         if len(panel.ids) > 1:
             several = {"ids": list(panel.ids), "mean": [list(m) for m, _ in series_norm],
-                       "std": [list(sd) for _, sd in series_norm], "mase_scale": [list(x) for x in scales]}
+                       "std": [list(sd) for _, sd in series_norm], "mase_scale": [list(x) for x in scales],
+                       "mase_scale_test": _test_scales(panel, T, (list(layout.seasons) or [1])[0])}
         # One series: its normalisation; several: the first series' (the others are in `several`).
         mean, std = series_norm[0]
         task = cls(cfg, panel.tables[0].columns, mean, std, layout, cycles, scales[0], several)
@@ -111,10 +124,11 @@ class ForecastTask:
         self.series = PreparedSeries(panel.values, panel.observed, calendar,
                                      np.asarray([m for m, _ in series_norm])[rows],
                                      np.asarray([sd for _, sd in series_norm])[rows], layout,
-                                     np.asarray(scales)[rows], rows, panel.ids)
+                                     self._row_scales(panel, scales, rows), rows, panel.ids)
         self.norm, self.values, self.observed = self.series.norm, self.series.values, self.series.observed
         self.blocks = {"val": panel.blocks[0][1], "test": panel.blocks[0][2]}  # the (first) series' blocks
-        self.train_starts = torch.from_numpy(panel.starts("train", layout.input_len, layout.horizon, layout.history))
+        which = "train+val" if self.cfg.data.refit else "train"
+        self.train_starts = torch.from_numpy(panel.starts(which, layout.input_len, layout.horizon, layout.history))
         if len(self.train_starts) == 0:
             raise GrutrainError(f"the training block has {panel.blocks[0][0].stop} rows, too few for one window with "
                                 f"{layout.history} rows of history (data.input_len, and one anchor season before "
@@ -130,6 +144,17 @@ class ForecastTask:
         self.sampler = ShuffledBatches(len(self.train_starts), rows_per_step, self.cfg.train.seed + 1,
                                        self._make_batch, rank=rank, world_size=world_size, what="windows")
         self.items_per_batch = self.sampler.global_batch * layout.input_len  # time steps read
+
+    def _row_scales(self, panel: Panel, scales, rows) -> np.ndarray:
+        """[N, T] the MASE scale of each row: a panel's test rows take the scale of all rows before the test
+        block (M4's in-sample scale at the forecast origin), the others that of the training rows."""
+        out = np.array(np.asarray(scales, dtype=np.float64)[rows])
+        if self.several is None:
+            return out
+        for offset, blocks, scale in zip(panel.offsets, panel.blocks, self.several["mase_scale_test"]):
+            test = blocks[2]
+            out[offset + test.start:offset + test.stop] = scale
+        return out
 
     def _make_batch(self, indices: torch.Tensor):
         starts = self.train_starts[indices]
@@ -149,7 +174,11 @@ class ForecastTask:
 
     # ------------------------------------------------------------------ the model
 
-    def build_model(self) -> SequenceModel:
+    def build_model(self) -> nn.Module:
+        n = self.cfg.data.ensemble
+        return self._one_model() if n == 1 else MedianEnsemble([self._one_model() for _ in range(n)])
+
+    def _one_model(self) -> SequenceModel:
         layout = self.layout
         model = SequenceModel(self.cfg.model, output_size=layout.n_outputs, input_size=layout.n_inputs, per_step=False)
         if layout.anchor_lag > 1 or layout.quantiles:
@@ -162,9 +191,12 @@ class ForecastTask:
     def loss(self, model, batch, hidden):
         x, anchor, y = batch
         output, _ = model(x)
+        output, anchor, y = per_member(output, anchor, y)  # an ensemble: every member's loss, averaged
         forecast = add_anchor(output, anchor, self.layout)  # [B, H, T, Q]
         if self.layout.quantiles:
             return pinball_loss(forecast, y.float(), self.layout.quantiles), None
+        if self.layout.loss == "mae":
+            return F.l1_loss(forecast[..., 0], y.float()), None
         return F.mse_loss(forecast[..., 0], y.float()), None
 
     # ------------------------------------------------------------------ held-out data
@@ -214,16 +246,34 @@ class ForecastTask:
     def evaluate(self, model, split: Split, device, amp_dtype=None, *,
                  whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         held = self.held_out(split)
-        metrics = held.series.score(model, held.starts, device, amp_dtype)
+        metrics = held.series.score(model, held.starts, device, amp_dtype, conformal=self._conformal(model, split, device))
         metrics["mae_vs_baseline"] = held.series.baselines(held.starts, metrics["mae"])["mae_vs_baseline"]
         return _known(metrics)
 
-    def report(self, model, split: Split, device) -> dict:
-        """The model's metrics next to every baseline's on the same windows (per series too, with several)."""
+    def report(self, model, split: Split, device, origins: int | None = None) -> dict:
+        """The model's metrics next to every baseline's on the same windows (per series too, with several);
+        `origins`: only the last N forecast origins of each series, `horizon` rows apart (rolling origin)."""
         held = self.held_out(split)
-        metrics = held.series.score(model, held.starts, device, by_step=True)
-        return _known({"split": held.name, "windows": len(held.starts), **metrics,
-                       **held.series.baselines(held.starts, metrics["mae"])})
+        starts = held.starts
+        if origins is not None:
+            groups = held.series.row_series[starts] if held.series.row_series is not None else None
+            starts = rolling_origins(starts, groups, self.layout.horizon, origins)
+        metrics = held.series.score(model, starts, device, by_step=True,
+                                    conformal=self._conformal(model, split, device))
+        out = {"split": held.name, "windows": len(starts), **metrics, **held.series.baselines(starts, metrics["mae"])}
+        if origins is not None:
+            out["origins"] = origins
+        return _known(out)
+
+    def _conformal(self, model, split: Split, device) -> np.ndarray | None:
+        """CQR offsets from the validation block for any data but the validation block itself (None: no
+        quantiles, data.conformal off, or no validation window)."""
+        if not self.layout.quantiles or not self.cfg.data.conformal or split == "val" or not self.has_split("val"):
+            return None
+        if getattr(self.cfg.data, "refit", False):
+            return None  # the validation block was trained on: scores there are in-sample, not calibration
+        held = self._split("val")
+        return held.series.calibrate(model, held.starts, device)
 
     def baselines(self) -> dict[str, float]:
         out = {}
@@ -285,6 +335,8 @@ class ForecastTask:
 
     @staticmethod
     def export_io(model) -> nn.Module:
+        if isinstance(model, MedianEnsemble):
+            raise GrutrainError("export takes one model; this checkpoint holds an ensemble (data.ensemble > 1)")
         return SequenceIO(model, "output")  # the change from the last input value of each target, normalised
 
     def usage(self) -> dict:
@@ -323,9 +375,11 @@ class ForecastTask:
                                 "evaluate this model with `grutrain eval --data` instead")
         panel = load_panel(cfg.data, path=input_path, role="--input", split=False)
         series_norm, scales = self._numbers(panel.ids)
+        conformal = self._conformal(model, input_path, device)
         rows = []
         for name, table, (mean, std), scale in zip(panel.ids, panel.tables, series_norm, scales):
-            for row in predict_series(model, cfg, table, mean, std, scale, layout, self.cycles, input_path, device):
+            for row in predict_series(model, cfg, table, mean, std, scale, layout, self.cycles, input_path, device,
+                                      conformal):
                 rows.append({cfg.data.id_column: name, **row} if cfg.data.id_column else row)
         return rows
 
@@ -334,6 +388,26 @@ def _known(metrics: dict) -> dict:
     """The metrics without a MASE that cannot be known: a checkpoint from before MASE has no scale."""
     return {k: v for k, v in metrics.items()
             if not (k.endswith("mase") and isinstance(v, float) and math.isnan(v))}
+
+
+def _with_seasons(cfg, saved: dict | None, rank: int):
+    """The config with data.season: auto replaced by the seasons found (or, resuming, those trained with)."""
+    if saved is not None:
+        found = list(saved["task_state"].get("forecast_layout", {}).get("seasons", []))
+    else:
+        panel = load_panel(cfg.data)
+        found = seasons.detect(panel.tables, [b[0] for b in panel.blocks], len(cfg.data.target_columns),
+                               cfg.data.calendar == "epoch_seconds")
+        if rank == 0:
+            print(f"data.season: auto -> {found or 'none'}", file=sys.stderr, flush=True)
+    data = cfg.data.model_copy(update={"season": found or None})
+    return cfg.model_copy(update={"data": data})
+
+
+def _test_scales(panel: Panel, n_targets: int, season: int) -> list[list[float]]:
+    """Per series, the MASE scale of the rows before its test block (padding left out)."""
+    return [[float(x) for x in seasonal_scale(t.values[b[0].start:b[2].start, :n_targets], season)]
+            for t, b in zip(panel.tables, panel.blocks)]
 
 
 def _check_lengths(panel: Panel, cfg) -> None:
@@ -351,3 +425,8 @@ def _check_lengths(panel: Panel, cfg) -> None:
                                 f"{train_b.stop} of {len(table)} rows, fewer than the {needed} one window needs "
                                 f"({describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
                                 "data.input_len or data.horizon")
+        season = max([1, *d.seasons])
+        if train_b.stop - train_b.start <= season:
+            raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
+                                f"{train_b.stop - train_b.start} rows; its MASE scale needs more than one season "
+                                f"({season}); lower data.val_rows/data.test_rows or give a longer series")

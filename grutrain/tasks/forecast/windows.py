@@ -45,6 +45,9 @@ class WindowLayout:
     # are divided by it and head outputs multiplied by it, so the GRU sees and predicts values near
     # +-1 rather than a few hundredths. Empty: 1 (the naive anchor, as before anchoring existed).
     residual_scale: tuple[float, ...] = ()
+    profile_periods: int = 0  # > 0: the anchor is the seasonal profile over that many anchor lags
+    transform: str = "none"  # "log": targets are read and predicted as log(1 + y)
+    loss: str = "mse"  # the training (and validation) loss without quantiles: mse | mae
 
     @property
     def reads_future(self) -> bool:
@@ -66,7 +69,7 @@ class WindowLayout:
         """Rows a window needs before its first target: its inputs (each one anchor lag back too)
         and one of each season for the seasonal-naive baselines."""
         lagged = self.input_len + (self.anchor_lag if self.anchor_lag > 1 else 0)
-        return max([lagged, self.anchor_lag, *self.seasons])
+        return max([lagged, self.anchor_lag, self.profile_periods * self.anchor_lag, *self.seasons])
 
     @property
     def median_index(self) -> int | None:
@@ -88,6 +91,8 @@ def choose_anchor_lag(train_targets, seasons: list[int], mode: str) -> int:
     of them (several series, normalised: their errors are averaged)."""
     if mode == "naive" or not seasons:
         return 1
+    if mode == "profile":
+        return seasons[0]
     parts = train_targets if isinstance(train_targets, list) else [train_targets]
     candidates = list(seasons) if mode == "seasonal" else [1, *seasons]
     errors = [float(np.nanmean([np.nanmean(seasonal_scale(p, lag)) for p in parts])) for lag in candidates]
@@ -125,8 +130,23 @@ def make_inputs(norm: torch.Tensor, calendar: torch.Tensor, starts: torch.Tensor
         zeros = torch.zeros(len(starts), H, T * (2 if layout.anchor_lag > 1 else 1) + P)
         future = torch.cat([zeros, norm[ahead][:, :, T + P:], calendar[ahead], torch.ones(len(starts), H, 1)], dim=-1)
         x = torch.cat([x, future], dim=1)
+    if layout.profile_periods:
+        return x, profile_anchor(norm, starts, layout)
     anchor = norm[anchor_rows(starts, H, layout.anchor_lag)][:, :, :T]  # [W, H, T]
     return x, anchor
+
+
+def profile_anchor(norm: torch.Tensor, starts: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """[W, H, T] the mean of the last season plus the seasonal profile of the last K seasons: each
+    phase's mean deviation from its season's mean (Tourism validation: MASE 2.04 vs the seasonal naive's
+    2.11 quarterly, 1.90 vs 2.00 monthly, K=3; docs/forecasting.md). Fewer seasons average out noise
+    less; a seasonal naive is K=1."""
+    m, K, T = layout.anchor_lag, layout.profile_periods, layout.n_targets
+    rows = starts[:, None] + torch.arange(-K * m, 0)  # [W, K*m]
+    blocks = norm[rows][:, :, :T].reshape(len(starts), K, m, T)  # oldest .. newest season
+    profile = (blocks - blocks.mean(dim=2, keepdim=True)).mean(dim=1)  # [W, m, T]
+    phase = torch.arange(layout.horizon) % m
+    return blocks[:, -1].mean(dim=1, keepdim=True) + profile[:, phase]
 
 
 def add_anchor(output: torch.Tensor, anchor: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
@@ -164,3 +184,18 @@ def seasonal_naive_baselines(values: np.ndarray, starts: np.ndarray, horizon: in
         name = "seasonal_naive" if len(seasons) == 1 else f"seasonal_naive_{s}"
         out[name] = values[anchor_rows(starts, horizon, s)][:, :, :n_targets]
     return out
+
+
+def rolling_origins(starts: np.ndarray, groups: np.ndarray | None, horizon: int, n: int) -> np.ndarray:
+    """The last `n` forecast origins of each series among the window `starts` of a block, `horizon`
+    rows apart, so that the windows tile the block's end without overlap (statsforecast's
+    cross_validation with step_size = h; darts' historical_forecasts): the first starts of each
+    series come first. `groups` [W]: each start's series (None: one series)."""
+    starts = np.asarray(starts)
+    groups = np.zeros(len(starts), dtype=np.int64) if groups is None else np.asarray(groups)
+    out = []
+    for g in dict.fromkeys(groups.tolist()):
+        mine = set(starts[groups == g].tolist())
+        last = max(mine)
+        out += [s for s in (last - horizon * k for k in range(n - 1, -1, -1)) if s in mine]
+    return np.asarray(out, dtype=np.int64)
