@@ -10,6 +10,22 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TimeRemainingColumn, TransferSpeedColumn)
 
 
+_quiet = False  # `fit --quiet`: notes are not printed either
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def note(text: str) -> None:
+    """A line on stderr about something done on the way (a token cache written), unless quiet."""
+    from grutrain.errors import escaped
+
+    if not _quiet:
+        print(f"note: {escaped(text)}", file=sys.stderr, flush=True)
+
+
 class TrainingProgress:
     """mode: "auto" (a bar on a terminal, plain lines otherwise), "bar", "plain" or "none"."""
 
