@@ -12,7 +12,8 @@ from grutrain.tasks.checkpoints import load_checkpoint
 from grutrain.trainer.rundir import LAST_CHECKPOINT
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware.
-RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s"}
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s",
+                      "train.allow_data_change"}
 
 
 def resumable_checkpoint(run_dir: Path, config: Config, device, world_size: int) -> dict:

@@ -35,6 +35,7 @@ from grutrain.data.batching import ShuffledBatches
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, choose_anchor_lag, residual_scale
 from grutrain.tasks.forecast.panel import Panel, load_panel
 from grutrain.data.timeseries import fit_normalisation
+from grutrain.data.digest import DATA_KEY, check_same_data, data_record, file_digest
 from grutrain.errors import GrutrainError
 from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
@@ -75,6 +76,9 @@ class ForecastTask:
                     world_size: int = 1) -> "ForecastTask":
         d = cfg.data
         panel = load_panel(d)
+        record = _data_record(d.path, panel)
+        if saved is not None:  # the same file and split sizes as the checkpoint's, or allowed to differ
+            check_same_data(saved["task_state"], record, cfg.train.allow_data_change)
         _check_lengths(panel, cfg)
         T = len(d.target_columns)
         # Each series is normalised by its own training rows ([S, F]); the held-out rows never reach it.
@@ -102,6 +106,7 @@ class ForecastTask:
         mean, std = series_norm[0]
         task = cls(cfg, panel.tables[0].columns, mean, std, layout, cycles, scales[0], several)
         task._prepare(panel, calendar, series_norm, scales, rows_per_step, rank, world_size)
+        task.data_record = record
         return task
 
     def _prepare(self, panel: Panel, calendar, series_norm, scales, rows_per_step, rank, world_size) -> None:
@@ -244,6 +249,8 @@ class ForecastTask:
             "forecast_layout": {**self.layout.to_dict(), "calendar_cycles": list(self.cycles),
                                 "mase_scale": list(self.mase_scale)},
         }
+        if getattr(self, "data_record", None) is not None:  # fit: what it trained on, for --resume
+            state[DATA_KEY] = self.data_record
         if self.several is None:
             first = max(0, self.blocks["val"].start - self.layout.history)
             state["eval_series"] = {
@@ -351,3 +358,12 @@ def _check_lengths(panel: Panel, cfg) -> None:
                                 f"{train_b.stop} of {len(table)} rows, fewer than the {needed} one window needs "
                                 f"({describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
                                 "data.input_len or data.horizon")
+
+
+def _data_record(path, panel: Panel) -> dict:
+    """The CSV's digest and the rows of each split over all series (data/digest.py)."""
+    rows = {"train": 0, "val": 0, "test": 0}
+    for blocks in panel.blocks:
+        for name, block in zip(rows, blocks or ()):
+            rows[name] += block.stop - block.start
+    return data_record([file_digest(path)], rows)

@@ -58,7 +58,8 @@ class LanguageModelTask:
                     world_size: int = 1) -> "LanguageModelTask":
         # The ids are memory-mapped from the token cache: resident memory does not grow with the corpus.
         corpus = lm_corpus.open_training_corpus(cfg.data, saved["task_state"] if saved else None, rank,
-                                                wait_s=cfg.train.dist_timeout_s)
+                                                wait_s=cfg.train.dist_timeout_s,
+                                                allow_change=cfg.train.allow_data_change)
         if len(corpus.split("val")) < 2:
             raise GrutrainError(f"the validation split has {len(corpus.split('val'))} tokens; raise "
                                 "data.val_fraction or use a longer data file")
