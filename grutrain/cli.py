@@ -55,6 +55,9 @@ def fit(
 
     # Under torchrun only rank 0 talks.
     quiet = quiet or os.environ.get("RANK", "0") != "0"
+    from grutrain.progress import set_quiet
+
+    set_quiet(quiet)  # notes (a new token cache) too
     summary = run_fit(cfg, resume=resume, overwrite=overwrite, progress="none" if quiet else "auto")
     if quiet:
         return
@@ -312,7 +315,9 @@ def _usage_line(exc) -> str:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    from grutrain.errors import escaped
+
+    print(f"error: {escaped(message)}", file=sys.stderr)  # a path's newline or ESC shown, not acted on
     sys.exit(code)
 
 

@@ -18,11 +18,12 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def note(text: str) -> None:
-    """A line on stderr about something done on the way (a token cache written), unless quiet."""
+def note(text: str, warning: bool = False) -> None:
+    """A line on stderr about something done on the way (a token cache written), unless quiet; a warning
+    (resuming on changed data) shows even then."""
     from grutrain.errors import escaped
 
-    if not _quiet:
+    if warning or not _quiet:
         print(f"note: {escaped(text)}", file=sys.stderr, flush=True)
 
 

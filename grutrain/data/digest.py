@@ -72,4 +72,4 @@ def check_same_data(saved_state: dict | None, now: dict, allow_change: bool) -> 
                             "new data add train.allow_data_change=true, or train a new run")
     from grutrain.progress import note
 
-    note(f"resuming on changed data ({what}), as train.allow_data_change=true says")
+    note(f"resuming on changed data ({what}), as train.allow_data_change=true says", warning=True)
