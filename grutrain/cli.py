@@ -321,10 +321,19 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _missing_cwd() -> str | None:
+    """A working directory deleted under the shell: said before torch is imported (which then fails hard)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return "the current directory no longer exists (it was deleted); cd to an existing directory and run again"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     from grutrain.files import streams
 
-    problem = streams.prepare()  # closed descriptors, stderr's encoding
+    problem = streams.prepare() or _missing_cwd()  # closed descriptors, stderr's encoding, a deleted cwd
     if problem:
         _fail(problem)
     try:

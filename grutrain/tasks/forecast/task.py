@@ -220,7 +220,9 @@ class ForecastTask:
                  whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         held = self.held_out(split)
         metrics = held.series.score(model, held.starts, device, amp_dtype)
-        metrics["mae_vs_baseline"] = held.series.baselines(held.starts, metrics["mae"])["mae_vs_baseline"]
+        ratio = held.series.baselines(held.starts, metrics["mae"]).get("mae_vs_baseline")
+        if ratio is not None:  # none when the baseline is perfect (a constant series)
+            metrics["mae_vs_baseline"] = ratio
         return _known(metrics)
 
     def report(self, model, split: Split, device) -> dict:
