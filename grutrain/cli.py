@@ -91,6 +91,54 @@ def prepare(
               f"in {info['cache']}  ({info['seconds']:.1f} s)")
 
 
+cache_app = typer.Typer(add_completion=False, rich_markup_mode=None,
+                        help="List token caches (id, size, source) or remove them with `grutrain cache rm`.")
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_HELP = "the cache directory (default: $GRUTRAIN_CACHE_DIR, else ~/.cache/grutrain/tokens; a config's data.cache_dir)"
+
+
+@cache_app.callback(invoke_without_command=True, epilog="Example: grutrain cache; grutrain cache rm alice29-char-0123abcd")
+def cache(
+    ctx: typer.Context,
+    cache_dir: Optional[Path] = typer.Option(None, "--dir", help=CACHE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """List the token caches: id, size, tokeniser, tokens and the text they were made from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from grutrain.commands.cache import list_caches
+    from grutrain.errors import escaped
+    from grutrain.files.inputs import format_bytes
+
+    entries = list_caches(str(cache_dir) if cache_dir else None)
+    if as_json:
+        sys.stdout.write(json_text.dumps({"caches": entries}) + "\n")
+        return
+    for e in entries:
+        if e["id"] is None:
+            out.print(f"(unfinished)  {format_bytes(e['bytes'])}  {escaped(e['files'][0])}  (removed by rm --all)")
+        else:
+            gone = "" if e["source_exists"] else "  (source gone)"
+            out.print(f"{e['id']}  {format_bytes(e['bytes'])}  {e['tokenizer']}, {e['tokens']:,} tokens  "
+                      f"from {escaped(e['source'])}{gone}")
+    total = sum(e["bytes"] for e in entries)
+    out.print(f"{len(entries)} cache{'s' * (len(entries) != 1)}, {format_bytes(total)}")
+
+
+@cache_app.command("rm", epilog="Example: grutrain cache rm alice29-char-0123abcd, or grutrain cache rm --all")
+def cache_rm(
+    ids: Optional[List[str]] = typer.Argument(None, help="cache ids, as `grutrain cache` lists them"),
+    everything: bool = typer.Option(False, "--all", help="remove every cache (and unfinished temporaries)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--dir", help=CACHE_DIR_HELP),
+) -> None:
+    """Remove token caches (a later fit rebuilds what it needs)."""
+    from grutrain.commands.cache import remove_caches
+    from grutrain.files.inputs import format_bytes
+
+    removed = remove_caches(ids or [], str(cache_dir) if cache_dir else None, everything)
+    out.print(f"removed {len(removed)} cache{'s' * (len(removed) != 1)}, {format_bytes(sum(e['bytes'] for e in removed))}")
+
+
 @app.command("eval", epilog="Example: grutrain eval runs/charlm-1/checkpoints/best.pt --split test --json")
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="a checkpoint file (.pt)"),

@@ -401,3 +401,45 @@ def file_fingerprint(path: str | Path) -> dict:
     """What a checkpoint records of a data file it does not carry: path, size and sha256."""
     path = Path(path)
     return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def list_caches(cache_dir: str | Path | None = None) -> list[dict]:
+    """The token caches in a cache directory (default: default_cache_dir()): id, files, size, source, and the
+    temporaries a killed build left (id None)."""
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not directory.is_dir():
+        return []
+    found = []
+    for meta_path in sorted(directory.glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            continue  # not ours: never listed, never removed
+        key = meta_path.stem
+        files = [p for p in (directory / f"{key}.bin", meta_path) if p.exists()]
+        source = meta.get("source", {})
+        found.append({"id": key, "files": [str(p) for p in files], "bytes": sum(p.stat().st_size for p in files),
+                      "source": source.get("path"), "source_exists": Path(str(source.get("path"))).is_file(),
+                      "tokenizer": meta.get("settings", {}).get("tokenizer"), "tokens": meta.get("n_tokens")})
+    for tmp in sorted(directory.glob(".*.tmp")):  # a build or a write that never finished
+        found.append({"id": None, "files": [str(tmp)], "bytes": tmp.stat().st_size, "source": None,
+                      "source_exists": False, "tokenizer": None, "tokens": None})
+    return found
+
+
+def remove_caches(ids: list[str], cache_dir: str | Path | None = None, everything: bool = False) -> list[dict]:
+    """Remove the caches named by id (or all of them, and leftover temporaries); what was removed.
+    An id that is not a cache here is a GrutrainError, before anything is removed."""
+    listed = list_caches(cache_dir)
+    by_id = {entry["id"]: entry for entry in listed if entry["id"] is not None}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise GrutrainError(f"no token cache {unknown[0]!r} in {str(Path(cache_dir) if cache_dir else default_cache_dir())!r}; "
+                            "`grutrain cache` lists them")
+    chosen = listed if everything else [by_id[i] for i in ids]
+    for entry in chosen:
+        for path in sorted(entry["files"], key=lambda p: not p.endswith(".json")):  # .json first: never half a cache
+            _unlink(path)
+    return chosen
