@@ -72,8 +72,8 @@ def forecast_config(root: Path, rows: list[str] | None = None, **sections) -> Pa
     return write_config(root / "forecast.yaml", "forecast", data, root / "run", **sections)
 
 
-def lm_config(root: Path, text: str, **sections) -> Path:
+def lm_config(root: Path, text: str, data: dict | None = None, **sections) -> Path:
     path = root / "corpus.txt"
     path.write_text(text, encoding="utf-8")
-    data = {"path": str(path), "seq_len": 8, "val_fraction": 0.1, "test_fraction": 0.1}
+    data = {"path": str(path), "seq_len": 8, "val_fraction": 0.1, "test_fraction": 0.1, **(data or {})}
     return write_config(root / "lm.yaml", "lm", data, root / "run", sample={"length": 5}, **sections)
