@@ -19,12 +19,14 @@ def set_quiet(quiet: bool) -> None:
 
 
 def note(text: str, warning: bool = False) -> None:
-    """A line on stderr about something done on the way (a token cache written), unless quiet; a warning
-    (resuming on changed data) shows even then."""
+    """A line on stdout, with the run's own output, about something done on the way (a token cache
+    written), unless quiet; a warning (resuming on changed data) goes to stderr and shows even then."""
     from grutrain.errors import escaped
 
-    if warning or not _quiet:
+    if warning:
         print(f"note: {escaped(text)}", file=sys.stderr, flush=True)
+    elif not _quiet:
+        print(f"note: {escaped(text)}", flush=True)
 
 
 class TrainingProgress:

@@ -26,7 +26,7 @@ def test_fit_says_where_a_new_cache_went_and_cache_lists_and_removes_it(tmp_path
     listed = caches(tmp_path / "cache")
     assert len(listed) == 1 and listed[0]["source"] == str(tmp_path / "corpus.txt") and listed[0]["source_exists"]
     bin_path = next(p for p in listed[0]["files"] if p.endswith(".bin"))
-    assert f"written to {bin_path} (" in err and "KB" in err  # its place and size
+    assert f"written to {bin_path} (" in out and "KB" in out  # its place and size
     (tmp_path / "cache" / "notes.json").write_text("{}")  # not a cache: never listed, never removed
     (tmp_path / "cache" / f".{listed[0]['id']}.x.bin.tmp").write_bytes(b"0" * 10)  # left by a killed build
     assert [e["id"] for e in caches(tmp_path / "cache")] == [listed[0]["id"], None]
