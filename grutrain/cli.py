@@ -55,6 +55,9 @@ def fit(
 
     # Under torchrun only rank 0 talks.
     quiet = quiet or os.environ.get("RANK", "0") != "0"
+    from grutrain.progress import set_quiet
+
+    set_quiet(quiet)  # notes (a new token cache) too
     summary = run_fit(cfg, resume=resume, overwrite=overwrite, progress="none" if quiet else "auto")
     if quiet:
         return
@@ -86,6 +89,54 @@ def prepare(
         return
     out.print(f"{info['tokens']:,} {info['tokenizer']} tokens (vocabulary {info['vocab_size']}, {info['dtype']}) "
               f"in {info['cache']}  ({info['seconds']:.1f} s)")
+
+
+cache_app = typer.Typer(add_completion=False, rich_markup_mode=None,
+                        help="List token caches (id, size, source) or remove them with `grutrain cache rm`.")
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_HELP = "the cache directory (default: $GRUTRAIN_CACHE_DIR, else ~/.cache/grutrain/tokens; a config's data.cache_dir)"
+
+
+@cache_app.callback(invoke_without_command=True, epilog="Example: grutrain cache; grutrain cache rm alice29-char-0123abcd")
+def cache(
+    ctx: typer.Context,
+    cache_dir: Optional[Path] = typer.Option(None, "--dir", help=CACHE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """List the token caches: id, size, tokeniser, tokens and the text they were made from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from grutrain.commands.cache import list_caches
+    from grutrain.errors import escaped
+    from grutrain.files.inputs import format_bytes
+
+    entries = list_caches(str(cache_dir) if cache_dir else None)
+    if as_json:
+        sys.stdout.write(json_text.dumps({"caches": entries}) + "\n")
+        return
+    for e in entries:
+        if e["id"] is None:
+            out.print(f"(unfinished)  {format_bytes(e['bytes'])}  {escaped(e['files'][0])}  (removed by rm --all)")
+        else:
+            gone = "" if e["source_exists"] else "  (source gone)"
+            out.print(f"{e['id']}  {format_bytes(e['bytes'])}  {e['tokenizer']}, {e['tokens']:,} tokens  "
+                      f"from {escaped(e['source'])}{gone}")
+    total = sum(e["bytes"] for e in entries)
+    out.print(f"{len(entries)} cache{'s' * (len(entries) != 1)}, {format_bytes(total)}")
+
+
+@cache_app.command("rm", epilog="Example: grutrain cache rm alice29-char-0123abcd, or grutrain cache rm --all")
+def cache_rm(
+    ids: Optional[List[str]] = typer.Argument(None, help="cache ids, as `grutrain cache` lists them"),
+    everything: bool = typer.Option(False, "--all", help="remove every cache (and unfinished temporaries)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--dir", help=CACHE_DIR_HELP),
+) -> None:
+    """Remove token caches (a later fit rebuilds what it needs)."""
+    from grutrain.commands.cache import remove_caches
+    from grutrain.files.inputs import format_bytes
+
+    removed = remove_caches(ids or [], str(cache_dir) if cache_dir else None, everything)
+    out.print(f"removed {len(removed)} cache{'s' * (len(removed) != 1)}, {format_bytes(sum(e['bytes'] for e in removed))}")
 
 
 @app.command("eval", epilog="Example: grutrain eval runs/charlm-1/checkpoints/best.pt --split test --json")
@@ -329,14 +380,25 @@ def _usage_line(exc) -> str:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    from grutrain.errors import escaped
+
+    print(f"error: {escaped(message)}", file=sys.stderr)  # a path's newline or ESC shown, not acted on
     sys.exit(code)
+
+
+def _missing_cwd() -> str | None:
+    """A working directory deleted under the shell: said before torch is imported (which then fails hard)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return "the current directory no longer exists (it was deleted); cd to an existing directory and run again"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     from grutrain.files import streams
 
-    problem = streams.prepare()  # closed descriptors, stderr's encoding
+    problem = streams.prepare() or _missing_cwd()  # closed descriptors, stderr's encoding, a deleted cwd
     if problem:
         _fail(problem)
     try:

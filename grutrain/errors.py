@@ -1,4 +1,14 @@
-"""The one exception type that carries a message meant for the user."""
+"""The one exception type that carries a message meant for the user, and how a message shows a value."""
+
+
+def escaped(text) -> str:
+    """`text` with every character a terminal would act on shown as its escape: a newline as \\n, ESC as
+    \\x1b, a bidi override as \\u202e (what str.isprintable calls unprintable), so a path or value echoed
+    in a message keeps the message on one line and cannot move the cursor or recolour the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class GrutrainError(Exception):

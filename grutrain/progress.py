@@ -10,6 +10,25 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TimeRemainingColumn, TransferSpeedColumn)
 
 
+_quiet = False  # `fit --quiet`: notes are not printed either
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def note(text: str, warning: bool = False) -> None:
+    """A line on stdout, with the run's own output, about something done on the way (a token cache
+    written), unless quiet; a warning (resuming on changed data) goes to stderr and shows even then."""
+    from grutrain.errors import escaped
+
+    if warning:
+        print(f"note: {escaped(text)}", file=sys.stderr, flush=True)
+    elif not _quiet:
+        print(f"note: {escaped(text)}", flush=True)
+
+
 class TrainingProgress:
     """mode: "auto" (a bar on a terminal, plain lines otherwise), "bar", "plain" or "none"."""
 

@@ -61,9 +61,15 @@ def resolve_device(name: str) -> torch.device:
         shown = repr(name[:40]).encode("ascii", "backslashreplace").decode()
         raise GrutrainError(f"device {shown} is not a device; use auto, cpu, cuda or mps")
     if device.type == "cuda" and not cuda:
-        raise GrutrainError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
+        raise GrutrainError(f"device {name!r}: no CUDA device is available here; use cpu or auto "
+                            "(train.device, or --device)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GrutrainError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA devices "
+                            "(cuda:0 ...); use one of them or auto")
     if device.type == "mps" and not mps:
-        raise GrutrainError("train.device=mps but MPS is not available; use train.device=cpu or auto")
+        raise GrutrainError(f"device {name!r}: MPS is not available here; use cpu or auto (train.device, or --device)")
+    if device.type == "cpu":  # there is one CPU device: cpu:0 is cpu (torch.load cannot map to "cpu:0")
+        return torch.device("cpu")
     return device
 
 

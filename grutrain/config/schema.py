@@ -131,6 +131,10 @@ class TrainConfig(Section):
     dist_timeout_s: float = Field(
         600, gt=0, description="under torchrun: how long a rank waits for the others before giving up"
     )
+    allow_data_change: bool = Field(
+        False, description="with --resume: continue although the data file or its split sizes changed since the "
+        "checkpoint (refused otherwise, naming what changed)"
+    )
     eval_tokens: Optional[int] = Field(
         262_144, gt=0, description="lm: tokens each in-training validation reads (a fixed seeded subset); "
         "null = the whole split. The last evaluation of fit and `grutrain eval` always read the whole split"

@@ -54,6 +54,8 @@ class EpochSampler:
         self.position = int(state["position"])
         self.generator.set_state(state["epoch_start_rng"])
         self._start_epoch()
+        # Data that shrank since (train.allow_data_change): the epoch it was in is over, the next one begins.
+        self.position = min(self.position, self.batches_per_epoch)
 
 
 class ShuffledBatches(EpochSampler):

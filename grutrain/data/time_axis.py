@@ -81,6 +81,15 @@ class TimeAxis:
         return float(f"{value:.12g}")  # 2000.1 + 3 * 0.1 prints as 2000.4, not 2000.4000000000001
 
     def next_values(self, values: list, horizon: int) -> list | None:
+        """The `horizon` times after the last of `values` (_next_values); one line when they pass the
+        calendar's end (year 9999) instead of an OverflowError."""
+        try:
+            return self._next_values(values, horizon)
+        except (OverflowError, ValueError):
+            raise GrutrainError(f"the {horizon} times after the last one, {self.format(values[-1])}, pass the end of "
+                                "the calendar (year 9999); give inputs that end earlier") from None
+
+    def _next_values(self, values: list, horizon: int) -> list | None:
         """The `horizon` times after the last of `values`: last + k * the typical (median) spacing.
 
         Dates that all fall on the same day of the month (monthly, quarterly, yearly data) step by

@@ -147,6 +147,19 @@ class PreparesAhead(Protocol):
         """What was prepared, for the command to print."""
 
 
+@runtime_checkable
+class Caches(Protocol):
+    """`grutrain cache`: files the task keeps between runs outside any run (lm: token caches)."""
+
+    @classmethod
+    def list_caches(cls, cache_dir: str | None = None) -> list[dict]:
+        """One dict per cache: id, files, bytes, source, source_exists, and what it holds."""
+
+    @classmethod
+    def remove_caches(cls, ids: list[str], cache_dir: str | None = None, everything: bool = False) -> list[dict]:
+        """Remove the caches of `ids` (or all, with leftover temporaries); the entries removed."""
+
+
 def has_ability(task, ability: type) -> bool:
     """Whether a task (an object, or its class for a command that has no task object) has an ability."""
     return issubclass(task, ability) if isinstance(task, type) else isinstance(task, ability)

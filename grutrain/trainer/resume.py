@@ -12,9 +12,10 @@ from grutrain.tasks.checkpoints import load_checkpoint
 from grutrain.trainer.rundir import LAST_CHECKPOINT
 
 # Keys that may differ between a run and its resumption: how long, where, on what hardware (model.kernel:
-# which implementation computes the same GRU, e.g. a machine without a compiler).
+# which implementation computes the same GRU, e.g. a machine without a compiler), and the explicit
+# permission to continue on changed data.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "run.dir", "train.threads", "train.device", "train.dist_timeout_s",
-                     "model.kernel"}
+                     "model.kernel", "train.allow_data_change"}
 
 
 def resumable_checkpoint(run_dir: Path, config: Config, device, world_size: int) -> dict:

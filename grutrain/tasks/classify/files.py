@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,12 +118,18 @@ def _read_text(path: str | Path, what: str) -> str:
                             "convert it to UTF-8") from None
 
 
+_WHOLE_NUMBER = re.compile(r"([+-]?\d+)\.0*")  # "1.0", "1.00": the label 1 written as a decimal
+
+
 def _label(value, source: str, where: str, require: bool) -> str | None:
-    """A label as a string (3 -> "3", true -> "true"); None (or an error) when missing."""
+    """A label as a string (3 -> "3", true -> "true"); None (or an error) when missing. A whole number
+    is one label however it is written: 1, 1.0 and "1.0" are all "1" (JSON, CSV and .ts alike)."""
     if isinstance(value, bool):
         value = "true" if value else "false"
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value) if math.isfinite(value) else None
+        value = None if not math.isfinite(value) else str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, str) and (whole := _WHOLE_NUMBER.fullmatch(value.strip())):
+        value = str(int(whole.group(1)))
     elif value is not None and not isinstance(value, str):
         raise GrutrainError(f"{source}: {where}: the label must be a string or a number, got {json.dumps(value)}")
     if value is None or not value.strip():

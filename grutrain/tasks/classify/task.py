@@ -19,6 +19,7 @@ from grutrain.data.batching import ShuffledBatches
 from grutrain import plots
 from grutrain.tasks.classify.examples import Encoder, Split, load_classify_data, pad_batch
 from grutrain.tasks.classify.files import TEXT, Examples, file_format, read_examples
+from grutrain.data.digest import DATA_KEY, check_same_data, data_record, file_digest
 from grutrain.errors import GrutrainError
 from grutrain.model import SequenceModel
 from grutrain.runtime import evaluating
@@ -26,6 +27,23 @@ from grutrain.tasks.export_io import PaddedSequenceIO
 from grutrain.tasks.protocols import Split as SplitName
 
 EVAL_BATCH = 256  # examples per forward pass when evaluating (no gradients: larger is faster)
+
+
+def _load_and_check(cfg, state: dict | None):
+    """(the data of data.path, its record); on resume (state) the data must be the checkpoint's
+    (train.allow_data_change continues on other data), checked before the saved encoding is applied."""
+    digest = file_digest(cfg.data.path) if Path(cfg.data.path).is_file() else None
+    try:
+        data = load_classify_data(cfg.data, cfg.train.seed, state["encoder"] if state else None)
+    except GrutrainError:
+        if state is not None and digest is not None:  # a label or length the saved encoding lacks: say why
+            check_same_data(state, data_record([digest], state.get(DATA_KEY, {}).get("splits", {})),
+                            cfg.train.allow_data_change)
+        raise
+    record = data_record([digest] if digest else [], {name: len(split) for name, split in data.splits.items()})
+    if state is not None:
+        check_same_data(state, record, cfg.train.allow_data_change)
+    return data, record
 
 
 class ClassifyTask:
@@ -39,14 +57,16 @@ class ClassifyTask:
         self.encoder = encoder
         self.splits = splits  # "val", "test" (and "train" when training); None: not in the checkpoint
         self._confusion: dict[str, list[list[int]]] = {}
+        self.data_record: dict | None = None  # fit: what it trains on (data/digest.py)
 
     @classmethod
     def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
                     world_size: int = 1) -> "ClassifyTask":
         state = _stored_state(saved["task_state"]) if saved else None
         # On resume the label set, vocabulary and normalisation come from the checkpoint, not a refit.
-        data = load_classify_data(cfg.data, cfg.train.seed, state["encoder"] if state else None)
+        data, record = _load_and_check(cfg, state)
         task = cls(cfg, data.encoder, dict(data.splits))
+        task.data_record = record
         if not len(task.splits["val"]):
             raise GrutrainError(f"the validation split is empty ({len(task.splits['train'])} examples in all); "
                                 "raise data.val_fraction or give more examples")
@@ -125,7 +145,10 @@ class ClassifyTask:
 
     def state(self) -> dict:
         # The held-out splits travel with the model, so `grutrain eval` needs only the checkpoint.
-        return {"encoder": self.encoder.state(), "eval_examples": {s: self.splits[s].packed() for s in ("val", "test")}}
+        state = {"encoder": self.encoder.state(), "eval_examples": {s: self.splits[s].packed() for s in ("val", "test")}}
+        if self.data_record is not None:  # what it trained on, for --resume to compare
+            state[DATA_KEY] = self.data_record
+        return state
 
     def on_evaluation(self, model, device, step: int, logger) -> None:
         if "val" in self._confusion:

@@ -175,7 +175,7 @@ class PreparedSeries:
             best = self.baselines(starts[rows], mine["mae"])
             out[name] = {"windows": int(rows.sum()), "mae": mine["mae"], "mase": mine["mase"],
                          "baseline": best["baseline"], "baseline_mae": best["baseline_mae"],
-                         "mae_vs_baseline": best["mae_vs_baseline"]}
+                         **({"mae_vs_baseline": best["mae_vs_baseline"]} if "mae_vs_baseline" in best else {})}
         return out
 
     def baselines(self, starts: np.ndarray, model_mae: float | None = None) -> dict:
@@ -194,7 +194,8 @@ class PreparedSeries:
         out["baseline"] = best[0]
         out.update({f"baseline_{k}": v for k, v in best[1].items()})
         if model_mae is not None:
-            out["mae_vs_baseline"] = model_mae / best[1]["mae"] if best[1]["mae"] > 0 else float("nan")
+            if best[1]["mae"] > 0:  # a perfect baseline (a constant series) leaves no ratio to give
+                out["mae_vs_baseline"] = model_mae / best[1]["mae"]
         return out
 
 

@@ -39,6 +39,7 @@ from grutrain.tasks.forecast import seasons
 from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.panel import Panel, load_panel
 from grutrain.data.timeseries import fit_normalisation
+from grutrain.data.digest import DATA_KEY, check_same_data, data_record, file_digest
 from grutrain.errors import GrutrainError
 from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
@@ -81,6 +82,9 @@ class ForecastTask:
             cfg = _with_seasons(cfg, saved, rank)
         d = cfg.data
         panel = load_panel(d)
+        record = _data_record(d.path, panel)
+        if saved is not None:  # the same file and split sizes as the checkpoint's, or allowed to differ
+            check_same_data(saved["task_state"], record, cfg.train.allow_data_change)
         _check_lengths(panel, cfg)
         T = len(d.target_columns)
         # Each series is normalised by its own training rows ([S, F]); the held-out rows never reach it.
@@ -115,6 +119,7 @@ class ForecastTask:
         mean, std = series_norm[0]
         task = cls(cfg, panel.tables[0].columns, mean, std, layout, cycles, scales[0], several)
         task._prepare(panel, calendar, series_norm, scales, rows_per_step, rank, world_size)
+        task.data_record = record
         return task
 
     def _prepare(self, panel: Panel, calendar, series_norm, scales, rows_per_step, rank, world_size) -> None:
@@ -247,7 +252,9 @@ class ForecastTask:
                  whole: bool = True) -> dict[str, float]:  # whole: always (no cap here)
         held = self.held_out(split)
         metrics = held.series.score(model, held.starts, device, amp_dtype, conformal=self._conformal(model, split, device))
-        metrics["mae_vs_baseline"] = held.series.baselines(held.starts, metrics["mae"])["mae_vs_baseline"]
+        ratio = held.series.baselines(held.starts, metrics["mae"]).get("mae_vs_baseline")
+        if ratio is not None:  # none when the baseline is perfect (a constant series)
+            metrics["mae_vs_baseline"] = ratio
         return _known(metrics)
 
     def report(self, model, split: Split, device, origins: int | None = None) -> dict:
@@ -294,6 +301,8 @@ class ForecastTask:
             "forecast_layout": {**self.layout.to_dict(), "calendar_cycles": list(self.cycles),
                                 "mase_scale": list(self.mase_scale)},
         }
+        if getattr(self, "data_record", None) is not None:  # fit: what it trained on, for --resume
+            state[DATA_KEY] = self.data_record
         if self.several is None:
             first = max(0, self.blocks["val"].start - self.layout.history)
             state["eval_series"] = {
@@ -430,3 +439,12 @@ def _check_lengths(panel: Panel, cfg) -> None:
             raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
                                 f"{train_b.stop - train_b.start} rows; its MASE scale needs more than one season "
                                 f"({season}); lower data.val_rows/data.test_rows or give a longer series")
+
+
+def _data_record(path, panel: Panel) -> dict:
+    """The CSV's digest and the rows of each split over all series (data/digest.py)."""
+    rows = {"train": 0, "val": 0, "test": 0}
+    for blocks in panel.blocks:
+        for name, block in zip(rows, blocks or ()):
+            rows[name] += block.stop - block.start
+    return data_record([file_digest(path)], rows)

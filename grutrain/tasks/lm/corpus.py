@@ -16,6 +16,7 @@ import torch
 
 from grutrain.tasks.lm import token_cache
 from grutrain.tasks.lm.token_cache import CacheSettings, TokenCorpus
+from grutrain.data.digest import DATA_KEY, check_same_data, data_record
 from grutrain.errors import GrutrainError
 
 HELD_OUT = ("val", "test")
@@ -29,21 +30,39 @@ def cache_settings(data_cfg) -> CacheSettings:
 
 
 def open_training_corpus(data_cfg, saved_state: dict | None = None, rank: int = 0, wait_s: float = 600.0,
-                         progress: bool = True) -> TokenCorpus:
+                         progress: bool = True, allow_change: bool = False) -> TokenCorpus:
     """data.path tokenised (once) and memory-mapped; a resumed run (saved_state: the checkpoint's
-    task_state) checks that its tokeniser is the saved one."""
+    task_state) checks that the text (sha256, split sizes) and its tokeniser are the saved ones;
+    allow_change (train.allow_data_change) continues on changed text in the saved tokeniser."""
     corpus = token_cache.open_corpus(data_cfg.path, cache_settings(data_cfg), data_cfg.cache_dir, rank=rank,
                                      wait_s=wait_s, progress=progress and rank == 0)
-    if saved_state is not None and "tokenizer" in saved_state and saved_state["tokenizer"] != corpus.tokenizer.state():
+    if saved_state is None:
+        return corpus
+    check_same_data(saved_state, data_record_of(corpus, data_cfg), allow_change)
+    changed_tokens = "tokenizer" in saved_state and saved_state["tokenizer"] != corpus.tokenizer.state()
+    if changed_tokens and allow_change and saved_state.get(DATA_KEY):  # the new text, in the model's vocabulary
+        return token_cache.open_corpus(data_cfg.path, cache_settings(data_cfg), data_cfg.cache_dir, rank=rank,
+                                       wait_s=wait_s, given_tokenizer=saved_state["tokenizer"],
+                                       progress=progress and rank == 0)
+    if changed_tokens:
         raise GrutrainError(f"cannot resume: {data_cfg.path} tokenises differently from when the checkpoint was "
                             "written (the file or the tokeniser changed); train a new run")
     return corpus
 
 
+def data_record_of(corpus: TokenCorpus, data_cfg) -> dict:
+    """What the run trains on (data/digest.py): the text's size and sha256, the splits' characters."""
+    source = corpus.meta["source"]
+    return data_record([{"path": str(data_cfg.path), "size": source["size"], "sha256": source["sha256"]}],
+                       dict(corpus.chars))
+
+
 def checkpoint_state(corpus: TokenCorpus, data_cfg) -> dict:
-    """The task_state of a language model: the tokeniser, and the held-out splits or where they are."""
+    """The task_state of a language model: the tokeniser, the held-out splits or where they are, and the
+    record of the text it trained on."""
     state = {"vocab": list(corpus.tokenizer.tokens), "tokenizer": corpus.tokenizer.state(),
-             "eval_chars": {name: corpus.chars[name] for name in HELD_OUT}}
+             "eval_chars": {name: corpus.chars[name] for name in HELD_OUT},
+             DATA_KEY: data_record_of(corpus, data_cfg)}
     held_out_tokens = sum(corpus.splits[name][1] - corpus.splits[name][0] for name in HELD_OUT)
     if held_out_tokens <= data_cfg.carry_max_tokens:
         state["eval_tokens"] = {name: torch.from_numpy(np.asarray(corpus.split(name), dtype=np.int32))

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from grutrain import plots
 from grutrain.tasks.lm import corpus as lm_corpus
+from grutrain.tasks.lm import token_cache
 from grutrain.tasks.lm.text import WindowSampler, bigram_perplexity, eval_streams, long_tensor
 from grutrain.tasks.lm.tokenizers import tokenizer_from_task_state
 from grutrain.errors import GrutrainError
@@ -58,7 +59,8 @@ class LanguageModelTask:
                     world_size: int = 1) -> "LanguageModelTask":
         # The ids are memory-mapped from the token cache: resident memory does not grow with the corpus.
         corpus = lm_corpus.open_training_corpus(cfg.data, saved["task_state"] if saved else None, rank,
-                                                wait_s=cfg.train.dist_timeout_s)
+                                                wait_s=cfg.train.dist_timeout_s,
+                                                allow_change=cfg.train.allow_data_change)
         if len(corpus.split("val")) < 2:
             raise GrutrainError(f"the validation split has {len(corpus.split('val'))} tokens; raise "
                                 "data.val_fraction or use a longer data file")
@@ -82,6 +84,15 @@ class LanguageModelTask:
             "splits": {name: end - start for name, (start, end) in corpus.splits.items()},
             "chars_per_token": {name: corpus.chars_per_token(name) for name in corpus.splits},
         }
+
+    @classmethod
+    def list_caches(cls, cache_dir: str | None = None) -> list[dict]:
+        """`grutrain cache`: the token caches in cache_dir (default: the user's cache directory)."""
+        return token_cache.list_caches(cache_dir)
+
+    @classmethod
+    def remove_caches(cls, ids: list[str], cache_dir: str | None = None, everything: bool = False) -> list[dict]:
+        return token_cache.remove_caches(ids, cache_dir, everything)
 
     @classmethod
     def from_checkpoint(cls, cfg, task_state: dict) -> "LanguageModelTask":

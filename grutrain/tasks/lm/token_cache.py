@@ -8,13 +8,18 @@ split fractions):
                 state, so the vocabulary travels with it), the token offsets and character
                 counts of the three splits
 The .json is written last, so its presence says the .bin is complete; both are written to a
-temporary file, fsynced and renamed. A later run reuses the cache when the source's size and
-mtime are unchanged (or its sha256 still matches) and the settings are the same; otherwise it
-is rebuilt. The splits are contiguous blocks of *characters* (so every tokeniser sees the same
+temporary file, fsynced and renamed. A later run reuses the cache when the settings are the same
+and the source is the same content: its size, mtime, ctime and inode unchanged (the kernel sets
+ctime on every write, and no user call sets it back, so an edit that keeps size and mtime is
+still seen), or else its sha256 still matches; otherwise it is rebuilt. The splits are contiguous blocks of *characters* (so every tokeniser sees the same
 text in each split and bits per character compare); under DDP rank 0 builds and the others wait.
 
-Text is read in blocks and cut at a newline, so no token straddles two blocks; the resident
-memory of building is a few blocks, whatever the file's size.
+Text is read in blocks of BLOCK_BYTES whether or not its lines end: each block is decoded
+incrementally (a UTF-8 sequence cut by the block boundary waits for the next block) and cut before
+its last whitespace character that a non-space follows, so no word, and no byte-level BPE piece
+with its leading space, straddles two blocks; a block with no such place is cut at its end (a
+single "word" of megabytes is split there). The resident memory of building is a few blocks,
+whatever the file's size or the length of its lines.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +44,7 @@ from grutrain.files.inputs import DATA_EXPANSION, format_bytes, open_input
 from grutrain.tasks.lm import tokenizers
 
 CACHE_FORMAT = "grutrain-token-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: blocks cut at whitespace, not newlines; ctime and inode recorded
 BLOCK_BYTES = 4 << 20  # small enough that the arrays of a block stay in the allocator's heap
 
 
@@ -102,9 +108,11 @@ def check_source(path: Path) -> os.stat_result:
     return info
 
 
-def iter_text(path: Path, lowercase: bool, block_bytes: int = BLOCK_BYTES,
+def iter_text(path: Path, lowercase: bool, block_bytes: int | None = None,
               on_chunk: Callable[[bytes], None] | None = None) -> Iterator[str]:
-    """The file's text in blocks, universal newlines, each block cut after its last newline."""
+    """The file's text in blocks of about block_bytes (default BLOCK_BYTES), universal newlines, each cut
+    where no token straddles it (block_cut); held back is at most one block, whatever the lines' length."""
+    block_bytes = block_bytes or BLOCK_BYTES
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     carry, offset = "", 0
     with open_input(path, "data file", expansion=0) as f:  # a regular file; streamed, so no size bound
@@ -126,15 +134,24 @@ def iter_text(path: Path, lowercase: bool, block_bytes: int = BLOCK_BYTES,
             else:
                 carry = ""
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-            cut = len(text) if final else text.rfind("\n") + 1
-            if not final and cut == 0 and len(text) < 4 * block_bytes:  # no newline yet: read on (a huge line is cut anyway)
-                carry = text + carry
-                continue
+            cut = len(text) if final else block_cut(text)
             text, carry = text[:cut], text[cut:] + carry
             if text:
                 yield text.lower() if lowercase else text
             if final:
                 return
+
+
+_LAST_BREAK = re.compile(r"\s(?=\S*\Z)")  # the whitespace just before the last run of non-spaces
+
+
+def block_cut(text: str) -> int:
+    """Where a block ends: before the whitespace character that precedes its last word (so the next block
+    starts with it, as byte-level BPE attaches a space to the word after it); at its end when it has none.
+    Whitespace at the block's end waits for the next block, which may continue the run."""
+    stripped = text.rstrip()
+    found = _LAST_BREAK.search(stripped)
+    return found.start() if found is not None and found.start() > 0 else len(text)
 
 
 def split_bounds(n_chars: int, val_fraction: float, test_fraction: float) -> list[tuple[str, int, int]]:
@@ -210,9 +227,16 @@ def _usable(meta: dict | None, bin_path: Path, source: Path, stat: os.stat_resul
             return False
     except (OSError, KeyError, TypeError):
         return False
-    if meta["source"]["mtime_ns"] == stat.st_mtime_ns:
-        return True
-    return meta["source"]["sha256"] == _sha256(source)  # touched but maybe not changed
+    if _stat_record(stat) == {k: meta["source"].get(k) for k in _STAT_KEYS}:
+        return True  # untouched since it was hashed: ctime moves on every write, and no user call sets it
+    return meta["source"]["sha256"] == _sha256(source)  # touched or copied, but maybe not changed
+
+
+_STAT_KEYS = ("mtime_ns", "ctime_ns", "inode", "device")
+
+
+def _stat_record(stat: os.stat_result) -> dict:
+    return {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino, "device": stat.st_dev}
 
 
 def open_corpus(path: str | Path, settings: CacheSettings, cache_dir: str | Path | None = None, *,
@@ -237,6 +261,8 @@ def open_corpus(path: str | Path, settings: CacheSettings, cache_dir: str | Path
     while True:
         meta = _read_meta(meta_path)
         if _usable(meta, bin_path, source, stat, settings):
+            if rank == 0:
+                _refresh_stat(meta, meta_path, stat)
             return _open(meta, bin_path)
         if rank == 0:
             break
@@ -245,7 +271,23 @@ def open_corpus(path: str | Path, settings: CacheSettings, cache_dir: str | Path
                                 "the ranks must share data.cache_dir (or run `grutrain prepare CONFIG` first)")
         time.sleep(0.5)
     meta = build_cache(source, settings, directory, key, given_tokenizer, progress=progress)
+    if progress:
+        from grutrain.progress import note
+
+        note(f"token cache of {source} written to {bin_path} ({format_bytes(bin_path.stat().st_size)}, "
+             f"{meta['n_tokens']:,} tokens); see `grutrain cache` to list or remove caches")
     return _open(meta, bin_path)
+
+
+def _refresh_stat(meta: dict, meta_path: Path, stat: os.stat_result) -> None:
+    """Record the stat of a source whose hash was found unchanged, so the next run need not hash it again."""
+    if {k: meta["source"].get(k) for k in _STAT_KEYS} == _stat_record(stat):
+        return
+    meta["source"].update(_stat_record(stat))
+    try:
+        _write_json_atomically(meta, meta_path)
+    except OSError:  # a read-only cache still serves; the next run hashes again
+        pass
 
 
 def _open(meta: dict, bin_path: Path) -> TokenCorpus:
@@ -319,8 +361,7 @@ def build_cache(source: Path, settings: CacheSettings, directory: Path, key: str
         raise
     meta = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "settings": settings.as_dict(),
-        "source": {"path": str(source.resolve()), "size": size, "mtime_ns": stat.st_mtime_ns,
-                   "sha256": digest.hexdigest()},
+        "source": {"path": str(source.resolve()), "size": size, **_stat_record(stat), "sha256": digest.hexdigest()},
         "tokenizer": tokenizer.state(), "dtype": dtype.name, "n_tokens": n_tokens,
         "splits": offsets, "chars": chars,
     }
@@ -360,3 +401,45 @@ def file_fingerprint(path: str | Path) -> dict:
     """What a checkpoint records of a data file it does not carry: path, size and sha256."""
     path = Path(path)
     return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def list_caches(cache_dir: str | Path | None = None) -> list[dict]:
+    """The token caches in a cache directory (default: default_cache_dir()): id, files, size, source, and the
+    temporaries a killed build left (id None)."""
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not directory.is_dir():
+        return []
+    found = []
+    for meta_path in sorted(directory.glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            continue  # not ours: never listed, never removed
+        key = meta_path.stem
+        files = [p for p in (directory / f"{key}.bin", meta_path) if p.exists()]
+        source = meta.get("source", {})
+        found.append({"id": key, "files": [str(p) for p in files], "bytes": sum(p.stat().st_size for p in files),
+                      "source": source.get("path"), "source_exists": Path(str(source.get("path"))).is_file(),
+                      "tokenizer": meta.get("settings", {}).get("tokenizer"), "tokens": meta.get("n_tokens")})
+    for tmp in sorted(directory.glob(".*.tmp")):  # a build or a write that never finished
+        found.append({"id": None, "files": [str(tmp)], "bytes": tmp.stat().st_size, "source": None,
+                      "source_exists": False, "tokenizer": None, "tokens": None})
+    return found
+
+
+def remove_caches(ids: list[str], cache_dir: str | Path | None = None, everything: bool = False) -> list[dict]:
+    """Remove the caches named by id (or all of them, and leftover temporaries); what was removed.
+    An id that is not a cache here is a GrutrainError, before anything is removed."""
+    listed = list_caches(cache_dir)
+    by_id = {entry["id"]: entry for entry in listed if entry["id"] is not None}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise GrutrainError(f"no token cache {unknown[0]!r} in {str(Path(cache_dir) if cache_dir else default_cache_dir())!r}; "
+                            "`grutrain cache` lists them")
+    chosen = listed if everything else [by_id[i] for i in ids]
+    for entry in chosen:
+        for path in sorted(entry["files"], key=lambda p: not p.endswith(".json")):  # .json first: never half a cache
+            _unlink(path)
+    return chosen
