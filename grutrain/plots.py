@@ -15,6 +15,7 @@ matplotlib is the `plot` extra: without it `require_matplotlib` raises a one-lin
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import write_file
 
 PLOT_EXTRA_MESSAGE = "plots need the plot extra: pip install 'grutrain[plot]'"
 
@@ -60,11 +62,10 @@ def save_figure(figure, path: str | Path) -> Path:
     if suffix not in formats:
         raise GrutrainError(f"--plot {str(path)!r}: cannot tell the image format from the extension; "
                             f"use .png (or one of {', '.join(sorted(formats))})")
-    try:
-        figure.savefig(path)
-    except OSError as exc:
-        raise GrutrainError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    return path
+    # Drawn into memory, then written through files.atomic: a full disk never leaves half an image.
+    image = io.BytesIO()
+    figure.savefig(image, format=suffix)
+    return write_file(path, image.getvalue(), "figure")
 
 
 def figure_to_image(figure) -> np.ndarray:

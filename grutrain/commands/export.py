@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor
 from grutrain import __version__
 from grutrain.errors import GrutrainError
 from grutrain.commands.export_formats import CHECK_BATCH, CHECK_SEQ, EXPORTERS, ONNX_OPSET, TOLERANCE, import_onnx
+from grutrain.files.atomic import PendingFile, commit_together
 from grutrain.files.outputs import check_output
 from grutrain.commands.evaluate import naming_the_file
 from grutrain.tasks.checkpoints import open_checkpoint
@@ -77,8 +77,9 @@ def metadata_path(output: Path) -> Path:
 def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str | None = None) -> dict:
     """Export a checkpoint's model; writes `output` and `<output>.json`, returns the JSON's content.
 
-    Both files are written to temporary names and renamed only after the check passes, so a
-    failed export leaves no file behind (nor half of one).
+    Both files are written to unique temporary names (files.atomic) and renamed together only
+    after the check passes, so a failed export leaves no file behind (nor half of one), and two
+    exports to the same --output leave one export's pair.
     """
     checkpoint, output = Path(checkpoint), Path(output)
     fmt = output_path_format(output, fmt)
@@ -94,11 +95,12 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str | Non
     cfg, payload = opened.cfg, opened.payload
     model = opened.model.float().eval()
     reset = cfg.model.reset if cfg.model.backend == "custom" else "after"  # torch.nn.GRU computes "after"
-    write, check = EXPORTERS[fmt]
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")  # torch.export.save wants the .pt2 suffix
-    try:
-        interface = write(model, cfg.task, reset, tmp)
-        difference = check(model, cfg.task, tmp)
+    serialise, check = EXPORTERS[fmt]
+    interface, data = serialise(model, cfg.task, reset)  # in memory: only files.atomic writes
+    with PendingFile(output, "--output") as model_file, \
+            PendingFile(metadata_path(output), "--output's metadata") as meta_file:
+        model_file.write(data)
+        difference = check(model, cfg.task, model_file.tmp)
         if not difference <= TOLERANCE:
             raise GrutrainError(f"the exported {fmt} model's outputs differ from grutrain's by {difference:.3g} "
                                 f"(more than {TOLERANCE:g}); nothing was written")
@@ -119,13 +121,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, fmt: str | Non
         }
         if fmt == "onnx":
             meta["onnx_opset"] = ONNX_OPSET
-        meta_tmp = tmp.with_name(tmp.name + ".json")
-        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, output)
-        os.replace(meta_tmp, metadata_path(output))
-    except OSError as exc:
-        raise GrutrainError(f"cannot write --output {str(output)!r}: {exc.strerror or exc}") from None
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".json")):
-            leftover.unlink(missing_ok=True)
+        meta_file.write(json.dumps(meta, indent=2) + "\n")
+        commit_together(model_file, meta_file)  # a concurrent export's pair is never mixed with this one
     return meta

@@ -22,12 +22,14 @@ import copy
 import os
 import tempfile
 import warnings
+from io import BytesIO
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import write_file
 from grutrain.gru import GRU
 from grutrain.gru.reference import scan_available
 from grutrain.tasks import task_class
@@ -161,7 +163,14 @@ def import_onnx():
 
 
 def export_onnx(model, task: str, reset: str, path: Path) -> dict:
-    """Write `model` as ONNX; returns the interface description. The file is checked by `check_onnx`."""
+    """Write `model` as ONNX (through files.atomic); returns the interface. Checked by `check_onnx`."""
+    interface, data = onnx_bytes(model, task, reset)
+    write_file(path, data, "ONNX model")
+    return interface
+
+
+def onnx_bytes(model, task: str, reset: str) -> tuple[dict, bytes]:
+    """`model` as ONNX, serialised in memory (so only files.atomic ever writes to the disk)."""
     onnx, _ = import_onnx()
     plain = _with_gru(model, torch_gru_copy(_gru(model)))
     if plain.vocab_size is not None and plain.embedding is None:
@@ -174,10 +183,11 @@ def export_onnx(model, task: str, reset: str, path: Path) -> dict:
     # The TorchScript-based exporter maps torch.nn.GRU (packed sequences included) onto ONNX's GRU
     # operator with the batch and sequence axes left dynamic; torch 2.13's dynamo exporter writes
     # the sequence axis of the outputs as fixed and takes ~50x longer on this model.
+    buffer = BytesIO()
     with _quiet_stderr(), torch.no_grad():
-        torch.onnx.export(io, inputs, str(path), input_names=io.input_names, output_names=io.output_names,
+        torch.onnx.export(io, inputs, buffer, input_names=io.input_names, output_names=io.output_names,
                           dynamic_axes=_axes(io), opset_version=ONNX_OPSET, dynamo=False)
-    graph = onnx.load(str(path))
+    graph = onnx.load_from_string(buffer.getvalue())
     grus = [node for node in graph.graph.node if node.op_type == "GRU"]
     if len(grus) != _gru(model).num_layers:
         raise GrutrainError(f"the ONNX graph has {len(grus)} GRU operators for {_gru(model).num_layers} layers; "
@@ -188,8 +198,7 @@ def export_onnx(model, task: str, reset: str, path: Path) -> dict:
                 if attribute.name == "linear_before_reset":
                     attribute.i = 0  # ONNX's GRU then computes reset "before"
         onnx.checker.check_model(graph)
-        onnx.save(graph, str(path))
-    return interface
+    return interface, graph.SerializeToString()
 
 
 def check_onnx(model, task: str, path: Path) -> float:
@@ -203,7 +212,15 @@ def check_onnx(model, task: str, path: Path) -> float:
 
 
 def export_pt2(model, task: str, reset: str, path: Path) -> dict:
-    """Write `model` as a torch.export program (torch.export.save) with dynamic batch and sequence dims."""
+    """Write `model` as a torch.export program (through files.atomic); returns the interface."""
+    interface, data = pt2_bytes(model, task, reset)
+    write_file(path, data, "pt2 program")
+    return interface
+
+
+def pt2_bytes(model, task: str, reset: str) -> tuple[dict, bytes]:
+    """`model` as a torch.export program with dynamic batch and sequence dims, saved in memory: torch's
+    zip writer aborts the process ("terminate called") when the disk fills under it."""
     if not scan_available():
         raise GrutrainError(f"pt2 export needs a torch with torch.export's scan (2.6 or newer); this is torch "
                             f"{torch.__version__}. Use --format onnx or state-dict")
@@ -221,15 +238,17 @@ def export_pt2(model, task: str, reset: str, path: Path) -> dict:
     except Exception as exc:  # torch.export's errors are long; the first line says what failed
         raise GrutrainError(f"torch.export failed: {str(exc).strip().splitlines()[0][:300]}; "
                             "use --format onnx or state-dict") from None
-    torch.export.save(program, str(path))
-    return interface
+    buffer = BytesIO()
+    torch.export.save(program, buffer)
+    return interface, buffer.getvalue()
 
 
 def check_pt2(model, task: str, path: Path) -> float:
     """max |torch.export.load(path) - grutrain| on a check input of another batch size and length."""
     io = model_io(model, task).eval()
     inputs = example_inputs(io, CHECK_BATCH, CHECK_SEQ, seed=1)
-    loaded = torch.export.load(str(path)).module()
+    with open(path, "rb") as f:  # a file object: the temporary's name does not end in .pt2
+        loaded = torch.export.load(f).module()
     with torch.no_grad():
         got = loaded(*inputs)
     return _max_difference(io, inputs, list(got) if isinstance(got, (tuple, list)) else [got])
@@ -246,12 +265,20 @@ def _max_difference(io: nn.Module, inputs: tuple[Tensor, ...], got: list[Tensor]
 
 
 def export_state_dict(model, task: str, reset: str, path: Path) -> dict:
+    """Write the weights alone (through files.atomic); returns the interface."""
+    interface, data = state_dict_bytes(model, task, reset)
+    write_file(path, data, "state dict")
+    return interface
+
+
+def state_dict_bytes(model, task: str, reset: str) -> tuple[dict, bytes]:
     """The weights alone (torch.save of a dict of tensors), under torch.nn.GRU's parameter names."""
     if reset == "before":
         raise GrutrainError("this model computes reset=before, which torch.nn.GRU does not: its state dict would "
                             "give other outputs there. Use --format onnx or pt2 (they keep reset=before)")
-    torch.save({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(path))
-    return _interface(model, task)
+    buffer = BytesIO()
+    torch.save({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, buffer)
+    return _interface(model, task), buffer.getvalue()
 
 
 def check_state_dict(model, task: str, path: Path) -> float:
@@ -265,5 +292,6 @@ def check_state_dict(model, task: str, path: Path) -> float:
     return _max_difference(reference, inputs, list(got) if isinstance(got, tuple) else [got])
 
 
-EXPORTERS = {"onnx": (export_onnx, check_onnx), "pt2": (export_pt2, check_pt2),
-             "state-dict": (export_state_dict, check_state_dict)}
+# Each format: (its bytes and interface, made in memory; the check of a file holding them).
+EXPORTERS = {"onnx": (onnx_bytes, check_onnx), "pt2": (pt2_bytes, check_pt2),
+             "state-dict": (state_dict_bytes, check_state_dict)}

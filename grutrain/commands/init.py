@@ -8,9 +8,12 @@ name of the file written, so its "Run:" lines can be pasted as they are.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import PendingFile
+from grutrain.files.outputs import check_output
 from grutrain.tasks import load_config, task_names, template
 
 TASKS = task_names()
@@ -27,18 +30,27 @@ def write_starter(task: str, output: str | Path | None = None) -> Path:
     """Write the starter config to `output` (default `<task>.yaml` here); never over an existing file."""
     path = Path(output) if output is not None else Path(f"{task}.yaml")
     text = starter_text(task, str(path))
-    from grutrain.files.outputs import check_output
-
-    check_output(path, "--output")  # not a link, FIFO or device; the "x" below keeps any existing file
-    try:
-        with open(path, "x", encoding="utf-8") as f:  # "x": fails if the file exists, even in a race
-            f.write(text)
-    except FileExistsError:
-        raise GrutrainError(f"{str(path)!r} already exists; grutrain init never overwrites a file: "
-                            "give another --output or delete it first") from None
-    except OSError as exc:
-        raise GrutrainError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    check_output(path, "--output")  # not a link, FIFO or device
+    if os.path.lexists(path):
+        raise _exists(path)
+    # Written whole under a temporary name, then linked into place: os.link fails if the file
+    # appeared meanwhile (never overwritten, even in a race) and a failure leaves no file at all.
+    with PendingFile(path, "--output") as pending:
+        pending.write(text)
+        try:
+            os.link(pending.tmp, path)
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError:  # a file system without hard links: a rename, after one more look
+            if os.path.lexists(path):
+                raise _exists(path) from None
+            pending.commit()
     return path
+
+
+def _exists(path: Path) -> GrutrainError:
+    return GrutrainError(f"{str(path)!r} already exists; grutrain init never overwrites a file: "
+                         "give another --output or delete it first")
 
 
 def missing_data(path: str | Path) -> str | None:

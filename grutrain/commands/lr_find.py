@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import write_file
 from grutrain.files.outputs import check_output, check_output_dir
 from grutrain.trainer.rundir import CHECKPOINTS, CONFIG_FILE, RUNS_ROOT, SUMMARY_FILE, claim_numbered_dir
 from grutrain.trainer.setup import build_training, start_device
@@ -241,11 +243,12 @@ def results_dir(cfg, requested: str | Path | None) -> Path:
 
 def write_csv(result: LRFindResult, path: Path) -> None:
     """step, lr, loss, smoothed_loss: one row per step taken."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-        for i, (lr, loss, avg) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
-            writer.writerow([i + 1, repr(lr), repr(loss), repr(avg)])
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["step", "lr", "loss", "smoothed_loss"])
+    for i, (lr, loss, avg) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
+        writer.writerow([i + 1, repr(lr), repr(loss), repr(avg)])
+    write_file(path, text.getvalue(), "lr-find CSV")
 
 
 def read_csv(path: Path) -> dict[str, list[float]]:
@@ -264,7 +267,7 @@ def write_results(result: LRFindResult, directory: Path, configured_lr: float | 
     written = {"csv": directory / CSV_NAME, "json": directory / JSON_NAME}
     write_csv(result, written["csv"])
     summary = {"suggestion": result.suggestion, "reasoning": explain(result, configured_lr), **result.to_dict()}
-    written["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_file(written["json"], json.dumps(summary, indent=2) + "\n", "lr-find JSON")
     if plots.have_matplotlib():
         figure = plots.lr_find_figure(result.lrs, result.losses, result.smoothed, result.suggestion,
                                       result.min_loss_lr)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import torch
 
 from grutrain import __version__
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import write_file
 from grutrain.files.inputs import CHECKPOINT_EXPANSION, open_input
 
 FORMAT_VERSION = 2
@@ -77,51 +77,12 @@ def training_payload(*, task: str, config: dict, model: dict, optimizer: dict, s
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never a torn file.
-    """
+    """Write through files.atomic: a crash at any moment leaves the old file or the new one, never a
+    torn file; a full disk (an OSError, or torch's zip writer's "unexpected pos") is one line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, "grutrain_version": __version__, **payload}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes it private; give it normal permissions
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise GrutrainError(f"could not write checkpoint {str(path)!r}: {exc.strerror or exc}; "
-                                "the previous checkpoint is untouched") from None
-        raise
-    _fsync_directory(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_file(path, lambda f: torch.save(payload, f), "checkpoint")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

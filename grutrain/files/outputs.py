@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import write_file
 from grutrain.files.inputs import _kind_of
 
 
@@ -69,23 +69,6 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def write_output(path: str | Path, content: str | bytes, option: str,
                  inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Write `content` to `path` (checked as above) through a temporary file renamed into place."""
+    """Write `content` to `path` (checked as above) through files.atomic (temporary file, rename)."""
     path = check_output(path, option, inputs)
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise GrutrainError(f"cannot write {option} {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; give it normal permissions
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise GrutrainError(f"cannot write {option} {str(path)!r}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_file(path, content, option)

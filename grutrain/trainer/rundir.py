@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grutrain.errors import GrutrainError
+from grutrain.files.atomic import write_file
 
 if TYPE_CHECKING:
     from grutrain.runtime import Distributed
@@ -215,8 +216,12 @@ def open_run_file(path: Path, mode: str = "w"):
 
 
 def write_run_file(path: Path, text: str) -> None:
-    with open_run_file(path) as f:
-        f.write(text)
+    """config.yaml, summary.json: replaced whole through files.atomic. A link or a directory there is
+    refused (a rename would not follow it, but someone put it there: say so)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise GrutrainError(f"cannot write {str(path)!r}: it is a symbolic link or not a regular file (one is never "
+                            "written through); remove it or choose another run.dir")
+    write_file(path, text)
 
 
 class RunLock:

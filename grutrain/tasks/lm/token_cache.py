@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from grutrain.data.vocabulary import UNK
 from grutrain.errors import GrutrainError
 from grutrain.files import inputs
+from grutrain.files.atomic import write_file
 from grutrain.files.inputs import DATA_EXPANSION, format_bytes, open_input
 from grutrain.tasks.lm import tokenizers
 
@@ -336,10 +336,10 @@ def build_cache(source: Path, settings: CacheSettings, directory: Path, key: str
     offsets = {name: [0, 0] for name, _, _ in bounds}
     chars = {name: hi - lo for name, lo, hi in bounds}
     n_tokens = 0
-    fd, tmp_bin = tempfile.mkstemp(prefix=f".{key}.", suffix=".bin.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out, byte_progress(f"tokenising {source.name} ({settings.tokenizer})", size,
-                                                         enabled=progress) as advance:
+
+    def write_ids(out) -> None:
+        nonlocal n_tokens
+        with byte_progress(f"tokenising {source.name} ({settings.tokenizer})", size, enabled=progress) as advance:
             current = None
             for name, text in iter_split_text(iter_text(source, settings.lowercase, on_chunk=lambda raw: advance(len(raw))), bounds):
                 if name != current:
@@ -349,16 +349,11 @@ def build_cache(source: Path, settings: CacheSettings, directory: Path, key: str
                 out.write(ids.astype(dtype).tobytes())
                 n_tokens += len(ids)
                 offsets[name][1] = n_tokens
-            out.flush()
-            os.fsync(out.fileno())
-        for name in offsets:  # an empty split sits where it would start
-            if offsets[name] == [0, 0] and name != "train":
-                offsets[name] = [n_tokens, n_tokens]
-        _readable_by_all(tmp_bin)
-        os.replace(tmp_bin, directory / f"{key}.bin")
-    except BaseException:
-        _unlink(tmp_bin)
-        raise
+
+    write_file(directory / f"{key}.bin", write_ids, "token cache")  # files.atomic: unique temporary, rename
+    for name in offsets:  # an empty split sits where it would start
+        if offsets[name] == [0, 0] and name != "train":
+            offsets[name] = [n_tokens, n_tokens]
     meta = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "settings": settings.as_dict(),
         "source": {"path": str(source.resolve()), "size": size, **_stat_record(stat), "sha256": digest.hexdigest()},
@@ -370,31 +365,7 @@ def build_cache(source: Path, settings: CacheSettings, directory: Path, key: str
 
 
 def _write_json_atomically(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _readable_by_all(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _readable_by_all(path: str) -> None:
-    # mkstemp makes the file private; a cache is shared like any file the user writes (umask applies).
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    write_file(path, json.dumps(data), "token cache")
 
 
 def file_fingerprint(path: str | Path) -> dict:
@@ -443,3 +414,10 @@ def remove_caches(ids: list[str], cache_dir: str | Path | None = None, everythin
         for path in sorted(entry["files"], key=lambda p: not p.endswith(".json")):  # .json first: never half a cache
             _unlink(path)
     return chosen
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
