@@ -22,13 +22,14 @@ class GrutrainError(Exception):
 
 
 class Interrupted(GrutrainError):
-    """SIGTERM arrived outside the training loop (reading data, building the model): nothing was saved."""
+    """SIGINT or SIGTERM arrived outside the training loop (reading data, building the model): nothing was
+    saved. `message` says what was left on disk, where the default does not."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, message: str | None = None):
         import signal
 
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name} before a checkpoint was written; "
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name} before a checkpoint was written; "
                          "no run was changed, start it again")
 
 
@@ -38,10 +39,17 @@ class TrainingInterrupted(GrutrainError):
     Exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells expect.
     """
 
-    def __init__(self, signum: int, run_dir, step: int):
+    def __init__(self, signum: int, run_dir, step: int, during: str | None = None):
         import signal
 
         self.signum, self.run_dir, self.step = signum, run_dir, step
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
-                         f"continue with --resume (run dir {run_dir})")
+        name = signal.Signals(signum).name
+        if during:  # after the last checkpoint, e.g. in the final evaluation: the checkpoints stand
+            message = (f"interrupted by {name} during {during} (step {step}); the run's checkpoints are kept: "
+                       f"finish it with --resume (run dir {escaped(run_dir)}), or evaluate its "
+                       "checkpoints/best.pt with grutrain eval")
+        else:
+            message = (f"interrupted by {name} at step {step}; checkpoint saved, "
+                       f"continue with --resume (run dir {escaped(run_dir)})")
+        super().__init__(message)

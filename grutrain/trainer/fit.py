@@ -3,19 +3,26 @@
 fit -> claim the run directory (rundir.RunDirectory) -> setup (setup.py: task, model, optimizer,
 restored state) -> train: loop (loop.py: steps, logs, evaluations, checkpoints) -> finish (final
 metrics, summary.json).
+
+One interruption path (interrupts.Interrupts, for the whole fit): a signal inside the loop ends it
+with a checkpoint of the step (TrainingInterrupted); anywhere else it raises at once, and then
+either this command has written a checkpoint (the run is kept, summary.json says interrupted) or
+it has not, and the run directory is put back as it was before the command (RunDirectory).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 from grutrain.config.schema import Config, config_to_dict, config_to_yaml
-from grutrain.errors import TrainingInterrupted
+from grutrain.errors import Interrupted, TrainingInterrupted
 from grutrain.progress import TrainingProgress
-from grutrain.runtime import Distributed, sigterm_raises
+from grutrain.runtime import Distributed
 from grutrain.trainer.hparams import FINAL_PREFIX
+from grutrain.trainer.interrupts import Interrupts, signal_of
 from grutrain.trainer.loop import loop
 from grutrain.trainer.metrics import MetricsLogger
 from grutrain.trainer.resume import resumable_checkpoint
@@ -32,51 +39,88 @@ def fit(config: Config, *, resume: bool = False, overwrite: bool = False, progre
     dist = Distributed()
     try:
         device, amp_dtype = start_device(cfg, dist)
-        with sigterm_raises():  # installed before any slow read: a SIGTERM there still cleans up
+        with Interrupts() as interrupts:  # installed before any slow read: a signal there still cleans up
             return _fit_on_this_rank(cfg, dist, device, amp_dtype, resume, overwrite,
-                                     progress if dist.is_main else "none")
+                                     progress if dist.is_main else "none", interrupts)
     finally:
         dist.stop()
 
 
 def _fit_on_this_rank(cfg: Config, dist: Distributed, device, amp_dtype, resume: bool, overwrite: bool,
-                      progress: str) -> dict:
+                      progress: str, interrupts: Interrupts) -> dict:
     with RunDirectory(cfg.run.dir, cfg.run.name, dist, resume=resume, overwrite=overwrite) as directory:
-        # Everything that can fail on bad input happens before an earlier run's files are touched.
-        saved = resumable_checkpoint(directory.path, cfg, device, dist.world_size) if resume else None
-        training = build_training(cfg, device, amp_dtype, dist=dist, saved=saved)
-        run = start_run(training, directory.path, dist, saved)
-        directory.begin()
-        return train(run, progress)
+        try:
+            # Everything that can fail on bad input happens before an earlier run's files are touched.
+            saved = resumable_checkpoint(directory.path, cfg, device, dist.world_size) if resume else None
+            training = build_training(cfg, device, amp_dtype, dist=dist, saved=saved)
+            run = start_run(training, directory.path, dist, saved)
+            directory.begin()
+            return train(run, progress, interrupts, directory.commit)
+        except (Interrupted, KeyboardInterrupt) as exc:  # before this command's first checkpoint: undone on leaving
+            interrupts.disarm()
+            name = signal.Signals(signal_of(exc)).name
+            raise Interrupted(signal_of(exc), f"interrupted by {name} before this command wrote a checkpoint; "
+                                              f"{directory.undone_by_interrupt()}") from None
+        except BaseException:
+            interrupts.disarm()  # cleanup (summary, undo) runs to its end
+            raise
 
 
-def train(run: Run, progress: str) -> dict:
-    """Loop to the last step and finish; on any failure summary.json says so before the error propagates."""
+def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: None) -> dict:
+    """Loop to the last step and finish; on any failure summary.json says so before the error propagates.
+
+    `on_commit` is called once this command has a checkpoint (or finished): from then on the run is kept.
+    """
     cfg, dist = run.cfg, run.dist
-    if dist.is_main:
-        write_run_file(run.run_dir / CONFIG_FILE, config_to_yaml(cfg))
-    run.baselines = run.task.baselines()
-    run.started_at = time.time()
-    write_summary(run, "running", pid=os.getpid())
-    metrics = MetricsLogger(run.run_dir, resume_step=run.state.step if run.resumed else None, enabled=dist.is_main)
-    bar = TrainingProgress(run.total_steps, run.state.step, progress)
+    metrics = bar = None
+    checkpointed = []
+
+    def commit() -> None:  # the first checkpoint of this command, or its end
+        if not checkpointed:
+            checkpointed.append(True)
+            on_commit()
+            note = metrics.commit()
+            if note and dist.is_main:
+                bar.message(note)
+
+    run.on_checkpoint = commit
     try:
-        val, stop_reason = loop(run, metrics, bar)
+        if dist.is_main:
+            write_run_file(run.run_dir / CONFIG_FILE, config_to_yaml(cfg))
+        run.baselines = run.task.baselines()
+        run.started_at = time.time()
+        write_summary(run, "running", pid=os.getpid())
+        metrics = MetricsLogger(run.run_dir, resume_step=run.state.step if run.resumed else None,
+                                enabled=dist.is_main)
+        bar = TrainingProgress(run.total_steps, run.state.step, progress)
+        val, stop_reason = loop(run, metrics, bar, interrupts)
         final = finish(run, val, metrics)
-    except (TrainingInterrupted, KeyboardInterrupt) as exc:
-        write_summary(run, "interrupted", error=str(exc) or "KeyboardInterrupt")
+        extras = run.task.final_extras(run.model, run.device) if dist.is_main else {}
+        if stop_reason:
+            extras["early_stopping"] = {"reason": stop_reason, "stopped_at_step": run.state.step,
+                                        "best_step": run.monitor.best_step}
+        commit()
+        summary = write_summary(run, "finished", final=final, **extras)
+        interrupts.disarm()  # the run is finished: a signal from here on changes nothing
+        return summary
+    except (Interrupted, KeyboardInterrupt) as exc:
+        if not checkpointed:
+            raise  # nothing of this command is kept: the directory is put back
+        interrupts.disarm()  # after the loop's last checkpoint: the final evaluation or the sample
+        stopped = TrainingInterrupted(signal_of(exc), run.run_dir, run.state.step, during="the final evaluation")
+        write_summary(run, "interrupted", error=str(stopped))
+        raise stopped from None
+    except TrainingInterrupted as exc:
+        write_summary(run, "interrupted", error=str(exc))
         raise
     except Exception as exc:
         write_summary(run, "failed", error=str(exc) or type(exc).__name__)
         raise
     finally:
-        bar.close()
-        metrics.close()
-    extras = run.task.final_extras(run.model, run.device) if dist.is_main else {}
-    if stop_reason:
-        extras["early_stopping"] = {"reason": stop_reason, "stopped_at_step": run.state.step,
-                                    "best_step": run.monitor.best_step}
-    return write_summary(run, "finished", final=final, **extras)
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def finish(run: Run, val: dict, metrics: MetricsLogger) -> dict:

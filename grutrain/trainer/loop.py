@@ -5,9 +5,7 @@ loop -> (next_batch, Training.step) -> count_step -> log_training -> evaluate_du
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,19 +19,26 @@ from grutrain.progress import TrainingProgress
 from grutrain.runtime import Distributed, rng_state
 from grutrain.trainer.metrics import MetricsLogger
 from grutrain.trainer.optim import lr_at
-from grutrain.trainer.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, discard_set_aside, keep_periodic_copy
+from grutrain.trainer.interrupts import Interrupts
+from grutrain.trainer.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, keep_periodic_copy
 from grutrain.trainer.step import StepResult, next_batch
 
 if TYPE_CHECKING:
     from grutrain.trainer.setup import Run
 
 
-def loop(run: Run, metrics: MetricsLogger, bar: TrainingProgress) -> tuple[dict, str | None]:
-    """Train until the last step, an early stop or a signal; returns (last validation metrics, stop reason)."""
+def loop(run: Run, metrics: MetricsLogger, bar: TrainingProgress, interrupts: Interrupts) -> tuple[dict, str | None]:
+    """Train until the last step, an early stop or a signal; returns (last validation metrics, stop reason).
+
+    A signal is noted, not raised, here (interrupts.deferred): the loop stops at the end of the step
+    it arrived in, after a checkpoint of that step. The step's collective tells every process of a
+    signal that arrived before it; one that arrives during a validation (the last step's included)
+    is checked by one more collective after it.
+    """
     cfg, state = run.cfg, run.state
     val, stop_reason = {}, None
     throughput = Throughput(state.step, run.task.items_per_batch)
-    with stop_on_signals() as stop_signals:
+    with interrupts.deferred() as stop_signals:
         run.model.train()
         while state.step < run.total_steps:
             batch, carried = next_batch(run.task, run.hidden, run.device)
@@ -45,41 +50,19 @@ def loop(run: Run, metrics: MetricsLogger, bar: TrainingProgress) -> tuple[dict,
             last = state.step == run.total_steps
             if (state.step % cfg.train.log_every == 0 or last) and state.loss_window[1]:
                 log_training(run, lr, result, throughput, metrics, bar)
+            stopping = bool(sync.signals_seen)
             if state.step % cfg.train.eval_every == 0 or last:
                 val, stop_reason = evaluate_during_fit(run, metrics, bar)
-            if state.step % cfg.train.checkpoint_every == 0 or last or sync.signals_seen or stop_reason:
+                stopping = stopping or sync.signals_after_evaluation()
+            if state.step % cfg.train.checkpoint_every == 0 or last or stopping or stop_reason:
                 save_last(run)
-            if sync.signals_seen:
+            if stopping:
                 raise TrainingInterrupted(stop_signals[0] if stop_signals else signal.SIGTERM, run.run_dir, state.step)
             if stop_reason:
                 # As Keras' restore_best_weights: what the run hands over is best.pt's model.
                 run.model.load_state_dict(load_checkpoint(run.run_dir / BEST_CHECKPOINT, map_location=run.device)["model"])
                 return {}, stop_reason
     return val, stop_reason
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so a step is never torn.
-
-    A second SIGINT interrupts at once (KeyboardInterrupt), for a user who really wants out.
-    """
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def handler(signum, frame):
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class StepSync:
@@ -93,6 +76,11 @@ class StepSync:
     def __call__(self, loss: float) -> float:
         loss_sum, self.signals_seen = self.dist.sum([loss, float(len(self.stop_signals))], self.device)
         return loss_sum / self.dist.world_size
+
+    def signals_after_evaluation(self) -> bool:
+        """Whether any process got a signal by now (every process evaluates at the same step)."""
+        (seen,) = self.dist.sum([float(len(self.stop_signals))], self.device)
+        return bool(seen)
 
 
 def count_step(run: Run, result: StepResult, bar: TrainingProgress, metrics: MetricsLogger) -> None:
@@ -174,6 +162,7 @@ def save(run: Run, name: Path) -> None:
     rank_rngs = dist.gather_objects(rng_state())
     if not dist.is_main:
         dist.barrier()
+        run.on_checkpoint()
         return
     state.epoch, state.monitor, state.wall_time_s = run.task.sampler.epoch, run.monitor.state_dict(), run.wall_time()
     payload = training_payload(
@@ -183,7 +172,7 @@ def save(run: Run, name: Path) -> None:
         rng=rank_rngs[0], rank_rng=rank_rngs, task_state=run.task.state())
     try:
         save_checkpoint(payload, run.run_dir / name)
-        discard_set_aside(run.run_dir)  # --overwrite: the run this one replaces can go now
+        run.on_checkpoint()  # the run is this command's now (--overwrite: the one it replaces can go)
     finally:
         dist.barrier()
 

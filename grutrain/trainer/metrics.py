@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from grutrain.files.atomic import write_file
 from grutrain.trainer.rundir import METRICS_FILE, open_run_file
 
 
@@ -13,7 +14,10 @@ class MetricsLogger:
     """Writes every scalar to TensorBoard and as `{"step", "tag", "value"}` lines to metrics.jsonl.
 
     On resume from step S, lines after S are dropped and TensorBoard purges its events after S,
-    so a resumed run's logs read like an uninterrupted run's.
+    so a resumed run's logs read like an uninterrupted run's. metrics.jsonl is never rewritten in
+    place: until `commit()` (the resumed run's first checkpoint) new lines are held in memory and
+    the file is untouched, so a resume that fails or is interrupted before then leaves it as it
+    was; `commit()` writes the kept and the new lines through files.atomic, then appends.
     """
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None, enabled: bool = True):
@@ -23,14 +27,32 @@ class MetricsLogger:
         self.writer = None
         if not enabled:
             return
+        self.resume_step, self.dropped = resume_step, 0
+        self._pending: list[str] | None = None  # lines not yet in the file (a resume before its commit)
+        self._file = None
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+            self._pending = [line + "\n" for line in lines if _step_of(line, resume_step + 1) <= resume_step]
+            self.dropped = len(lines) - len(self._pending)
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where logging happens
 
         purge = resume_step + 1 if resume_step is not None else None
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
-        self._file = open_run_file(self.path, "a")  # never through a symlink
+        if self._pending is None:
+            self._file = open_run_file(self.path, "a")  # never through a symlink
+
+    def commit(self) -> str | None:
+        """The resumed run is safely under way: replace metrics.jsonl with the kept lines and the new
+        ones (temporary + rename), then append. Returns a line telling what was dropped, if anything."""
+        if not self.enabled or self._pending is None:
+            return None
+        write_file(self.path, "".join(self._pending), "the metrics log")
+        self._pending = None
+        self._file = open_run_file(self.path, "a")
+        if self.dropped:
+            return (f"{METRICS_FILE}: dropped {self.dropped} records after step {self.resume_step} "
+                    "(logged after the checkpoint this run resumed from)")
+        return None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -39,9 +61,13 @@ class MetricsLogger:
             value = float(value)
             self.writer.add_scalar(tag, value, step)
             # JSON has no NaN/inf; keep them as strings so the line stays valid JSON.
-            self._file.write(json.dumps({"step": step, "tag": tag,
-                                         "value": value if math.isfinite(value) else str(value)}) + "\n")
-        self._file.flush()
+            line = json.dumps({"step": step, "tag": tag, "value": value if math.isfinite(value) else str(value)})
+            if self._pending is not None:
+                self._pending.append(line + "\n")
+            else:
+                self._file.write(line + "\n")
+        if self._file is not None:
+            self._file.flush()
 
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
@@ -64,9 +90,11 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.enabled:
-            self.writer.flush()
-            self.writer.close()
-            self._file.close()
+            if self.writer is not None:
+                self.writer.flush()
+                self.writer.close()
+            if self._file is not None:
+                self._file.close()  # lines still pending (no commit) are dropped: the file stays as it was
 
 
 def _step_of(line: str, default: int) -> int:

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grutrain.errors import GrutrainError
+from grutrain.errors import GrutrainError, Interrupted, escaped
 from grutrain.files.atomic import write_file
 
 if TYPE_CHECKING:
@@ -52,9 +52,11 @@ class RunDirectory:
 
     Entering claims it: rank 0 picks (or creates) and locks it, and every rank learns the path or
     the one-line reason there is none. `begin()` marks the moment training starts: --overwrite
-    sets the earlier run aside then, not before, so bad input never touches it. Leaving releases
-    the lock, puts the earlier run back if no checkpoint of the new one replaced it, and removes a
-    directory made for a run that never began (and a runs/ made for it alone).
+    sets the earlier run aside then, not before, so bad input never touches it. `commit()` marks
+    this command's first checkpoint (or its successful end): from then on the directory is the
+    new run's, kept whatever happens. Leaving before that puts the directory back as it was
+    before the command (`undo`): on an interrupt always; on an error too, except that a new run
+    that began keeps its directory (its summary says why it failed).
     """
 
     def __init__(self, run_dir: str | None, name: str, dist: Distributed, *, resume: bool, overwrite: bool):
@@ -63,14 +65,16 @@ class RunDirectory:
         self.path: Path | None = None
         self.lock: RunLock | None = None  # rank 0's
         self.aside: Path | None = None  # the earlier run, while the new one has no checkpoint
-        self.remove_unless_begun = False  # rank 0 made (or found empty) the directory for this run
+        self.before: Before | None = None  # rank 0: the directory as this command found it
+        self.begun = self.committed = False
 
     def __enter__(self) -> "RunDirectory":
         path, error = None, None
         if self.dist.is_main:
             try:
+                above = existing_ancestor(Path(self.requested) if self.requested else RUNS_ROOT)
                 path = resolve_run_dir(self.requested, self.name, resume=self.resume, overwrite=self.overwrite)
-                self.remove_unless_begun = not holds_run(path)
+                self.before = Before(path, above)
                 self.lock = RunLock(path).acquire()
             except GrutrainError as exc:
                 error = str(exc)
@@ -81,22 +85,101 @@ class RunDirectory:
         return self
 
     def begin(self) -> None:
-        """Training starts: from here the directory is the run's, kept whatever happens."""
+        """Training starts: --overwrite moves the earlier run aside (restored unless a checkpoint replaces it)."""
         if self.overwrite and self.dist.is_main and holds_run(self.path):
-            self.aside = set_aside_run(self.path)  # deleted by the first checkpoint, restored if none gets written
-        self.remove_unless_begun = False
+            self.aside = set_aside_run(self.path)
+        self.begun = True
 
-    def __exit__(self, *exc) -> None:
-        if self.aside is not None:
+    def commit(self) -> None:
+        """This command wrote a checkpoint (or finished): the directory is the new run's from here on."""
+        if not self.committed and self.dist.is_main:
+            discard_set_aside(self.path)  # --overwrite: the run this one replaces can go now
+            self.aside = None
+        self.committed = True
+
+    def undone_by_interrupt(self) -> str:
+        """What an interrupt now leaves on disk, for its message (the undo itself happens on leaving)."""
+        where = escaped(self.path)
+        if self.resume:
+            return f"run dir {where} is as it was; continue it with --resume"
+        if self.before is not None and self.before.had_run:
+            return f"the earlier run in {where} is as it was; start again with --overwrite"
+        return "nothing was kept; start it again"
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.dist.is_main or self.before is None:
+            return
+        interrupted = exc_type is not None and issubclass(exc_type, (Interrupted, KeyboardInterrupt))
+        keep = exc_type is None or self.committed or (self.begun and not interrupted and not self.before.had_run)
+        if not keep and self.aside is not None:
             restore_set_aside(self.path, self.aside)
+        if not keep:
+            self.before.restore_contents()
         if self.lock is not None:
+            if not keep:
+                self.lock.restore(self.before.lock_text)
             self.lock.release()
-        if self.remove_unless_begun:  # bad input: leave no empty run directory behind
+        if not keep:
+            self.before.remove_what_was_made()
+
+
+class Before:
+    """A run directory as a command found it, to put it back byte for byte: its entries, the small
+    files a run rewrites at its start (config.yaml, summary.json), the lock file's text, and the
+    directories (the run dir, runs/) that the command created."""
+
+    def __init__(self, path: Path, existing_above: Path):
+        self.path, self.existing_above = path, existing_above
+        self.made_dir = existing_above != path and not _same(existing_above, path)
+        self.entries = {child.name for child in path.iterdir()}
+        self.had_run = any(name != LOCK_FILE for name in self.entries)
+        self.files = {name: _read_regular(path / name) for name in (CONFIG_FILE, SUMMARY_FILE)}
+        self.lock_text = _read_regular(path / LOCK_FILE)
+
+    def restore_contents(self) -> None:
+        for child in list(self.path.iterdir()):
+            if child.name in self.entries or child.name == LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        for name, content in self.files.items():
+            if content is not None and _read_regular(self.path / name) != content:
+                write_file(self.path / name, content)
+
+    def remove_what_was_made(self) -> None:
+        if self.lock_text is None:
             (self.path / LOCK_FILE).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.path.rmdir()
-                if self.requested is None:  # and a runs/ made for it alone
-                    self.path.parent.rmdir()
+        if not self.made_dir:
+            return
+        with contextlib.suppress(OSError):  # the run dir, then each parent made for it alone
+            for directory in (self.path, *self.path.parents):
+                if _same(directory, self.existing_above):
+                    break
+                directory.rmdir()
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` or its nearest parent that exists now (what a run dir's creation will not have made)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
+
+
+def _read_regular(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
 
 
 def holds_run(path: Path) -> bool:
@@ -255,6 +338,13 @@ class RunLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
+
+    def restore(self, text: bytes | None) -> None:
+        """Put back the text the lock file had before this command (an undone command changes nothing)."""
+        if self._fd is not None and text is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, text, 0)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -97,6 +98,7 @@ class Run(Training):
     started_at: float = field(default_factory=time.time)
     earlier_wall_time: float = 0.0  # of the stretches before a resume
     resumed: bool = False
+    on_checkpoint: Callable[[], None] = lambda: None  # called after each checkpoint this command writes
 
     def wall_time(self) -> float:
         return round(self.earlier_wall_time + time.time() - self.started_at, 2)

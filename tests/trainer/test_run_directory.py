@@ -14,7 +14,7 @@ from grutrain.errors import GrutrainError
 from grutrain.runtime import Distributed
 from grutrain.trainer.fit import fit
 from grutrain.trainer.metrics import read_metrics
-from grutrain.trainer.rundir import LAST_CHECKPOINT, LOCK_FILE, RunDirectory, discard_set_aside
+from grutrain.trainer.rundir import LAST_CHECKPOINT, LOCK_FILE, RunDirectory
 
 
 def make_run(path, text="old"):
@@ -65,12 +65,13 @@ def test_overwrite_puts_the_earlier_run_back_unless_a_checkpoint_replaced_it(tmp
         (run / "metrics.jsonl").write_text("new")
         raise ValueError("diverged")
     assert (run / "summary.json").read_text() == "old" and not (run / "metrics.jsonl").exists()
-    assert sorted(p.name for p in run.iterdir()) == sorted([".lock", "checkpoints", "config.yaml", "summary.json"])
+    # exactly as before: not even the lock file the command made
+    assert sorted(p.name for p in run.iterdir()) == sorted(["checkpoints", "config.yaml", "summary.json"])
     # The first checkpoint discards the earlier run: a later failure keeps the new one.
     with pytest.raises(ValueError), claim(run, overwrite=True) as directory:
         directory.begin()
         (run / "summary.json").write_text("new")
-        discard_set_aside(run)
+        directory.commit()  # the first checkpoint
         raise ValueError("diverged later")
     assert (run / "summary.json").read_text() == "new"
     assert not [p for p in run.iterdir() if p.name.startswith(".overwritten-")]
