@@ -57,6 +57,7 @@ class LanguageModelTask:
     @classmethod
     def from_config(cls, cfg, *, rows_per_step: int, saved: dict | None = None, rank: int = 0,
                     world_size: int = 1) -> "LanguageModelTask":
+        check_prompt(cfg.sample.prompt, cfg.sample.length)  # before the corpus is read, not after training
         # The ids are memory-mapped from the token cache: resident memory does not grow with the corpus.
         corpus = lm_corpus.open_training_corpus(cfg.data, saved["task_state"] if saved else None, rank,
                                                 wait_s=cfg.train.dist_timeout_s,
@@ -249,6 +250,20 @@ class LanguageModelTask:
             return ""
         return self.sample(model, settings.prompt, settings.length, temperature=0.8, seed=self.cfg.train.seed,
                            device=device)
+
+
+def check_prompt(prompt: str, length: int) -> None:
+    """The sample prompt must be text every tokenizer can encode: an invalid byte (read as a lone
+    surrogate, e.g. from a command line that is not UTF-8) is refused, naming it escaped."""
+    if not length:
+        return  # no sample is drawn
+    for char in prompt:
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            # Python reads an undecodable byte B as the surrogate U+DC00+B: name the byte itself.
+            what = (f"the byte \\x{ord(char) - 0xDC00:02x}" if ord(char) >= 0xDC80
+                    else f"the lone surrogate {repr(char)[1:-1]}")
+            raise GrutrainError(f"sample.prompt holds {what}, which is not UTF-8 text and no tokenizer can encode; "
+                                "give the prompt as UTF-8 text (or set sample.length=0)")
 
 
 def _is_token_tensor(value) -> bool:
