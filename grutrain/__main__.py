@@ -1,4 +1,10 @@
-from grutrain.cli import main
+import sys
+
+try:  # Ctrl-C while torch and the CLI are still importing: the CLI's own "interrupted", not a traceback
+    from grutrain.cli import main
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     main()
