@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cli_process import classify_config, classify_lines, forecast_config, grutrain, series_rows
-from hostile import refused
+from conftest import make_text
+from hostile import refused, run_grutrain, tiny_config, write_yaml
 
 
 def fit_here(config) -> None:
@@ -90,3 +91,14 @@ def test_paths_in_messages_are_escaped(tmp_path, name):
     line = refused(code, out, err)
     assert "\x1b" not in line and "\u202e" not in line and "\t" not in line
     assert repr(name[-8:])[1:-1] in line or name.encode("unicode_escape").decode()[-8:] in line
+
+
+@pytest.mark.parametrize("prompt,named", [(b"Alice \xff", "the byte \\xff"), (b"caf\xe9 ", "the byte \\xe9")])
+def test_a_prompt_no_tokenizer_can_encode_is_refused_before_training(tmp_path, prompt, named):
+    """sample.prompt with a byte that is not UTF-8 (from a Latin-1 shell): one line at the start naming
+    the byte, not a message about the output's encoding after training; no run directory is left."""
+    (tmp_path / "corpus.txt").write_text(make_text(), encoding="utf-8")
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_config(tmp_path, run={"dir": str(tmp_path / "run")}))
+    code, out, err = run_grutrain(["fit", config, b"sample.prompt=" + prompt, "-q"], cwd=tmp_path)
+    refused(code, out, err, "sample.prompt", named, "UTF-8")
+    assert not (tmp_path / "run").exists()

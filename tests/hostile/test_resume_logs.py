@@ -74,7 +74,7 @@ def test_resume_drops_the_later_records_by_a_rename_and_says_how_many(run):
 
 
 def limit_file_size(root, config, run_dir):
-    """A file-size limit below the checkpoint's size: the resumed run's first save fails."""
+    """A file-size limit (half the checkpoint): a write of the resumed run (log or checkpoint) fails."""
     return [config, "--resume", "train.max_steps=8"], (run_dir / "checkpoints" / "last.pt").stat().st_size // 2, ()
 
 
@@ -84,7 +84,7 @@ def change_the_data(root, config, run_dir):
 
 
 FAILED = [  # (case, what makes the resume fail: returns (args, file-size limit, words of the message))
-    ("file-size limit mid-checkpoint", limit_file_size),
+    ("file-size limit (ulimit -f) in the resumed run", limit_file_size),
     ("changed data", change_the_data),
 ]
 
