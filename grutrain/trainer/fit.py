@@ -73,7 +73,7 @@ def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: Non
     """
     cfg, dist = run.cfg, run.dist
     metrics = bar = None
-    checkpointed = []
+    checkpointed, phase = [], "training"
 
     def commit() -> None:  # the first checkpoint of this command, or its end
         if not checkpointed:
@@ -94,6 +94,7 @@ def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: Non
                                 enabled=dist.is_main)
         bar = TrainingProgress(run.total_steps, run.state.step, progress)
         val, stop_reason = loop(run, metrics, bar, interrupts)
+        phase = "the final evaluation"
         final = finish(run, val, metrics)
         extras = run.task.final_extras(run.model, run.device) if dist.is_main else {}
         if stop_reason:
@@ -104,16 +105,19 @@ def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: Non
         interrupts.disarm()  # the run is finished: a signal from here on changes nothing
         return summary
     except (Interrupted, KeyboardInterrupt) as exc:
+        interrupts.disarm()  # from here on a signal is only noted: the cleanup runs to its end
         if not checkpointed:
             raise  # nothing of this command is kept: the directory is put back
-        interrupts.disarm()  # after the loop's last checkpoint: the final evaluation or the sample
-        stopped = TrainingInterrupted(signal_of(exc), run.run_dir, run.state.step, during="the final evaluation")
+        # after a checkpoint: in the final evaluation, or a second Ctrl-C in the loop
+        stopped = TrainingInterrupted(signal_of(exc), run.run_dir, run.state.step, during=phase)
         write_summary(run, "interrupted", error=str(stopped))
         raise stopped from None
     except TrainingInterrupted as exc:
+        interrupts.disarm()
         write_summary(run, "interrupted", error=str(exc))
         raise
     except Exception as exc:
+        interrupts.disarm()
         write_summary(run, "failed", error=str(exc) or type(exc).__name__)
         raise
     finally:
