@@ -11,9 +11,11 @@ checkpoint; any failure before that puts it back. Files grutrain creates in a ru
 without following symlinks.
 
 `RunDirectory` ties these together for `fit`: claim (and lock) on rank 0, every rank told the
-directory or the reason there is none; the earlier run set aside when training begins; on the
-way out the lock released, an overwritten run put back if nothing replaced it, and a directory
-made for a run that never began removed.
+directory or the reason there is none; the earlier run set aside when training begins; the
+command's first checkpoint commits the directory to the new run. On the way out before that
+commit it is put back as the command found it (`Before`): new entries removed, config.yaml and
+summary.json restored byte for byte, the lock file's text restored (or the lock file removed),
+and the directories made for the run (runs/NAME-N, runs/) removed; an overwritten run put back.
 """
 
 from __future__ import annotations
