@@ -100,6 +100,7 @@ def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: Non
         if stop_reason:
             extras["early_stopping"] = {"reason": stop_reason, "stopped_at_step": run.state.step,
                                         "best_step": run.monitor.best_step}
+        metrics.flush()  # a full disk under the logs shows here, as one line, before the run is called finished
         commit()
         summary = write_summary(run, "finished", final=final, **extras)
         interrupts.disarm()  # the run is finished: a signal from here on changes nothing

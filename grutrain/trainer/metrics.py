@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
-from grutrain.files.atomic import write_file
+from grutrain.files.atomic import write_error, write_file
 from grutrain.trainer.rundir import METRICS_FILE, open_run_file
 
 
@@ -59,7 +60,8 @@ class MetricsLogger:
             return
         for tag, value in scalars.items():
             value = float(value)
-            self.writer.add_scalar(tag, value, step)
+            with self._tensorboard():
+                self.writer.add_scalar(tag, value, step)
             # JSON has no NaN/inf; keep them as strings so the line stays valid JSON.
             line = json.dumps({"step": step, "tag": tag, "value": value if math.isfinite(value) else str(value)})
             if self._pending is not None:
@@ -72,29 +74,49 @@ class MetricsLogger:
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
             # Markdown in TensorBoard's text plugin: indent to keep newlines and spacing as written.
-            self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+            with self._tensorboard():
+                self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
 
     def figure(self, step: int, tag: str, figure) -> None:
         """A matplotlib figure as an image in TensorBoard (Images tab) under `tag` at `step`."""
         if self.enabled:
             from grutrain.plots import figure_to_image
 
-            self.writer.add_image(tag, figure_to_image(figure), step, dataformats="HWC")
+            with self._tensorboard():
+                self.writer.add_image(tag, figure_to_image(figure), step, dataformats="HWC")
 
     def hparams(self, config_dict: dict) -> None:
         """The run's config values for TensorBoard's HParams dashboard."""
         if self.enabled:
             from grutrain.trainer.hparams import write_hparams
 
-            write_hparams(self.writer, config_dict)
+            with self._tensorboard():
+                write_hparams(self.writer, config_dict)
+
+    def flush(self) -> None:
+        """Everything logged so far on disk (or the one-line error of the TensorBoard log)."""
+        if self.enabled and self.writer is not None:
+            with self._tensorboard():
+                self.writer.flush()
+
+    @contextlib.contextmanager
+    def _tensorboard(self):
+        """TensorBoard's writer thread reports a full disk on a later call, as a bare OSError: name the log."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_error(self.run_dir / "events.out.tfevents.*", exc, "the TensorBoard log") from None
 
     def close(self) -> None:
+        """Never raises: it runs on the way out of a run whose outcome (and its message) is decided."""
         if self.enabled:
             if self.writer is not None:
-                self.writer.flush()
-                self.writer.close()
+                with contextlib.suppress(OSError):
+                    self.writer.flush()
+                    self.writer.close()
             if self._file is not None:
-                self._file.close()  # lines still pending (no commit) are dropped: the file stays as it was
+                with contextlib.suppress(OSError):
+                    self._file.close()  # lines still pending (no commit) are dropped: the file stays as it was
 
 
 def _step_of(line: str, default: int) -> int:
