@@ -1,9 +1,11 @@
 """DistributedDataParallel through real torchrun processes (gloo on CPU)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +126,29 @@ def test_a_failure_on_one_rank_ends_every_rank(reference, tmp_path):
                             capture_output=True, text=True, timeout=200, env=env)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
+
+
+def test_a_peer_dying_in_the_final_evaluation_keeps_the_run(tmp_path):
+    """Rank 1 killed during the final evaluation (issue 22): rank 0 never says "no run was changed" while
+    the run's checkpoints exist; they stay, and summary.json does not say "running"."""
+    config = write_config(tmp_path, max_steps=10, checkpoint_every=10, eval_every=10)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import grutrain.trainer.fit as f\n"
+        "    def dying(*args, **kwargs):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    f.finish = dying\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])  # this checkout first: sitecustomize imports grutrain early
+    env = {**__import__("os").environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), repo])}
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             "-m", "grutrain", "fit", str(config), f"run.dir={run}", "train.batch_size=4", "--quiet"],
+                            capture_output=True, text=True, timeout=200, env=env)
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert (run / "checkpoints" / "last.pt").exists(), result.stderr[-3000:]
+    assert "no run was changed" not in result.stderr and "nothing was kept" not in result.stderr, result.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["trainer"]["step"] == 10
+    assert json.loads((run / "summary.json").read_text())["status"] != "running"
