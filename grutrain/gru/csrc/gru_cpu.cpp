@@ -548,6 +548,27 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
 // "after": G row [da_n | da_r | da_z | dhn] (input side 0:3H with w_ih's rows rotated to n, r, z;
 // hidden side H:4H in w_hh's r, z, n order). dnext = gprev + dh * z (the GEMM adds the rest).
 // dprod (bfloat16 route): the previous step's product G W_hh, still to be added to dh.
+// What both resets' first pass share at elements [k, k+n) of the flat [B, H] arrays: d = dh (plus
+// the bfloat16 route's pending product dprod), dnext = gprev + d z, (mixed precision) h_prev as M
+// into hlow. Returns {da_n, da_z, h_prev}.
+template <typename T, typename M>
+inline std::array<Vectorized<T>, 3> bwd_common(const Vectorized<T>& z, const Vectorized<T>& nn, int64_t k,
+                                               int64_t n, const T* dh, const M* dprod, const T* hprev,
+                                               const T* gprev, T* dnext, M* hlow) {
+  using Vec = Vectorized<T>;
+  const Vec one(T(1));
+  Vec d = vload(dh + k, n), hp = vload(hprev + k, n);
+  if constexpr (!std::is_same_v<M, T>) {
+    if (dprod) d = d + vload(dprod + k, n);
+    vstore(hlow + k, hp, n);
+  }
+  Vec nx = d * z;
+  if (gprev) nx = nx + vload(gprev + k, n);
+  nx.store(dnext + k, n);
+  const Vec omz = one - z;
+  return {d * omz * (one - nn * nn), d * (hp - nn) * z * omz, hp};
+}
+
 template <typename T, typename M>
 void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh, const M* dprod,
                     const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* hlow) {
@@ -560,27 +581,17 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh,
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
       Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n), hn = vload(s + 3 * H + j, n);
-      Vec d = vload(dh + b * H + j, n), hp = vload(hprev + b * H + j, n);
-      if constexpr (!std::is_same_v<M, T>) {
-        if (dprod) d = d + vload(dprod + b * H + j, n);
-      }
-      Vec omz = one - z;
-      Vec dan = d * omz * (one - nn * nn);
-      Vec daz = d * (hp - nn) * z * omz;
+      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev, gprev, dnext, hlow);
       Vec dhn = dan * r;
       Vec dar = dhn * hn * (one - r);
       vstore(gr + j, dan, n);
       vstore(gr + H + j, dar, n);
       vstore(gr + 2 * H + j, daz, n);
       vstore(gr + 3 * H + j, dhn, n);
-      Vec nx = d * z;
-      if (gprev) nx = nx + vload(gprev + b * H + j, n);
-      nx.store(dnext + b * H + j, n);
       (vload(acc + j, n) + dan).store(acc + j, n);
       (vload(acc + H + j, n) + dar).store(acc + H + j, n);
       (vload(acc + 2 * H + j, n) + daz).store(acc + 2 * H + j, n);
       (vload(acc + 3 * H + j, n) + dhn).store(acc + 3 * H + j, n);
-      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hp, n);
     }
   }
 }
@@ -592,29 +603,18 @@ void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* 
                        const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* rh, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const Vec one(T(1));
   for (int64_t b = b0; b < b1; ++b) {
     const T* s = ws + b * 3 * H;
     M* gr = G + b * 3 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
       Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n);
-      Vec d = vload(dh + b * H + j, n), hp = vload(hprev + b * H + j, n);
-      if constexpr (!std::is_same_v<M, T>) {
-        if (dprod) d = d + vload(dprod + b * H + j, n);
-      }
-      Vec omz = one - z;
-      Vec dan = d * omz * (one - nn * nn);
-      Vec daz = d * (hp - nn) * z * omz;
+      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev, gprev, dnext, hlow);
       vstore(gr + H + j, daz, n);
       vstore(gr + 2 * H + j, dan, n);
-      Vec nx = d * z;
-      if (gprev) nx = nx + vload(gprev + b * H + j, n);
-      nx.store(dnext + b * H + j, n);
       (vload(acc + H + j, n) + daz).store(acc + H + j, n);
       (vload(acc + 2 * H + j, n) + dan).store(acc + 2 * H + j, n);
       vstore(rh + b * H + j, r * hp, n);
-      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hp, n);
     }
   }
 }
