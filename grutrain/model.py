@@ -90,14 +90,15 @@ class SequenceModel(nn.Module):
         gru, embedding, head = modules["gru"], modules.get("embedding"), modules["head"]  # None: not in _modules
         if self.training or not isinstance(gru, GRU) or (self.vocab_size is not None and embedding is None):
             return None
+        head_weight = head._parameters["weight"]
         if hidden is None:
-            hidden = head._parameters["weight"].new_zeros(gru.num_layers, x.size(0), gru.hidden_size)
+            hidden = head_weight.new_zeros(gru.num_layers, x.size(0), gru.hidden_size)
         weights = gru.native_step_weights(hidden)
-        if weights is None or x.dtype != (hidden.dtype if embedding is None else torch.long):
+        if (weights is None or hidden.dtype != head_weight.dtype
+                or x.dtype != (hidden.dtype if embedding is None else torch.long)):
             return None
         table = None if embedding is None else embedding._parameters["weight"]
-        return native.native_stack_step(x, hidden, weights, table, head._parameters["weight"],
-                                        head._parameters["bias"], gru.reset)
+        return native.native_stack_step(x, hidden, weights, table, head_weight, head._parameters["bias"], gru.reset)
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
         """x: [B, T] tokens or [B, T, I] features -> (output, hidden [L*D, B, H])."""
