@@ -68,7 +68,11 @@ class SequenceModel(nn.Module):
 
     def step(self, x: torch.Tensor, hidden: torch.Tensor | None = None):
         """One step of generation: x [B] tokens (or [B, I] features) -> (output [B, output_size],
-        hidden [L*D, B, H]); grutrain's GRU runs its one-step cell (the native kernel's) there."""
+        hidden [L*D, B, H]); grutrain's GRU runs its one-step cell (the native kernel's) there,
+        in eval mode the whole step (embedding, every layer, head) as one native call."""
+        fast = self._native_step(x, hidden)
+        if fast is not None:
+            return fast
         inputs = self.encode(x[:, None])[:, 0]  # [B, E]
         if isinstance(self.gru, GRU):
             output, hidden = self.gru.step(inputs, hidden)  # [B, D*H]
@@ -76,6 +80,25 @@ class SequenceModel(nn.Module):
             output, hidden = self.gru(inputs[:, None], hidden)
             output = output[:, 0]
         return self.head(self.dropout(output)), hidden
+
+    def _native_step(self, x: torch.Tensor, hidden: torch.Tensor | None):
+        """step() as one native call (native.native_stack_step), or None where it can't run:
+        training mode, a Python path, one-hot inputs, grad, autocast, another device or dtype.
+        Reads submodules and parameters from their dicts: nn.Module attribute lookups would cost
+        as much as the step's arithmetic."""
+        modules = self._modules
+        gru, embedding, head = modules["gru"], modules.get("embedding"), modules["head"]  # None: not in _modules
+        if self.training or not isinstance(gru, GRU) or (self.vocab_size is not None and embedding is None):
+            return None
+        head_weight = head._parameters["weight"]
+        if hidden is None:
+            hidden = head_weight.new_zeros(gru.num_layers, x.size(0), gru.hidden_size)
+        weights = gru.native_step_weights(hidden)
+        if (weights is None or hidden.dtype != head_weight.dtype
+                or x.dtype != (hidden.dtype if embedding is None else torch.long)):
+            return None
+        table = None if embedding is None else embedding._parameters["weight"]
+        return native.native_stack_step(x, hidden, weights, table, head_weight, head._parameters["bias"], gru.reset)
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
         """x: [B, T] tokens or [B, T, I] features -> (output, hidden [L*D, B, H])."""

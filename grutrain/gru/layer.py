@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from grutrain.gru.paths import IMPLS, is_exporting, select
+from grutrain.gru import native
+from grutrain.gru.paths import IMPLS, current_context, is_exporting, select
 from grutrain.gru.reference import RESETS, GRUInputError, autocast_enabled, check_reset, one_of, reference_gru_layer
 
 __all__ = ["GRU", "GRUInputError", "RESETS", "IMPLS", "reference_gru_layer"]
@@ -376,6 +377,29 @@ class GRU(nn.Module):
             input = path.cell(input, hx[layer], *weights, reset=self.reset)
             states.append(input)
         return input, torch.stack(states)
+
+    def native_step_weights(self, h: Tensor) -> list | None:
+        """The flat list w_ih, w_hh, b_ih, b_hh (None without bias) of each layer that
+        ``native.native_stack_step`` takes, when this GRU's one-token step can run there (the
+        native path selected for state h, one direction, no dropout between layers, no grad);
+        else None."""
+        if self.bidirectional or (self.training and self.dropout > 0 and self.num_layers > 1):
+            return None
+        # What select(self.impl, h) would pick, checked cheaply (this runs once per generated token).
+        if self.impl != "native" or not native.stack_step_supported(h) or current_context() != "eager":
+            return None
+        params = self._parameters
+        return [params[name] if name else None for name in self._step_names()]
+
+    def _step_names(self) -> list:
+        """native_step_weights' parameter names, "" for a missing bias (computed once)."""
+        names = self.__dict__.get("_step_names_cache")
+        if names is None:
+            names = []
+            for layer in range(self.num_layers):
+                names += self._parameter_names(layer, 0) + ([] if self.bias else ["", ""])
+            self.__dict__["_step_names_cache"] = names
+        return names
 
     def _forward_packed(self, packed: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
         """A PackedSequence in, one out, as torch.nn.GRU: run on the padded batch with its lengths."""

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["load", "available", "status", "supports", "reason", "kernels_dir", "native_gru_layer", "native_gru_cell",
-           "LIBRARY"]
+           "native_stack_step", "stack_step_supported", "LIBRARY"]
 
 LIBRARY = "grutrain_native"
 RESETS = ("after", "before")
@@ -242,12 +242,13 @@ def _load_library(so: str, directory: str) -> bool:
 
 
 def _finish_load() -> bool:
-    global _ops, _LAYER, _INFERENCE, _BACKWARD, _CELL
+    global _ops, _LAYER, _INFERENCE, _BACKWARD, _CELL, _STACK
     _ops = getattr(torch.ops, LIBRARY)
     _LAYER = _ops.gru_layer.default
     _INFERENCE = _ops.gru_layer_inference.default
     _BACKWARD = _ops.gru_layer_backward.default
     _CELL = _ops.gru_cell.default
+    _STACK = _ops.gru_stack_step.default
     torch.library.register_autograd(f"{LIBRARY}::gru_layer", _backward, setup_context=_setup_context)
     _state["loaded"], _state["reason"] = True, None
     return True
@@ -379,7 +380,7 @@ def _reference_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset):
 # The layer and the cell
 # --------------------------------------------------------------------------------------------
 
-_LAYER = _INFERENCE = _BACKWARD = _CELL = None
+_LAYER = _INFERENCE = _BACKWARD = _CELL = _STACK = None
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -489,3 +490,24 @@ def native_gru_cell(
     if h.dtype != weight_hh.dtype:
         return _CELL(x_t, h.to(weight_hh.dtype), weight_ih, weight_hh, bias_ih, bias_hh, reset).to(h.dtype)
     return _CELL(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh, reset)
+
+
+def stack_step_supported(h: Tensor) -> bool:
+    """Whether native_stack_step runs on a state like h here: the kernel is loaded with a kernel
+    for h's device, h is float32/float64, no autocast and no autograd recording."""
+    if _STACK is None and not load():
+        return False
+    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+            and not torch.is_grad_enabled() and not _autocast_enabled("cpu"))
+
+
+def native_stack_step(x: Tensor, h: Tensor, weights: list, embedding: Tensor | None = None,
+                      head_weight: Tensor | None = None, head_bias: Tensor | None = None,
+                      reset: str = "after") -> tuple[Tensor, Tensor]:
+    """Generation's whole step for a unidirectional GRU stack in one native call, no grad:
+    x int64 ids [B] with ``embedding`` [V, E] (else features [B, I]), h [L, B, H], ``weights`` the
+    flat list w_ih, w_hh, b_ih, b_hh of each layer (biases may be None) -> (head_weight h' +
+    head_bias [B, O], or the last layer's h' [B, H] without a head; h_n [L, B, H], new tensors).
+    The products are dot products in a different order than the GEMMs of the layer: equal to
+    it to float rounding. Check ``stack_step_supported(h)`` first."""
+    return _STACK(x, h, weights, embedding, head_weight, head_bias, reset)

@@ -13,7 +13,15 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    params = list(params)
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=_fusable(params) or None)
+
+
+def _fusable(params) -> bool:
+    """Adam's fused kernel (one pass per parameter instead of ~7 ATen calls, the single-tensor
+    default on CPU) takes floating-point parameters on CPU or CUDA."""
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

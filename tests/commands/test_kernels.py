@@ -76,23 +76,31 @@ def test_fit_without_a_compiler_trains_on_the_python_path_after_one_notice(write
     assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
 @pytest.mark.parametrize("backend", ["custom", "torch"])
-def test_a_generation_step_equals_the_forward_on_one_token(backend, monkeypatch):
-    """SequenceModel.step (sample's per-token call) gives what forward gives, on the cell of the
-    implementation in use (the native kernel's where it is built)."""
-    cells = []
+def test_a_generation_step_equals_the_forward_on_one_token(backend, mode, monkeypatch):
+    """SequenceModel.step (sample's per-token call) gives what forward gives: in eval mode as one
+    native call for the whole step where the kernel is built, in train mode (no dropout) on the
+    implementation's cell."""
+    calls = {"cell": 0, "stack": 0}
     if native.available():
         impl = paths.implementation("native")
+        stack_step = native.native_stack_step
 
-        def counted(*args, **kwargs):
-            cells.append(1)
+        def counted_cell(*args, **kwargs):
+            calls["cell"] += 1
             return native.native_gru_cell(*args, **kwargs)
 
-        counting = dataclasses.replace(impl, cell=counted)
+        def counted_stack(*args, **kwargs):
+            calls["stack"] += 1
+            return stack_step(*args, **kwargs)
+
+        counting = dataclasses.replace(impl, cell=counted_cell)
         monkeypatch.setattr(paths, "IMPLEMENTATIONS", (counting, *paths.IMPLEMENTATIONS[1:]))
+        monkeypatch.setattr(native, "native_stack_step", counted_stack)
     torch.manual_seed(0)
     model = SequenceModel(ModelConfig(backend=backend, hidden_size=16, embedding_dim=4, num_layers=2), 7,
-                          vocab_size=7, per_step=True).eval()
+                          vocab_size=7, per_step=True).train(mode == "train")
     tokens = torch.tensor([3, 1])
     hidden = torch.randn(2, 2, 16)
     with torch.no_grad():
@@ -100,4 +108,22 @@ def test_a_generation_step_equals_the_forward_on_one_token(backend, monkeypatch)
         want_logits, want_h = model(tokens[:, None], hidden)
     torch.testing.assert_close(logits, want_logits[:, 0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(h, want_h, atol=1e-6, rtol=1e-5)
-    assert len(cells) == (2 if backend == "custom" and native.available() else 0)  # one per layer
+    native_here = backend == "custom" and native.available()
+    assert calls == {"cell": 2 * (native_here and mode == "train"),  # one per layer
+                     "stack": int(native_here and mode == "eval")}
+
+
+def test_sampling_on_the_native_step_gives_the_python_paths_tokens():
+    """generate() (grutrain sample) draws the same tokens, seed for seed, with the whole step in one
+    native call as with the Python fused path."""
+    from grutrain.tasks.lm.task import generate
+
+    models = {}
+    for kernel in ("auto", "python"):
+        torch.manual_seed(0)
+        models[kernel] = SequenceModel(ModelConfig(hidden_size=32, embedding_dim=8, num_layers=2, kernel=kernel),
+                                       13, vocab_size=13, per_step=True)
+    for temperature, top_k in ((1.0, None), (0.7, 5), (0.0, None)):
+        tokens = [generate(model, torch.tensor([2, 5]), 60, temperature=temperature, top_k=top_k, seed=3)
+                  for model in models.values()]
+        assert tokens[0] == tokens[1]

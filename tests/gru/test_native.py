@@ -444,6 +444,54 @@ def test_cell_refuses_grad(native):
         native.native_gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)
 
 
+def _stack_reference(ids, h, layers, table, head_w, head_b, reset):
+    """The stack step by the naive equations: embedding rows, each layer's step, the head."""
+    x, states = table[ids], []
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+        _, x = naive_gru(x[None], h[layer], w_ih, w_hh, b_ih, b_hh, reset)
+        states.append(x)
+    return x @ head_w.T + head_b, torch.stack(states)
+
+
+# batch 5: past the hand-written small-batch products (the GEMM); H=37, E=9: ragged vector tails
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3, 5])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_stack_step_matches_naive_equations(native, reset, layers, batch, dtype):
+    g = torch.Generator().manual_seed(layers * 10 + batch)
+    H, E, V = 37, 9, 11
+
+    def u(*shape):
+        return (torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1) * H**-0.5
+
+    weights = [[u(3 * H, E if layer == 0 else H), u(3 * H, H), u(3 * H), u(3 * H)] for layer in range(layers)]
+    table, head_w, head_b = u(V, E) * 10, u(V, H), u(V)
+    ids = torch.randint(V, (batch,), generator=g)
+    h = torch.randn(layers, batch, H, generator=g, dtype=dtype) * 0.5
+    with torch.no_grad():
+        logits, h_n = native.native_stack_step(ids, h, sum(weights, []), table, head_w, head_b, reset)
+        want_logits, want_h = _stack_reference(ids, h, weights, table, head_w, head_b, reset)
+    torch.testing.assert_close(logits, want_logits, **TOL[dtype])
+    torch.testing.assert_close(h_n, want_h, **TOL[dtype])
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_stack_step_without_bias_or_head_on_features_equals_the_cell(native, reset):
+    x, h0, w_ih, w_hh, _, _ = make_inputs(1, 2, 5, 300, bias=False)  # 3H*H: the parallel products
+    with torch.no_grad():
+        out, h_n = native.native_stack_step(x[0], h0[None], [w_ih, w_hh, None, None], reset=reset)
+        _, want = naive_gru(x, h0, w_ih, w_hh, None, None, reset)
+    torch.testing.assert_close(out, want, **TOL[torch.float32])
+    torch.testing.assert_close(h_n, want[None], **TOL[torch.float32])
+
+
+def test_stack_step_rejects_an_out_of_range_token(native):
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(1, 1, 3, 4, x_grad=False, h0_grad=False)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="out of range"):
+        native.native_stack_step(torch.tensor([7]), h0[None], [w_ih, w_hh, b_ih, b_hh], torch.zeros(5, 3))
+
+
 # --------------------------------------------------------------------------- the loader
 
 

@@ -20,6 +20,7 @@
 // at::mm_out / at::addmm_out on strided views.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -547,6 +548,27 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
 // "after": G row [da_n | da_r | da_z | dhn] (input side 0:3H with w_ih's rows rotated to n, r, z;
 // hidden side H:4H in w_hh's r, z, n order). dnext = gprev + dh * z (the GEMM adds the rest).
 // dprod (bfloat16 route): the previous step's product G W_hh, still to be added to dh.
+// What both resets' first pass share at elements [k, k+n) of the flat [B, H] arrays: d = dh (plus
+// the bfloat16 route's pending product dprod), dnext = gprev + d z, (mixed precision) h_prev as M
+// into hlow. Returns {da_n, da_z, h_prev}.
+template <typename T, typename M>
+inline std::array<Vectorized<T>, 3> bwd_common(const Vectorized<T>& z, const Vectorized<T>& nn, int64_t k,
+                                               int64_t n, const T* dh, const M* dprod, const T* hprev,
+                                               const T* gprev, T* dnext, M* hlow) {
+  using Vec = Vectorized<T>;
+  const Vec one(T(1));
+  Vec d = vload(dh + k, n), hp = vload(hprev + k, n);
+  if constexpr (!std::is_same_v<M, T>) {
+    if (dprod) d = d + vload(dprod + k, n);
+    vstore(hlow + k, hp, n);
+  }
+  Vec nx = d * z;
+  if (gprev) nx = nx + vload(gprev + k, n);
+  nx.store(dnext + k, n);
+  const Vec omz = one - z;
+  return {d * omz * (one - nn * nn), d * (hp - nn) * z * omz, hp};
+}
+
 template <typename T, typename M>
 void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh, const M* dprod,
                     const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* hlow) {
@@ -559,27 +581,17 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh,
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
       Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n), hn = vload(s + 3 * H + j, n);
-      Vec d = vload(dh + b * H + j, n), hp = vload(hprev + b * H + j, n);
-      if constexpr (!std::is_same_v<M, T>) {
-        if (dprod) d = d + vload(dprod + b * H + j, n);
-      }
-      Vec omz = one - z;
-      Vec dan = d * omz * (one - nn * nn);
-      Vec daz = d * (hp - nn) * z * omz;
+      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev, gprev, dnext, hlow);
       Vec dhn = dan * r;
       Vec dar = dhn * hn * (one - r);
       vstore(gr + j, dan, n);
       vstore(gr + H + j, dar, n);
       vstore(gr + 2 * H + j, daz, n);
       vstore(gr + 3 * H + j, dhn, n);
-      Vec nx = d * z;
-      if (gprev) nx = nx + vload(gprev + b * H + j, n);
-      nx.store(dnext + b * H + j, n);
       (vload(acc + j, n) + dan).store(acc + j, n);
       (vload(acc + H + j, n) + dar).store(acc + H + j, n);
       (vload(acc + 2 * H + j, n) + daz).store(acc + 2 * H + j, n);
       (vload(acc + 3 * H + j, n) + dhn).store(acc + 3 * H + j, n);
-      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hp, n);
     }
   }
 }
@@ -591,29 +603,18 @@ void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* 
                        const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* rh, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const Vec one(T(1));
   for (int64_t b = b0; b < b1; ++b) {
     const T* s = ws + b * 3 * H;
     M* gr = G + b * 3 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
       Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n);
-      Vec d = vload(dh + b * H + j, n), hp = vload(hprev + b * H + j, n);
-      if constexpr (!std::is_same_v<M, T>) {
-        if (dprod) d = d + vload(dprod + b * H + j, n);
-      }
-      Vec omz = one - z;
-      Vec dan = d * omz * (one - nn * nn);
-      Vec daz = d * (hp - nn) * z * omz;
+      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev, gprev, dnext, hlow);
       vstore(gr + H + j, daz, n);
       vstore(gr + 2 * H + j, dan, n);
-      Vec nx = d * z;
-      if (gprev) nx = nx + vload(gprev + b * H + j, n);
-      nx.store(dnext + b * H + j, n);
       (vload(acc + H + j, n) + daz).store(acc + H + j, n);
       (vload(acc + 2 * H + j, n) + dan).store(acc + 2 * H + j, n);
       vstore(rh + b * H + j, r * hp, n);
-      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hp, n);
     }
   }
 }
@@ -872,6 +873,94 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
   });
 }
 
+// ------------------------------------------------------------------------------------------
+// One step (generation)
+// ------------------------------------------------------------------------------------------
+// y[b, :N] = a[b, :K] W^T (W [N, K] row-major) for a few rows b: dot products over W's rows, four
+// at a time (each load of a reused), in parallel over W's rows when the product is large. For batch
+// 1 this beats MKL's sgemv several times on AMD CPUs (MKL takes its generic path there).
+constexpr int64_t kSmallBatch = 4;     // up to this many rows: small_matmul_nt, else gemm
+constexpr int64_t kGemvGrain = 32768;  // multiply-adds per parallel task
+
+template <typename T>
+void gemv_rows(int64_t n0, int64_t n1, int64_t K, const T* a, const T* w, int64_t ldw, T* y) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  auto sum = [](const Vec& v) { return at::vec::vec_reduce_all<T>([](Vec& p, Vec& q) { return p + q; }, v); };
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const T *w0 = w + n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+    Vec s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+    for (int64_t k = 0; k < K; k += V) {
+      const int64_t m = std::min(V, K - k);
+      const Vec av = vload(a + k, m);
+      s0 = at::vec::fmadd(av, vload(w0 + k, m), s0);
+      s1 = at::vec::fmadd(av, vload(w1 + k, m), s1);
+      s2 = at::vec::fmadd(av, vload(w2 + k, m), s2);
+      s3 = at::vec::fmadd(av, vload(w3 + k, m), s3);
+    }
+    y[n] = sum(s0), y[n + 1] = sum(s1), y[n + 2] = sum(s2), y[n + 3] = sum(s3);
+  }
+  for (; n < n1; ++n) {
+    Vec s(T(0));
+    for (int64_t k = 0; k < K; k += V) {
+      const int64_t m = std::min(V, K - k);
+      s = at::vec::fmadd(vload(a + k, m), vload(w + n * ldw + k, m), s);
+    }
+    y[n] = sum(s);
+  }
+}
+
+// C[M, N] = A[M, K] W^T: small_matmul_nt for M <= kSmallBatch rows, the GEMM otherwise.
+template <typename T>
+void matmul_nt(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+               int64_t ldc) {
+  if (M > kSmallBatch || K == 0) {
+    gemm<T, T>(false, true, M, N, K, A, lda, W, ldw, 0.f, C, ldc);
+    return;
+  }
+  const int64_t blocks = (N + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, kGemvGrain / std::max<int64_t>(1, 4 * K * M));
+  auto rows = [&](int64_t i0, int64_t i1) {
+    for (int64_t b = 0; b < M; ++b)
+      gemv_rows<T>(i0 * 4, std::min(N, i1 * 4), K, A + b * lda, W, ldw, C + b * ldc);
+  };
+  if (blocks <= grain) rows(0, blocks);
+  else at::parallel_for(0, blocks, grain, rows);
+}
+
+// One GRU step of rows [B] into hout: x [B, I] (row stride ldx), h [B, H] -> hout [B, H].
+// scratch holds B * (W + gh_cols + 2H) elements.
+template <typename T>
+void cell_step(int64_t B, int64_t I, int64_t H, const T* x, int64_t ldx, const T* h, const T* w_ih,
+               const T* w_hh, const T* bias, bool after, T* scratch, T* hout) {
+  const int64_t W = after ? 4 * H : 3 * H;
+  const int64_t gh_cols = after ? 3 * H : 2 * H;
+  T* g = scratch;
+  T* gh = g + B * W;
+  matmul_nt<T>(B, 3 * H, I, x, ldx, w_ih, I, g, W);
+  matmul_nt<T>(B, gh_cols, H, h, H, w_hh, H, gh, gh_cols);
+  if (after) {
+    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+      pass_fwd_after<T, T, T>(b0, b1, H, g, gh, bias, h, hout, nullptr, nullptr);
+    });
+  } else {
+    T* rh = gh + B * gh_cols;
+    T* ghn = rh + B * H;
+    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+      pass_fwd_before_a<T, T, T>(b0, b1, H, g, gh, bias, h, rh);
+    });
+    matmul_nt<T>(B, H, H, rh, H, w_hh + 2 * H * H, H, ghn, H);
+    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
+      pass_fwd_before_b<T, T, T>(b0, b1, H, g, ghn, bias, h, hout, nullptr, nullptr);
+    });
+  }
+}
+
+inline int64_t cell_scratch(int64_t B, int64_t H, bool after) {
+  return B * ((after ? 4 * H : 3 * H) + (after ? 3 * H : 2 * H) + (after ? 0 : 2 * H));
+}
+
 // One step, no grad (generation): two GEMMs (three for "before") and the gate pass, serial for
 // small batches. h may alias nothing of the output (a new tensor is returned).
 template <typename T>
@@ -880,32 +969,10 @@ Tensor cell_impl(const Tensor& x_in, const Tensor& h_in, const Tensor& w_ih_in, 
   const int64_t B = x_in.size(0), I = x_in.size(1), H = w_hh_in.size(1);
   Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const std::vector<T> bias = pack_bias<T>(b_ih, b_hh, H, after);
-  const int64_t W = after ? 4 * H : 3 * H;
-  const int64_t gh_cols = after ? 3 * H : 2 * H;
-  // One scratch allocation: g [B, W] | gh [B, gh_cols] | rh, ghn [B, H] each ("before").
-  Tensor scratch = at::empty({B * (W + gh_cols + (after ? 0 : 2 * H))}, x.options());
-  T* g = scratch.data_ptr<T>();
-  T* gh = g + B * W;
+  Tensor scratch = at::empty({cell_scratch(B, H, after)}, x.options());
   Tensor hnew = at::empty({B, H}, x.options());
-  const T *hp = h.data_ptr<T>(), *wih = w_ih.data_ptr<T>(), *whh = w_hh.data_ptr<T>();
-  gemm<T, T>(false, true, B, 3 * H, I, x.data_ptr<T>(), I, wih, I, 0.f, g, W);
-  gemm<T, T>(false, true, B, gh_cols, H, hp, H, whh, H, 0.f, gh, gh_cols);
-  T* ho = hnew.data_ptr<T>();
-  if (after) {
-    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-      pass_fwd_after<T, T, T>(b0, b1, H, g, gh, bias.data(), hp, ho, nullptr, nullptr);
-    });
-  } else {
-    T* rh = gh + B * gh_cols;
-    T* ghn = rh + B * H;
-    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-      pass_fwd_before_a<T, T, T>(b0, b1, H, g, gh, bias.data(), hp, rh);
-    });
-    gemm<T, T>(false, true, B, H, H, rh, H, whh + 2 * H * H, H, 0.f, ghn, H);
-    rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-      pass_fwd_before_b<T, T, T>(b0, b1, H, g, ghn, bias.data(), hp, ho, nullptr, nullptr);
-    });
-  }
+  cell_step<T>(B, I, H, x.data_ptr<T>(), I, h.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), bias.data(),
+               after, scratch.data_ptr<T>(), hnew.data_ptr<T>());
   return hnew;
 }
 
@@ -920,6 +987,84 @@ Tensor gru_cell_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const 
   return cell_impl<float>(x, h, w_ih, w_hh, b_ih, b_hh, after);
 }
 
+// Generation's whole step for a unidirectional stack in one call: [embedding rows ->] each layer's
+// cell [-> the linear head]. x: int64 ids [B] with `embedding` [V, E], else features [B, I].
+// weights: per layer w_ih, w_hh, b_ih, b_hh (biases may be None); h [L, B, H].
+// Returns (the head's [B, O] with head_w, else the last layer's state [B, H]; h_n [L, B, H]).
+template <typename T>
+std::tuple<Tensor, Tensor> stack_step_impl(const Tensor& x, const Tensor& h_in,
+                                           const c10::List<std::optional<Tensor>>& weights,
+                                           const std::optional<Tensor>& embedding,
+                                           const std::optional<Tensor>& head_w,
+                                           const std::optional<Tensor>& head_b, bool after) {
+  const int64_t L = static_cast<int64_t>(weights.size()) / 4, B = h_in.size(1), H = h_in.size(2);
+  const auto opts = h_in.options();
+  Tensor h = h_in.contiguous();
+  Tensor hn = at::empty({L, B, H}, opts);
+  Tensor inputs;  // [B, I]: the gathered embedding rows, or x
+  if (embedding && embedding->defined()) {
+    Tensor emb = embedding->contiguous(), ids = x.contiguous();
+    TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.size(0) == B && emb.dim() == 2 &&
+                    emb.scalar_type() == h.scalar_type(),
+                "grutrain_native::gru_stack_step: ids must be int64 [B] and the embedding [V, E] of h's dtype");
+    const int64_t V = emb.size(0), E = emb.size(1);
+    inputs = at::empty({B, E}, opts);
+    const int64_t* id = ids.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(id[b] >= 0 && id[b] < V, "grutrain_native::gru_stack_step: token id ", id[b],
+                  " out of range [0, ", V, ")");
+      std::copy_n(emb.data_ptr<T>() + id[b] * E, E, inputs.data_ptr<T>() + b * E);
+    }
+  } else {
+    inputs = x.contiguous();
+    TORCH_CHECK(inputs.dim() == 2 && inputs.size(0) == B && inputs.scalar_type() == h.scalar_type(),
+                "grutrain_native::gru_stack_step: x must be [B, I] of h's dtype");
+  }
+  Tensor scratch = at::empty({cell_scratch(B, H, after)}, opts);
+  const T* in = inputs.data_ptr<T>();
+  int64_t I = inputs.size(1);
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor w_ih = weights.get(4 * l).value().contiguous(), w_hh = weights.get(4 * l + 1).value().contiguous();
+    const std::optional<Tensor> b_ih = weights.get(4 * l + 2), b_hh = weights.get(4 * l + 3);
+    check_inputs(at::empty({1, B, I}, opts), h.select(0, l), w_ih, w_hh, b_ih, b_hh);
+    const std::vector<T> bias = pack_bias<T>(b_ih, b_hh, H, after);
+    T* out = hn.data_ptr<T>() + l * B * H;
+    cell_step<T>(B, I, H, in, I, h.data_ptr<T>() + l * B * H, w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), bias.data(),
+                 after, scratch.data_ptr<T>(), out);
+    in = out;
+    I = H;
+  }
+  if (!(head_w && head_w->defined())) return {hn.select(0, L - 1).clone(), hn};
+  const Tensor hw = head_w->contiguous();
+  TORCH_CHECK(hw.dim() == 2 && hw.size(1) == H && hw.scalar_type() == h.scalar_type(),
+              "grutrain_native::gru_stack_step: head_w must be [O, H] of h's dtype");
+  const int64_t O = hw.size(0);
+  Tensor logits = at::empty({B, O}, opts);
+  matmul_nt<T>(B, O, H, in, H, hw.data_ptr<T>(), H, logits.data_ptr<T>(), O);
+  if (head_b && head_b->defined()) {
+    const Tensor hb = head_b->contiguous();
+    TORCH_CHECK(hb.numel() == O && hb.scalar_type() == h.scalar_type(),
+                "grutrain_native::gru_stack_step: head_b must be [O] of h's dtype");
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t o = 0; o < O; ++o) logits.data_ptr<T>()[b * O + o] += hb.data_ptr<T>()[o];
+  }
+  return {logits, hn};
+}
+
+std::tuple<Tensor, Tensor> gru_stack_step_cpu(const Tensor& x, const Tensor& h,
+                                              const c10::List<std::optional<Tensor>>& weights,
+                                              const std::optional<Tensor>& embedding,
+                                              const std::optional<Tensor>& head_w,
+                                              const std::optional<Tensor>& head_b, c10::string_view reset) {
+  const bool after = is_after(reset);
+  TORCH_CHECK(h.dim() == 3 && h.size(0) >= 1 && weights.size() == static_cast<size_t>(4 * h.size(0)),
+              "grutrain_native::gru_stack_step: h must be [L, B, H] with 4 weights (w_ih, w_hh, b_ih, b_hh) per layer");
+  if (h.scalar_type() == at::kDouble)
+    return stack_step_impl<double>(x, h, weights, embedding, head_w, head_b, after);
+  TORCH_CHECK(h.scalar_type() == at::kFloat, "grutrain_native: float32 or float64 only, got ", h.scalar_type());
+  return stack_step_impl<float>(x, h, weights, embedding, head_w, head_b, after);
+}
+
 }  // namespace
 }  // namespace grutrain_native
 
@@ -928,6 +1073,7 @@ TORCH_LIBRARY_IMPL(grutrain_native, CPU, m) {
   m.impl("gru_layer_inference", &grutrain_native::gru_layer_inference_cpu);
   m.impl("gru_layer_backward", &grutrain_native::gru_layer_backward_cpu);
   m.impl("gru_cell", &grutrain_native::gru_cell_cpu);
+  m.impl("gru_stack_step", &grutrain_native::gru_stack_step_cpu);
 }
 
 // Tuning/test knobs of these CPU kernels (no tensor arguments: a catch-all kernel).

@@ -28,4 +28,10 @@ TORCH_LIBRARY(grutrain_native, m) {
   m.def(
       "gru_cell(Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "str reset=\"after\") -> Tensor");
+  // Generation's whole step for a unidirectional stack (no grad): x int64 ids [B] with embedding
+  // [V, E] (else features [B, I]), h [L, B, H], weights w_ih, w_hh, b_ih, b_hh per layer ->
+  // (head_w h' + head_b [B, O], or the last layer's h' [B, H] without head_w; h_n [L, B, H]).
+  m.def(
+      "gru_stack_step(Tensor x, Tensor h, Tensor?[] weights, Tensor? embedding=None, Tensor? head_w=None, "
+      "Tensor? head_b=None, str reset=\"after\") -> (Tensor out, Tensor h_n)");
 }
