@@ -336,7 +336,8 @@ class ForecastTask:
         if getattr(self, "data_record", None) is not None:  # fit: what it trained on, for --resume
             state[DATA_KEY] = self.data_record
         if self.several is None:
-            first = max(0, self.blocks["val"].start - self.layout.history)
+            # Theta (data.theta_weight) reads the whole history before each origin: then every row travels
+            first = 0 if self.layout.theta_weight > 0 else max(0, self.blocks["val"].start - self.layout.history)
             state["eval_series"] = {
                 "values": torch.from_numpy(self.values[first:].copy()),
                 "observed": torch.from_numpy(self.observed[first:].copy()),

@@ -4,6 +4,7 @@ untrained model (its anchor) with it, window by window on each series' own rows.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from grutrain.tasks import validate_config
@@ -60,3 +61,15 @@ def test_theta_weight_combines_the_models_forecast_with_theta(tmp_path):
         forecasts.append(task.series.forecast(task.build_model(), starts, torch.device("cpu"))[..., 0, 0])
     expected = 0.6 * forecasts[0] + 0.4 * task.series.theta(starts)[..., 0]
     np.testing.assert_allclose(forecasts[1], expected, rtol=1e-9)
+
+
+def test_a_single_series_checkpoint_keeps_every_row_for_theta(tmp_path, capsys):
+    from test_forecast import HEADER, cli, forecast_config, series_rows, write_config, write_csv
+    import json
+    data = write_csv(tmp_path / "s.csv", HEADER, series_rows(120))
+    cfg = forecast_config(data, tmp_path / "run", theta_weight=0.5)
+    assert cli(["fit", write_config(tmp_path, cfg)], capsys)[0] == 0
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
+    code, out, err = cli(["eval", tmp_path / "run" / "checkpoints" / "last.pt", "--split", "test", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["mae"] == pytest.approx(final["test/mae"], rel=1e-9)  # the same history as in the fit
