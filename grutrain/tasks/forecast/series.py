@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from grutrain.tasks.forecast import calendar as cal
-from grutrain.tasks.forecast.conformal import apply_offsets, cqr_scores, offsets_from_scores
+from grutrain.tasks.forecast.conformal import apply_offsets, cqr_scores
 from grutrain.tasks.forecast.theta import combine, theta_windows
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
@@ -106,10 +106,6 @@ class PreparedSeries:
 
     def combined(self, forecast: np.ndarray, starts: np.ndarray, weight: float) -> np.ndarray:
         return combine(forecast, self.theta(starts), weight, self.layout.median_index)
-
-    def calibrate(self, model, starts: np.ndarray, device) -> np.ndarray:
-        """The CQR offsets of the model's intervals on the windows at `starts` (the validation block)."""
-        return offsets_from_scores(self.cqr_scores(model, starts, device), self.layout.quantiles)
 
     def cqr_scores(self, model, starts: np.ndarray, device) -> np.ndarray:
         """[intervals, W, H, T] CQR scores of the model's intervals on the windows at `starts`."""
