@@ -100,7 +100,7 @@ class PreparedSeries:
     def theta(self, starts: np.ndarray) -> np.ndarray:
         """[W, horizon, T] the Theta method's forecasts from the windows' origins (theta.py)."""
         layout = self.layout
-        season = layout.seasons[0] if layout.seasons else 1
+        season = max(layout.seasons, default=1)  # the longest: a week holds the day's shape too (taylor)
         return theta_windows(self.values, self.observed, np.asarray(starts), self.row_series, layout.horizon,
                              layout.n_targets, season)
 

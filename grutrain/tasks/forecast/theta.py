@@ -1,7 +1,7 @@
 """The Theta method (Assimakopoulos and Nikolopoulos 2000, in Hyndman and Billah's 2003 form), per series,
 for data.theta_weight: a classical forecast the GRU's is combined with (a forecast combination).
 
-On the history before a forecast origin:
+On the history before a forecast origin (m: the longest of data.season):
 1. if the season m > 1 and the lag-m autocorrelation is significant (90%, as in the M3/M4 benchmark), divide
    by classical multiplicative seasonal indices (centred moving average; additive when a value is <= 0);
 2. simple exponential smoothing, alpha from a grid by in-sample one-step squared error, level started at y[0];
