@@ -37,9 +37,14 @@ class ForecastDataConfig(Section):
         "window's level and season act as ratios")
     conformal: bool = Field(True, description="with data.quantiles: calibrate the intervals on the validation "
                             "block (CQR) for test, --data and predict")
+    conformal_from: list[str] = Field(default_factory=list, description="checkpoints of the same recipe fitted at "
+                                      "earlier origins (data.test_rows larger by multiples of the horizon): their "
+                                      "validation blocks' CQR scores are pooled with this model's (a refit model: used alone)")
     ensemble: int = Field(1, ge=1, le=32, description="models trained side by side; the forecast is their median")
     refit: bool = Field(False, description="train on the validation block too (after choosing train.max_steps on "
                         "it): the final fit before the test block; the validation metrics are then in-sample")
+    theta_weight: float = Field(0.0, ge=0, le=1, description="combine the forecast with the Theta method's, per "
+                                "series on its rows before the origin: (1 - w) GRU + w Theta (0: off)")
     loss: Literal["mse", "mae"] = Field("mse", description="training loss on the normalised targets "
                                        "(with data.quantiles: the pinball loss)")
     calendar: Literal["auto", "none", "epoch_seconds"] = Field(

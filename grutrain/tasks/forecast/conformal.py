@@ -7,6 +7,11 @@ interval [lo, hi] by the (1 - alpha) quantile Q of the validation scores
 where scale is the series' MASE scale, so one Q serves series of any size; Q is taken per step
 ahead and per target (errors grow with the step). With n scores the quantile level is
 ceil((n + 1)(1 - alpha)) / n, which gives coverage >= 1 - alpha on exchangeable data.
+
+One validation block is one period of the calendar for every series of a panel, and its errors move
+together: a hard year sets too wide a Q for an easy one. data.conformal_from pools the scores of the
+validation blocks of earlier-origin checkpoints (each forecast by a model that did not train on it)
+with this model's own, or gives a refit model (which has no held-out block) their scores.
 """
 
 from __future__ import annotations
@@ -26,22 +31,35 @@ def safe_scale(scale: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
 
 
-def cqr_offsets(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray, scale: np.ndarray,
-                quantiles) -> np.ndarray:
-    """[intervals, H, T] Q from validation forecasts [W, H, T, Q], actual/mask [W, H, T], scale [W, 1, T]."""
-    pairs = interval_pairs(quantiles)
-    H, T = actual.shape[1:]
-    out = np.zeros((len(pairs), H, T))
+def cqr_scores(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray, scale: np.ndarray,
+               quantiles) -> np.ndarray:
+    """[intervals, W, H, T] scores of validation forecasts [W, H, T, Q] (NaN where a cell is blank)."""
     s = safe_scale(scale)
-    for p, (lo, hi, nominal) in enumerate(pairs):
-        scores = np.maximum(forecast[..., lo] - actual, actual - forecast[..., hi]) / s
+    out = [np.maximum(forecast[..., lo] - actual, actual - forecast[..., hi]) / s
+           for lo, hi, _ in interval_pairs(quantiles)]
+    return np.where(mask[None], np.stack(out), np.nan) if out else np.zeros((0, *actual.shape))
+
+
+def offsets_from_scores(scores: np.ndarray, quantiles) -> np.ndarray:
+    """[intervals, H, T] Q from the scores [intervals, W, H, T] of one validation block or of several
+    pooled (data.conformal_from): per step ahead and target, the CQR quantile of the finite scores."""
+    pairs = interval_pairs(quantiles)
+    H, T = scores.shape[2:]
+    out = np.zeros((len(pairs), H, T))
+    for p, (_, _, nominal) in enumerate(pairs):
         for k in range(H):
             for j in range(T):
-                cells = scores[:, k, j][mask[:, k, j] & np.isfinite(scores[:, k, j])]
+                cells = scores[p, :, k, j][np.isfinite(scores[p, :, k, j])]
                 if cells.size:
                     level = min(1.0, math.ceil((cells.size + 1) * nominal) / cells.size)
                     out[p, k, j] = np.quantile(cells, level, method="higher")
     return out
+
+
+def cqr_offsets(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray, scale: np.ndarray,
+                quantiles) -> np.ndarray:
+    """[intervals, H, T] Q from validation forecasts [W, H, T, Q], actual/mask [W, H, T], scale [W, 1, T]."""
+    return offsets_from_scores(cqr_scores(forecast, actual, mask, scale, quantiles), quantiles)
 
 
 def apply_offsets(forecast: np.ndarray, offsets: np.ndarray, scale: np.ndarray, quantiles,

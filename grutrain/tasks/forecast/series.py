@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from grutrain.tasks.forecast import calendar as cal
-from grutrain.tasks.forecast.conformal import apply_offsets, cqr_offsets
+from grutrain.tasks.forecast.conformal import apply_offsets, cqr_scores
+from grutrain.tasks.forecast.theta import combine, theta_windows
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
 from grutrain.errors import GrutrainError
@@ -89,16 +90,28 @@ class PreparedSeries:
         z = torch.cat(out).double().numpy()
         z = z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
         forecast = untransformed(z, self.layout.transform)
+        if self.layout.theta_weight > 0:
+            forecast = self.combined(forecast, starts, self.layout.theta_weight)
         if conformal is not None:
             forecast = apply_offsets(forecast, conformal, self.row_scale[starts][:, None, :], self.layout.quantiles,
                                      self.layout.median_index)
         return forecast
 
-    def calibrate(self, model, starts: np.ndarray, device) -> np.ndarray:
-        """The CQR offsets of the model's intervals on the windows at `starts` (the validation block)."""
+    def theta(self, starts: np.ndarray) -> np.ndarray:
+        """[W, horizon, T] the Theta method's forecasts from the windows' origins (theta.py)."""
+        layout = self.layout
+        season = max(layout.seasons, default=1)  # the longest: a week holds the day's shape too (taylor)
+        return theta_windows(self.values, self.observed, np.asarray(starts), self.row_series, layout.horizon,
+                             layout.n_targets, season)
+
+    def combined(self, forecast: np.ndarray, starts: np.ndarray, weight: float) -> np.ndarray:
+        return combine(forecast, self.theta(starts), weight, self.layout.median_index)
+
+    def cqr_scores(self, model, starts: np.ndarray, device) -> np.ndarray:
+        """[intervals, W, H, T] CQR scores of the model's intervals on the windows at `starts`."""
         actual, mask = self._actual(starts)
         forecast = self.forecast(model, starts, device)
-        return cqr_offsets(forecast, actual, mask, self.row_scale[np.asarray(starts)][:, None, :], self.layout.quantiles)
+        return cqr_scores(forecast, actual, mask, self.row_scale[np.asarray(starts)][:, None, :], self.layout.quantiles)
 
     def _actual(self, starts):
         T, ahead = self.layout.n_targets, np.arange(self.layout.horizon)

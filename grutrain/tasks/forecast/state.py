@@ -25,7 +25,7 @@ def base_layout(cfg, anchor_lag: int = 1, n_calendar: int = 0, scale: tuple = ()
     profile = d.profile_periods if d.anchor == "profile" and anchor_lag > 1 else 0
     return WindowLayout(d.input_len, d.horizon, len(d.target_columns), len(d.input_columns), len(d.known_columns),
                         n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale, profile, d.transform,
-                        d.loss)
+                        d.loss, d.theta_weight)
 
 
 def check_normalisation(task_state: dict, cfg) -> dict:

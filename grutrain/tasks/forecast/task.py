@@ -22,6 +22,7 @@ new rows: state.py.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,10 @@ from grutrain.tasks.forecast.panel import Panel, load_panel
 from grutrain.data.timeseries import fit_normalisation
 from grutrain.data.digest import DATA_KEY, check_same_data, data_record, file_digest
 from grutrain.errors import GrutrainError
+from grutrain.config.schema import validate_as
+from grutrain.files.checkpoint import load_checkpoint
+from grutrain.tasks.forecast.conformal import offsets_from_scores
+from grutrain.tasks.forecast.config import ForecastConfig
 from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
 from grutrain.tasks.export_io import SequenceIO
@@ -72,6 +77,7 @@ class ForecastTask:
         self.several = several  # {"ids", "mean", "std", "mase_scale"} per series; None: one series
         self._held: dict[str, HeldOut] = {}  # val/test, prepared once
         self._stored: dict | None = None  # a checkpoint's eval_series, read on first use
+        self._scores: list | None = None  # data.conformal_from's CQR scores, read on first use
 
     # ------------------------------------------------------------------ built for training
 
@@ -273,14 +279,40 @@ class ForecastTask:
         return _known(out)
 
     def _conformal(self, model, split: Split, device) -> np.ndarray | None:
-        """CQR offsets from the validation block for any data but the validation block itself (None: no
-        quantiles, data.conformal off, or no validation window)."""
-        if not self.layout.quantiles or not self.cfg.data.conformal or split == "val" or not self.has_split("val"):
+        """CQR offsets for any data but the validation block itself, from this model's validation block
+        (not after a refit: it was trained on) pooled with those of data.conformal_from (None: no
+        quantiles, data.conformal off, or no scores)."""
+        if not self.layout.quantiles or not self.cfg.data.conformal or split == "val":
             return None
-        if getattr(self.cfg.data, "refit", False):
-            return None  # the validation block was trained on: scores there are in-sample, not calibration
+        if self._scores is None:  # the other checkpoints' scores, once
+            self._scores = [self._scores_of(path, device) for path in self.cfg.data.conformal_from]
+        own = [self._validation_scores(model, device)] if not self.cfg.data.refit and self.has_split("val") else []
+        scores = own + self._scores
+        return offsets_from_scores(np.concatenate(scores, axis=1), self.layout.quantiles) if scores else None
+
+    def _validation_scores(self, model, device) -> np.ndarray:
         held = self._split("val")
-        return held.series.calibrate(model, held.starts, device)
+        return held.series.cqr_scores(model, held.starts, device)
+
+    def _scores_of(self, path: str, device) -> np.ndarray:
+        """The CQR scores of an earlier-origin checkpoint on its own validation block, with this model's
+        forecast method after the network (data.theta_weight), so that they score what is calibrated."""
+        payload = load_checkpoint(path, map_location=device)
+        try:
+            cfg = validate_as(ForecastConfig, payload["config"])
+            other = ForecastTask.from_checkpoint(cfg, payload["task_state"])
+            model = other.build_model()
+            model.load_state_dict(payload["model"])
+        except (GrutrainError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise GrutrainError(f"data.conformal_from: {path} is not a forecast checkpoint this model can use "
+                                f"({str(exc).splitlines()[0][:200]})") from None
+        mine = self.layout
+        if (other.layout.quantiles, other.layout.horizon, other.layout.n_targets) != (mine.quantiles, mine.horizon,
+                                                                                     mine.n_targets):
+            raise GrutrainError(f"data.conformal_from: {path} forecasts other quantiles, horizon or targets "
+                                "than this model")
+        other.layout = replace(other.layout, theta_weight=mine.theta_weight)
+        return other._validation_scores(model.to(device).eval(), device)
 
     def baselines(self) -> dict[str, float]:
         out = {}
@@ -304,7 +336,8 @@ class ForecastTask:
         if getattr(self, "data_record", None) is not None:  # fit: what it trained on, for --resume
             state[DATA_KEY] = self.data_record
         if self.several is None:
-            first = max(0, self.blocks["val"].start - self.layout.history)
+            # Theta (data.theta_weight) reads the whole history before each origin: then every row travels
+            first = 0 if self.layout.theta_weight > 0 else max(0, self.blocks["val"].start - self.layout.history)
             state["eval_series"] = {
                 "values": torch.from_numpy(self.values[first:].copy()),
                 "observed": torch.from_numpy(self.observed[first:].copy()),

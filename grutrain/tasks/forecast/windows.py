@@ -48,6 +48,7 @@ class WindowLayout:
     profile_periods: int = 0  # > 0: the anchor is the seasonal profile over that many anchor lags
     transform: str = "none"  # "log": targets are read and predicted as log(1 + y)
     loss: str = "mse"  # the training (and validation) loss without quantiles: mse | mae
+    theta_weight: float = 0.0  # > 0: the forecast is combined with the Theta method's (theta.py)
 
     @property
     def reads_future(self) -> bool:
