@@ -11,7 +11,10 @@
 // (at::vec::Vectorized, at::parallel_for over batch rows) that writes the gate values the
 // backward needs, the output row and (mixed precision) the bfloat16 copy of h for the next GEMM.
 // reset="before" needs r before its second product: two GEMMs and two passes per step.
-// Backward: per step one pass writing all gate gradients (+ the bias sums, per thread) and one
+// The bfloat16 route's training forward keeps its workspace in bfloat16 (half the memory held
+// until backward): the input projections then go to a float buffer of a few steps instead, and
+// the output is computed exactly as with a float32 workspace.
+// Backward: per step one pass (widening bfloat16 gates on load) writing all gate gradients (+ the bias sums, per thread) and one
 // GEMM for dh; then dW_hh, dW_ih and dx are one GEMM each over the stacked [T*B, .] gradients
 // (per time chunk of at most `chunk_bytes` of gradient buffer, reused across chunks).
 //
@@ -46,8 +49,10 @@ using BF16 = c10::BFloat16;
 // Tuning knobs (cpu_tune op): read per call.
 // ------------------------------------------------------------------------------------------
 struct Tuning {
-  int64_t chunk_bytes = 2 << 20;    // backward gradient buffer cap (bytes, reused per time chunk)
+  int64_t chunk_bytes = 2 << 20;    // backward gradient buffer cap (bytes of F, reused per time
+                                    // chunk; the bf16 route's holds as many steps in half of it)
   int64_t infer_chunk_bytes = 1 << 20;  // no-grad forward: gate buffer cap (L2-sized, reused)
+  int64_t lowp_workspace = 1;       // bf16 route: keep the training workspace in bfloat16 (0: float)
   int64_t proj_chunk_bytes = 0;     // bf16 training forward: input projection buffer cap (0: the
                                     // backward's gradient buffer bytes)
   int64_t grain_elems = 4096;       // elements of a gate pass per parallel task
@@ -70,6 +75,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   if (n == "chunk_bytes") slot = &t.chunk_bytes;
   else if (n == "infer_chunk_bytes") slot = &t.infer_chunk_bytes;
   else if (n == "proj_chunk_bytes") slot = &t.proj_chunk_bytes;
+  else if (n == "lowp_workspace") slot = &t.lowp_workspace;
   else if (n == "grain_elems") slot = &t.grain_elems;
   else if (n == "lowp_min_hidden") slot = &t.lowp_min_hidden;
   else if (n == "lowp_min_input") slot = &t.lowp_min_input;
@@ -143,6 +149,9 @@ Tensor as_view(const S* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
   return at::from_blob(const_cast<S*>(p), {cols, rows}, {ld, 1}, opts).t();
 }
 
+// C[M, N] (ld ldc) = beta * C + p[M, N] (contiguous bfloat16), widened to float.
+void widen_into(const BF16* p, int64_t M, int64_t N, float beta, float* C, int64_t ldc);
+
 // Row-major C[M,N] = op(A)[M,K] op(B)[K,N] + beta * C. op(A) = A^T when ta (A stored [K,M]).
 // A, B of type S (float, double or bfloat16), C of type R (float or double).
 template <typename S, typename R>
@@ -180,10 +189,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* A, int64_t
     if (beta == 0.f) at::mm_out(c, a, bm);
     else at::addmm_out(c, c, a, bm, beta, 1);
   } else {
-    Tensor p = at::mm(a, bm);  // in S; widened by copy_/add_
-    if (beta == 0.f) c.copy_(p);
-    else if (beta == 1.f) c.add_(p);
-    else c.mul_(beta).add_(p);
+    Tensor p = at::mm(a, bm);  // [M, N] in bfloat16, widened into C in place (no float copy of p)
+    widen_into(p.data_ptr<BF16>(), M, N, beta, C, ldc);
   }
 }
 
@@ -279,6 +286,21 @@ inline Vectorized<float> vload(const BF16* p, int64_t n) {
   for (int64_t i = 0; i < V; ++i) bits[i] = i < n ? static_cast<uint32_t>(q[i]) << 16 : 0u;
   return Vectorized<float>::loadu(bits);
 #endif
+}
+
+void widen_into(const BF16* p, int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t V = Vec::size();
+  const Vec b(beta);
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = 0; j < N; j += V) {
+        const int64_t n = std::min(V, N - j);
+        Vec v = vload(p + i * N + j, n);
+        if (beta != 0.f) v = v + b * Vec::loadu(C + i * ldc + j, n);
+        v.store(C + i * ldc + j, n);
+      }
+  });
 }
 
 // float -> bfloat16, rounded to nearest even (NaN stays NaN), n <= Vectorized<float>::size().
@@ -485,9 +507,13 @@ void input_projection(const Tensor& x2, const Tensor& w_ih, const Tensor& x2_low
   }
 }
 
-// Rows of the backward's gradient buffer (time steps per chunk), and its bytes: the training
-// forward may hold as much scratch as that without raising the step's peak memory.
-inline int64_t grad_chunk_steps(int64_t T, int64_t row_bytes) {
+// Time steps per chunk of the backward's gradient buffer (rows of `width` elements of F each).
+// The bfloat16 route's buffer holds as many steps as the float32 one in half the bytes: larger
+// chunks measured no faster and would raise the peak. The training forward may hold as much
+// scratch as this buffer without raising the step's peak memory.
+template <typename F>
+inline int64_t grad_chunk_steps(int64_t T, int64_t rows, int64_t width) {
+  const int64_t row_bytes = rows * width * static_cast<int64_t>(sizeof(F));
   return std::max<int64_t>(1, std::min<int64_t>(T, tuning().chunk_bytes / row_bytes));
 }
 
@@ -522,9 +548,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   Tensor ws = at::empty({keep ? T : L, B, W}, x.options().dtype(c10::CppTypeToScalarType<S>::value));
   Tensor gin_buf;  // kSplit: the float input projections of a chunk of steps, [L, B, 3H]
   if constexpr (kSplit) {
-    const int64_t grad_row = B * W * int64_t(sizeof(M));
-    const int64_t cap = tuning().proj_chunk_bytes > 0 ? tuning().proj_chunk_bytes
-                                                      : grad_chunk_steps(T, grad_row) * grad_row;
+    const int64_t grad_bytes = grad_chunk_steps<F>(T, B, W) * B * W * int64_t(sizeof(M));
+    const int64_t cap = tuning().proj_chunk_bytes > 0 ? tuning().proj_chunk_bytes : grad_bytes;
     L = std::max<int64_t>(1, std::min<int64_t>(T, cap / (B * 3 * H * int64_t(sizeof(F)))));
     gin_buf = at::empty({L, B, 3 * H}, x.options());
   }
@@ -741,7 +766,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const F* go = gout.defined() && !gstep.defined() ? gout.data_ptr<F>() : nullptr;
 
   // Gradient buffer of a chunk of L steps, reused for every chunk (latest steps first).
-  const int64_t L = grad_chunk_steps(T, B * W * static_cast<int64_t>(sizeof(M)));
+  const int64_t L = grad_chunk_steps<F>(T, B, W);
   Tensor Gbuf = at::empty({L, B, W}, opts.dtype(mdt));
   Tensor rh_buf = after ? Tensor() : at::empty({L, B, H}, opts.dtype(mdt));            // r*h ("before")
   Tensor hlow_buf = kLow && need_whh ? at::empty({L, B, H}, opts.dtype(mdt)) : Tensor();  // h_prev as bf16
@@ -913,7 +938,8 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Tensor& x, const Tensor& h0
     using M = decltype(m);
     // The bfloat16 route keeps its training workspace in bfloat16.
     if constexpr (!std::is_same_v<M, T>) {
-      if (keep) return forward_impl<T, M, M>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
+      if (keep && tuning().lowp_workspace != 0)
+        return forward_impl<T, M, M>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
     }
     return forward_impl<T, M, T>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
   });
@@ -940,14 +966,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
     c10::string_view reset, std::optional<at::ScalarType> matmul_dtype, std::array<bool, 6> mask) {
   const bool after = is_after(reset);
   const bool low = wants_lowp(matmul_dtype, x.scalar_type());
-  // The forward took the bfloat16 route (bf16 recurrent products) exactly when it kept a
-  // bfloat16 workspace.
-  const bool low_rec = ws.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(!low_rec || low, "grutrain_native: a bfloat16 workspace needs matmul_dtype=bfloat16");
+  // A bfloat16 workspace comes from the bfloat16 route (bf16 recurrent products) only.
+  const bool low_ws = ws.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(!low_ws || low, "grutrain_native: a bfloat16 workspace needs matmul_dtype=bfloat16");
+  const bool low_rec = low_ws || (low && w_hh.size(1) >= tuning().lowp_min_hidden);
   return dispatch_types(x.scalar_type(), low_rec, [&](auto t, auto m) {
     using T = decltype(t);
     using M = decltype(m);
-    return backward_impl<T, M, M>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
+    if constexpr (!std::is_same_v<M, T>) {
+      if (low_ws) return backward_impl<T, M, M>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
+    }
+    return backward_impl<T, M, T>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
   });
 }
 
