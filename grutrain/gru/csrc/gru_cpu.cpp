@@ -14,9 +14,10 @@
 // The bfloat16 route's training forward keeps its workspace in bfloat16 (half the memory held
 // until backward): the input projections then go to a float buffer of a few steps instead, and
 // the output is computed exactly as with a float32 workspace.
-// Backward: per step one pass (widening bfloat16 gates on load) writing all gate gradients (+ the bias sums, per thread) and one
-// GEMM for dh; then dW_hh, dW_ih and dx are one GEMM each over the stacked [T*B, .] gradients
-// (per time chunk of at most `chunk_bytes` of gradient buffer, reused across chunks).
+// Backward: per step one pass (widening bfloat16 gates on load) writing all gate gradients (+ the
+// bias sums, per thread) and one GEMM for dh; then dW_hh, dW_ih and dx are one GEMM each over the
+// stacked [T*B, .] gradients (per time chunk of at most `chunk_bytes` of gradient buffer, reused
+// across chunks).
 //
 // GEMMs: MKL's sgemm_ / cblas_gemm_bf16bf16f32 / packed sgemm, looked up at run time in the
 // already loaded libtorch (no link-time dependency); where they are missing (non-MKL builds),
