@@ -426,7 +426,8 @@ def native_gru_layer(
 
     Under torch.autocast the inputs are cast to float32 (recorded, so low-precision leaves get
     gradients) and, under a bfloat16 autocast, the matrix products take bfloat16 operands with
-    float32 accumulation; state and gates stay float32; outputs get torch.nn.GRU's dtype. A double
+    float32 accumulation; state and gate arithmetic stay float32 (the gate values kept for backward
+    are stored in bfloat16); outputs get torch.nn.GRU's dtype. A double
     backward (create_graph=True) recomputes the layer with the reference equations.
     Raises RuntimeError when the kernel is unavailable (check ``available()``/``supports(x)``).
     """

@@ -11,9 +11,13 @@
 // (at::vec::Vectorized, at::parallel_for over batch rows) that writes the gate values the
 // backward needs, the output row and (mixed precision) the bfloat16 copy of h for the next GEMM.
 // reset="before" needs r before its second product: two GEMMs and two passes per step.
-// Backward: per step one pass writing all gate gradients (+ the bias sums, per thread) and one
-// GEMM for dh; then dW_hh, dW_ih and dx are one GEMM each over the stacked [T*B, .] gradients
-// (per time chunk of at most `chunk_bytes` of gradient buffer, reused across chunks).
+// The bfloat16 route's training forward keeps its workspace in bfloat16 (half the memory held
+// until backward): the input projections then go to a float buffer of a few steps instead, and
+// the output is computed exactly as with a float32 workspace.
+// Backward: per step one pass (widening bfloat16 gates on load) writing all gate gradients (+ the
+// bias sums, per thread) and one GEMM for dh; then dW_hh, dW_ih and dx are one GEMM each over the
+// stacked [T*B, .] gradients (per time chunk of at most `chunk_bytes` of gradient buffer, reused
+// across chunks).
 //
 // GEMMs: MKL's sgemm_ / cblas_gemm_bf16bf16f32 / packed sgemm, looked up at run time in the
 // already loaded libtorch (no link-time dependency); where they are missing (non-MKL builds),
@@ -46,8 +50,12 @@ using BF16 = c10::BFloat16;
 // Tuning knobs (cpu_tune op): read per call.
 // ------------------------------------------------------------------------------------------
 struct Tuning {
-  int64_t chunk_bytes = 2 << 20;    // backward gradient buffer cap (bytes, reused per time chunk)
+  int64_t chunk_bytes = 2 << 20;    // backward gradient buffer cap (bytes of F, reused per time
+                                    // chunk; the bf16 route's holds as many steps in half of it)
   int64_t infer_chunk_bytes = 1 << 20;  // no-grad forward: gate buffer cap (L2-sized, reused)
+  int64_t lowp_workspace = 1;       // bf16 route: keep the training workspace in bfloat16 (0: float)
+  int64_t proj_chunk_bytes = 0;     // bf16 training forward: input projection buffer cap (0: the
+                                    // backward's gradient buffer bytes)
   int64_t grain_elems = 4096;       // elements of a gate pass per parallel task
   int64_t lowp_min_hidden = 64;     // mixed precision: bf16 recurrent + batched products from this H
   int64_t lowp_min_input = 64;      // mixed precision: bf16 input projection from this I
@@ -67,6 +75,8 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   const std::string n(name);
   if (n == "chunk_bytes") slot = &t.chunk_bytes;
   else if (n == "infer_chunk_bytes") slot = &t.infer_chunk_bytes;
+  else if (n == "proj_chunk_bytes") slot = &t.proj_chunk_bytes;
+  else if (n == "lowp_workspace") slot = &t.lowp_workspace;
   else if (n == "grain_elems") slot = &t.grain_elems;
   else if (n == "lowp_min_hidden") slot = &t.lowp_min_hidden;
   else if (n == "lowp_min_input") slot = &t.lowp_min_input;
@@ -140,6 +150,9 @@ Tensor as_view(const S* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
   return at::from_blob(const_cast<S*>(p), {cols, rows}, {ld, 1}, opts).t();
 }
 
+// C[M, N] (ld ldc) = beta * C + p[M, N] (contiguous bfloat16), widened to float.
+void widen_into(const BF16* p, int64_t M, int64_t N, float beta, float* C, int64_t ldc);
+
 // Row-major C[M,N] = op(A)[M,K] op(B)[K,N] + beta * C. op(A) = A^T when ta (A stored [K,M]).
 // A, B of type S (float, double or bfloat16), C of type R (float or double).
 template <typename S, typename R>
@@ -177,10 +190,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* A, int64_t
     if (beta == 0.f) at::mm_out(c, a, bm);
     else at::addmm_out(c, c, a, bm, beta, 1);
   } else {
-    Tensor p = at::mm(a, bm);  // in S; widened by copy_/add_
-    if (beta == 0.f) c.copy_(p);
-    else if (beta == 1.f) c.add_(p);
-    else c.mul_(beta).add_(p);
+    Tensor p = at::mm(a, bm);  // [M, N] in bfloat16, widened into C in place (no float copy of p)
+    widen_into(p.data_ptr<BF16>(), M, N, beta, C, ldc);
   }
 }
 
@@ -260,24 +271,67 @@ inline Vectorized<T> vload(const T* p, int64_t n) {
 }
 
 inline Vectorized<float> vload(const BF16* p, int64_t n) {
-  // bf16 -> float is a 16-bit shift; a plain loop the compiler vectorises. (ATen's
-  // convert_to_float<BFloat16> is not inline for AVX512 builds: an undefined symbol here.)
+#if defined(CPU_CAPABILITY_AVX512)
+  // bf16 -> float is a 16-bit shift (ATen's inline cvtbf16_fp32); a masked load for the tail.
+  const __m256i raw = n == 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                              : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+  __m512 v;
+  at::vec::cvtbf16_fp32(raw, v);
+  return v;
+#else
+  // A plain loop the compiler vectorises. (ATen's convert_to_float<BFloat16> is not inline for
+  // every build: an undefined symbol here.)
   constexpr int64_t V = Vectorized<float>::size();
   alignas(64) uint32_t bits[V];
   const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
   for (int64_t i = 0; i < V; ++i) bits[i] = i < n ? static_cast<uint32_t>(q[i]) << 16 : 0u;
   return Vectorized<float>::loadu(bits);
+#endif
 }
 
-// Store a vector of T as M (T itself, or bfloat16 for the mixed-precision GEMM operands).
+void widen_into(const BF16* p, int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t V = Vec::size();
+  const Vec b(beta);
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = 0; j < N; j += V) {
+        const int64_t n = std::min(V, N - j);
+        Vec v = vload(p + i * N + j, n);
+        if (beta != 0.f) v = v + b * Vec::loadu(C + i * ldc + j, n);
+        v.store(C + i * ldc + j, n);
+      }
+  });
+}
+
+// float -> bfloat16, rounded to nearest even (NaN stays NaN), n <= Vectorized<float>::size().
+inline void vstore_bf16(BF16* dst, const Vectorized<float>& v, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m256i bits = at::vec::cvtfp32_bf16(__m512(v));
+  if (n == 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bits);
+  else _mm256_mask_storeu_epi16(dst, static_cast<__mmask16>((1u << n) - 1), bits);
+#else
+  constexpr int64_t V = Vectorized<float>::size();
+  alignas(64) uint32_t bits[V];
+  alignas(64) uint16_t out[V];
+  v.store(bits);
+  for (int64_t i = 0; i < V; ++i) {
+    const uint32_t u = bits[i];
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    out[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : rounded);
+  }
+  std::copy_n(out, n, reinterpret_cast<uint16_t*>(dst));
+#endif
+}
+
+// Store a vector of T as M (T itself, or bfloat16 for the mixed-precision GEMM operands and gates).
 template <typename M, typename T>
 inline void vstore(M* dst, const Vectorized<T>& v, int64_t n) {
   if constexpr (std::is_same_v<M, T>) {
     v.store(dst, n);
   } else {
-    alignas(64) T tmp[Vectorized<T>::size()];
-    v.store(tmp);
-    at::vec::convert(tmp, dst, n);
+    static_assert(std::is_same_v<M, BF16> && std::is_same_v<T, float>, "float -> bfloat16 only");
+    vstore_bf16(dst, v, n);
   }
 }
 
@@ -315,29 +369,36 @@ std::vector<T> pack_bias(const std::optional<Tensor>& b_ih, const std::optional<
 // ------------------------------------------------------------------------------------------
 // Forward gate passes (one step, rows [b0, b1))
 // ------------------------------------------------------------------------------------------
-// "after": g [B, 4H] holds x W_ih^T in cols 0:3H on entry; gh [B, 3H] = h W_hh^T. Writes
-// r | z | n | hn into g, h' into hout (and hlast), bf16(h') into hlow.
-template <typename T, typename M, typename P>
-void pass_fwd_after(int64_t b0, int64_t b1, int64_t H, T* g, const P* gh, const T* bias, const T* h,
-                    T* hout, T* hlast, M* hlow) {
+// The gate values the backward reads are stored as S: T itself, or bfloat16 on the bfloat16
+// route's training forward (half the memory of the saved workspace; the state and this step's
+// arithmetic stay in T). The input projections x W_ih^T come in `gin` (row stride ldi, cols 0:3H);
+// gin may be gs itself (S == T, ldi == the workspace width): each element is read before it is
+// overwritten.
+//
+// "after": gh [B, 3H] = h W_hh^T. Writes r | z | n | hn into gs [B, 4H], h' into hout (and
+// hlast), bf16(h') into hlow.
+template <typename T, typename M, typename P, typename S>
+void pass_fwd_after(int64_t b0, int64_t b1, int64_t H, const T* gin, int64_t ldi, S* gs, const P* gh,
+                    const T* bias, const T* h, T* hout, T* hlast, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t b = b0; b < b1; ++b) {
-    T* gr = g + b * 4 * H;
+    const T* gi = gin + b * ldi;
+    S* gr = gs + b * 4 * H;
     const P* a = gh + b * 3 * H;
     const T* hp = h + b * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
-      Vec r = vsigmoid(vload(gr + j, n) + vload(a + j, n) + vload(bias + j, n));
-      Vec z = vsigmoid(vload(gr + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
+      Vec r = vsigmoid(vload(gi + j, n) + vload(a + j, n) + vload(bias + j, n));
+      Vec z = vsigmoid(vload(gi + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
       Vec hn = vload(a + 2 * H + j, n) + vload(bias + 3 * H + j, n);
-      Vec nn = vtanh(vload(gr + 2 * H + j, n) + vload(bias + 2 * H + j, n) + r * hn);
+      Vec nn = vtanh(vload(gi + 2 * H + j, n) + vload(bias + 2 * H + j, n) + r * hn);
       Vec hv = vload(hp + j, n);
       Vec hnew = nn + z * (hv - nn);
-      r.store(gr + j, n);
-      z.store(gr + H + j, n);
-      nn.store(gr + 2 * H + j, n);
-      hn.store(gr + 3 * H + j, n);
+      vstore(gr + j, r, n);
+      vstore(gr + H + j, z, n);
+      vstore(gr + 2 * H + j, nn, n);
+      vstore(gr + 3 * H + j, hn, n);
       hnew.store(hout + b * H + j, n);
       if (hlast) hnew.store(hlast + b * H + j, n);
       if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hnew, n);
@@ -345,42 +406,45 @@ void pass_fwd_after(int64_t b0, int64_t b1, int64_t H, T* g, const P* gh, const 
   }
 }
 
-// "before", first pass: g [B, 3H] holds x W_ih^T on entry; gh [B, 2H] = h W_{hr,hz}^T.
-// Writes r | z into g and r*h (as M) into rh.
-template <typename T, typename M, typename P>
-void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* g, const P* gh, const T* bias, const T* h,
-                       M* rh) {
+// "before", first pass: gh [B, 2H] = h W_{hr,hz}^T. Writes r | z into gs [B, 3H], r*h (as M)
+// into rh, and z (as T) back into gin's z columns: the second pass reads it there, unrounded.
+template <typename T, typename M, typename P, typename S>
+void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* gin, int64_t ldi, S* gs, const P* gh,
+                       const T* bias, const T* h, M* rh) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t b = b0; b < b1; ++b) {
-    T* gr = g + b * 3 * H;
+    T* gi = gin + b * ldi;
+    S* gr = gs + b * 3 * H;
     const P* a = gh + b * 2 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
-      Vec r = vsigmoid(vload(gr + j, n) + vload(a + j, n) + vload(bias + j, n));
-      Vec z = vsigmoid(vload(gr + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
-      r.store(gr + j, n);
-      z.store(gr + H + j, n);
+      Vec r = vsigmoid(vload(gi + j, n) + vload(a + j, n) + vload(bias + j, n));
+      Vec z = vsigmoid(vload(gi + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
+      vstore(gr + j, r, n);
+      vstore(gr + H + j, z, n);
+      if constexpr (!std::is_same_v<S, T>) z.store(gi + H + j, n);
       vstore(rh + b * H + j, r * vload(h + b * H + j, n), n);
     }
   }
 }
 
-// "before", second pass: ghn [B, H] = (r*h) W_hn^T. Writes n into g and h'.
-template <typename T, typename M, typename P>
-void pass_fwd_before_b(int64_t b0, int64_t b1, int64_t H, T* g, const P* ghn, const T* bias, const T* h,
-                       T* hout, T* hlast, M* hlow) {
+// "before", second pass: ghn [B, H] = (r*h) W_hn^T. Writes n into gs and h'.
+template <typename T, typename M, typename P, typename S>
+void pass_fwd_before_b(int64_t b0, int64_t b1, int64_t H, const T* gin, int64_t ldi, S* gs, const P* ghn,
+                       const T* bias, const T* h, T* hout, T* hlast, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t b = b0; b < b1; ++b) {
-    T* gr = g + b * 3 * H;
+    const T* gi = gin + b * ldi;
+    S* gr = gs + b * 3 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
-      Vec nn = vtanh(vload(gr + 2 * H + j, n) + vload(bias + 2 * H + j, n) + vload(ghn + b * H + j, n));
-      Vec z = vload(gr + H + j, n);
+      Vec nn = vtanh(vload(gi + 2 * H + j, n) + vload(bias + 2 * H + j, n) + vload(ghn + b * H + j, n));
+      Vec z = vload(gi + H + j, n);
       Vec hv = vload(h + b * H + j, n);
       Vec hnew = nn + z * (hv - nn);
-      nn.store(gr + 2 * H + j, n);
+      vstore(gr + 2 * H + j, nn, n);
       hnew.store(hout + b * H + j, n);
       if (hlast) hnew.store(hlast + b * H + j, n);
       if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hnew, n);
@@ -444,9 +508,25 @@ void input_projection(const Tensor& x2, const Tensor& w_ih, const Tensor& x2_low
   }
 }
 
-// The whole forward. keep=true: the workspace holds every step's gates (returned), else a chunk
-// buffer is reused. Returns (out, h_n, workspace-or-undefined).
-template <typename F, typename M>
+// Time steps per chunk of the backward's gradient buffer (rows of `width` elements of F each).
+// The bfloat16 route's buffer holds as many steps as the float32 one in half the bytes: larger
+// chunks measured no faster and would raise the peak. The training forward may hold as much
+// scratch as this buffer without raising the step's peak memory.
+template <typename F>
+inline int64_t grad_chunk_steps(int64_t T, int64_t rows, int64_t width) {
+  const int64_t row_bytes = rows * width * static_cast<int64_t>(sizeof(F));
+  return std::max<int64_t>(1, std::min<int64_t>(T, tuning().chunk_bytes / row_bytes));
+}
+
+// The whole forward. keep=true: the workspace holds every step's gates (returned), as S;
+// else a chunk buffer is reused. Returns (out, h_n, workspace-or-undefined).
+//
+// S == F: the input projections of a chunk of steps are written straight into the workspace
+// and the gate pass overwrites them with the gates. S == bfloat16 (the bfloat16 route's
+// training forward): they go to a float chunk buffer of at most the backward's gradient buffer
+// bytes (so the peak is not raised), and the pass writes the gates to the bfloat16 workspace.
+// The output is the same either way: only what is kept for the backward is rounded.
+template <typename F, typename M, typename S>
 std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor& h0_in, const Tensor& w_ih_in,
                                                 const Tensor& w_hh_in, const std::optional<Tensor>& b_ih,
                                                 const std::optional<Tensor>& b_hh, bool after, bool keep,
@@ -454,6 +534,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   const Dims d = check_inputs(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
   constexpr bool kLow = !std::is_same_v<M, F>;
+  constexpr bool kSplit = !std::is_same_v<S, F>;  // projections apart from the (bf16) workspace
+  static_assert(!kSplit || kLow, "a bfloat16 workspace only on the bfloat16 route");
+  TORCH_CHECK(!kSplit || keep, "grutrain_native: a bfloat16 workspace is for training only");
   Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const std::vector<F> bias = pack_bias<F>(b_ih, b_hh, H, after);
   const int64_t W = after ? 4 * H : 3 * H;  // workspace row width
@@ -462,8 +545,16 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   Tensor h_n = at::empty({B, H}, x.options());
   // Chunks of steps: all at once when keeping the workspace, else a reused buffer of <= chunk_bytes.
   const int64_t row_bytes = B * W * static_cast<int64_t>(sizeof(F));
-  const int64_t L = keep ? T : std::max<int64_t>(1, std::min<int64_t>(T, tuning().infer_chunk_bytes / row_bytes));
-  Tensor ws = at::empty({L, B, W}, x.options());
+  int64_t L = keep ? T : std::max<int64_t>(1, std::min<int64_t>(T, tuning().infer_chunk_bytes / row_bytes));
+  Tensor ws = at::empty({keep ? T : L, B, W}, x.options().dtype(c10::CppTypeToScalarType<S>::value));
+  Tensor gin_buf;  // kSplit: the float input projections of a chunk of steps, [L, B, 3H]
+  if constexpr (kSplit) {
+    const int64_t grad_bytes = grad_chunk_steps<F>(T, B, W) * B * W * int64_t(sizeof(M));
+    const int64_t cap = tuning().proj_chunk_bytes > 0 ? tuning().proj_chunk_bytes : grad_bytes;
+    L = std::max<int64_t>(1, std::min<int64_t>(T, cap / (B * 3 * H * int64_t(sizeof(F)))));
+    gin_buf = at::empty({L, B, 3 * H}, x.options());
+  }
+  const int64_t ldi = kSplit ? 3 * H : W;  // row stride of the input projections
 
   // Mixed precision operands.
   Tensor w_hh_m = kLow ? w_hh.to(at::kBFloat16).contiguous() : w_hh;
@@ -508,15 +599,20 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   const F* bp = bias.data();
   for (int64_t t0 = 0; t0 < T; t0 += L) {
     const int64_t len = std::min(L, T - t0);
-    F* g0 = ws.data_ptr<F>();
+    // Gates of this chunk's first step, and where its input projections are.
+    S* gs0 = ws.template data_ptr<S>() + (keep ? t0 * B * W : 0);
+    F* gi0;
+    if constexpr (kSplit) gi0 = gin_buf.template data_ptr<F>();
+    else gi0 = gs0;
     {
       Tensor x2 = x.narrow(0, t0, len).view({len * B, I});
       Tensor xl = lowp_input ? x_low.narrow(0, t0, len).view({len * B, I}) : Tensor();
-      input_projection<F>(x2, w_ih, xl, w_ih_low, g0, W);
+      input_projection<F>(x2, w_ih, xl, w_ih_low, gi0, ldi);
     }
     for (int64_t i = 0; i < len; ++i) {
       const int64_t t = t0 + i;
-      F* g = g0 + i * B * W;
+      F* gi = gi0 + i * B * ldi;
+      S* g = gs0 + i * B * W;
       const F* h = t == 0 ? h0.data_ptr<F>() : outp + (t - 1) * B * H;
       F* hout = outp + t * B * H;
       F* hlast = t == T - 1 ? h_n.data_ptr<F>() : nullptr;
@@ -525,16 +621,16 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
       if (after) {
         step_mm(hm, 0, gh_cols, gh);
         rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-          pass_fwd_after<F, M, M>(b0, b1, H, g, gh, bp, h, hout, hlast, hlow);
+          pass_fwd_after<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, hout, hlast, hlow);
         });
       } else {
         step_mm(hm, 0, gh_cols, gh);
         rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-          pass_fwd_before_a<F, M, M>(b0, b1, H, g, gh, bp, h, rh);
+          pass_fwd_before_a<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, rh);
         });
         step_mm(rh, 2 * H, H, ghn);
         rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-          pass_fwd_before_b<F, M, M>(b0, b1, H, g, ghn, bp, h, hout, hlast, hlow);
+          pass_fwd_before_b<F, M, M, S>(b0, b1, H, gi, ldi, g, ghn, bp, h, hout, hlast, hlow);
         });
       }
     }
@@ -545,6 +641,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
 // ------------------------------------------------------------------------------------------
 // Backward gate passes (one step, rows [b0, b1)); acc: this task's bias-gradient sums.
 // ------------------------------------------------------------------------------------------
+// ws: the forward's gates, as S (float, or bfloat16 on the bfloat16 route), widened on load.
 // "after": G row [da_n | da_r | da_z | dhn] (input side 0:3H with w_ih's rows rotated to n, r, z;
 // hidden side H:4H in w_hh's r, z, n order). dnext = gprev + dh * z (the GEMM adds the rest).
 // dprod (bfloat16 route): the previous step's product G W_hh, still to be added to dh.
@@ -569,14 +666,14 @@ inline std::array<Vectorized<T>, 3> bwd_common(const Vectorized<T>& z, const Vec
   return {d * omz * (one - nn * nn), d * (hp - nn) * z * omz, hp};
 }
 
-template <typename T, typename M>
-void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh, const M* dprod,
+template <typename T, typename M, typename S>
+void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh, const M* dprod,
                     const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Vec one(T(1));
   for (int64_t b = b0; b < b1; ++b) {
-    const T* s = ws + b * 4 * H;
+    const S* s = ws + b * 4 * H;
     M* gr = G + b * 4 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
@@ -598,13 +695,13 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh,
 
 // "before", first pass: G row [da_r | da_z | da_n]; writes da_z, da_n, dnext = gprev + dh z,
 // r*h (as M) for dW_hn and (mixed precision) h_prev as M.
-template <typename T, typename M>
-void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* dh, const M* dprod,
+template <typename T, typename M, typename S>
+void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh, const M* dprod,
                        const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* rh, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t b = b0; b < b1; ++b) {
-    const T* s = ws + b * 3 * H;
+    const S* s = ws + b * 3 * H;
     M* gr = G + b * 3 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
@@ -620,14 +717,14 @@ void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const T* ws, const T* 
 }
 
 // "before", second pass: drh = da_n W_hn [B, H]; da_r = drh h r (1-r); dnext += drh r.
-template <typename T, typename M>
-void pass_bwd_before_b(int64_t b0, int64_t b1, int64_t H, const T* ws, const M* drh, const T* hprev, M* G,
+template <typename T, typename M, typename S>
+void pass_bwd_before_b(int64_t b0, int64_t b1, int64_t H, const S* ws, const M* drh, const T* hprev, M* G,
                        T* dnext, T* acc) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Vec one(T(1));
   for (int64_t b = b0; b < b1; ++b) {
-    const T* s = ws + b * 3 * H;
+    const S* s = ws + b * 3 * H;
     M* gr = G + b * 3 * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
@@ -640,7 +737,7 @@ void pass_bwd_before_b(int64_t b0, int64_t b1, int64_t H, const T* ws, const M* 
   }
 }
 
-template <typename F, typename M>
+template <typename F, typename M, typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const std::optional<Tensor>& grad_out_in, const std::optional<Tensor>& grad_hn_in, const Tensor& x_in,
     const Tensor& h0_in, const Tensor& w_ih_in, const Tensor& w_hh_in, const Tensor& out_in,
@@ -649,7 +746,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
   constexpr bool kLow = !std::is_same_v<M, F>;
   const int64_t W = after ? 4 * H : 3 * H;  // workspace and gradient row width
-  TORCH_CHECK(ws_in.dim() == 3 && ws_in.size(0) == T && ws_in.size(1) == B && ws_in.size(2) == W,
+  TORCH_CHECK(ws_in.dim() == 3 && ws_in.size(0) == T && ws_in.size(1) == B && ws_in.size(2) == W &&
+                  ws_in.scalar_type() == c10::CppTypeToScalarType<S>::value,
               "grutrain_native: workspace does not match the inputs");
   TORCH_CHECK(out_in.sizes() == at::IntArrayRef({T, B, H}), "grutrain_native: out must be [T, B, H]");
   const auto& [need_x, need_h0, need_wih, need_whh, need_bih, need_bhh] = mask;
@@ -669,8 +767,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const F* go = gout.defined() && !gstep.defined() ? gout.data_ptr<F>() : nullptr;
 
   // Gradient buffer of a chunk of L steps, reused for every chunk (latest steps first).
-  const int64_t row_bytes = B * W * static_cast<int64_t>(sizeof(M));
-  const int64_t L = std::max<int64_t>(1, std::min<int64_t>(T, tuning().chunk_bytes / row_bytes));
+  const int64_t L = grad_chunk_steps<F>(T, B, W);
   Tensor Gbuf = at::empty({L, B, W}, opts.dtype(mdt));
   Tensor rh_buf = after ? Tensor() : at::empty({L, B, H}, opts.dtype(mdt));            // r*h ("before")
   Tensor hlow_buf = kLow && need_whh ? at::empty({L, B, H}, opts.dtype(mdt)) : Tensor();  // h_prev as bf16
@@ -717,7 +814,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     M* hl0 = hlow_buf.defined() ? hlow_buf.template data_ptr<M>() : nullptr;
     for (int64_t i = len - 1; i >= 0; --i) {
       const int64_t t = t0 + i;
-      const F* s = ws.data_ptr<F>() + t * B * W;
+      const S* s = ws.template data_ptr<S>() + t * B * W;
       const F* hprev = t == 0 ? h0p : outp + (t - 1) * B * H;
       const F* gprev = (t > 0 && go) ? go + (t - 1) * B * H : nullptr;
       if (t > 0 && gstep.defined()) {
@@ -730,7 +827,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       const bool chain = t > 0 || need_h0;  // dh_{t-1} needed
       if (after) {
         rows_parallel(B, 4 * H, [&](int64_t b0, int64_t b1) {
-          pass_bwd_after<F, M>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
+          pass_bwd_after<F, M, S>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
                                accp + at::get_thread_num() * W, hl);
         });
         if (chain) {  // dh_{t-1} += [da_r | da_z | dhn] W_hh
@@ -746,13 +843,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
         M* rh = rh0 + i * B * H;
         M* drh = drh_t.template data_ptr<M>();
         rows_parallel(B, 3 * H, [&](int64_t b0, int64_t b1) {
-          pass_bwd_before_a<F, M>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
+          pass_bwd_before_a<F, M, S>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
                                   accp + at::get_thread_num() * W, rh, hl);
         });
         if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
         else gemm<M, F>(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f, drh, H);
         rows_parallel(B, 3 * H, [&](int64_t b0, int64_t b1) {
-          pass_bwd_before_b<F, M>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
+          pass_bwd_before_b<F, M, S>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
         });
         if (chain) {  // dh_{t-1} += [da_r | da_z] W_{hr,hz}
           if constexpr (kLow) {
@@ -840,7 +937,12 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Tensor& x, const Tensor& h0
   return dispatch_types(x.scalar_type(), low_rec, [&](auto t, auto m) {
     using T = decltype(t);
     using M = decltype(m);
-    return forward_impl<T, M>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
+    // The bfloat16 route keeps its training workspace in bfloat16.
+    if constexpr (!std::is_same_v<M, T>) {
+      if (keep && tuning().lowp_workspace != 0)
+        return forward_impl<T, M, M>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
+    }
+    return forward_impl<T, M, T>(x, h0, w_ih, w_hh, b_ih, b_hh, after, keep, low_in);
   });
 }
 
@@ -865,11 +967,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
     c10::string_view reset, std::optional<at::ScalarType> matmul_dtype, std::array<bool, 6> mask) {
   const bool after = is_after(reset);
   const bool low = wants_lowp(matmul_dtype, x.scalar_type());
-  const bool low_rec = low && w_hh.size(1) >= tuning().lowp_min_hidden;
+  // A bfloat16 workspace comes from the bfloat16 route (bf16 recurrent products) only.
+  const bool low_ws = ws.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(!low_ws || low, "grutrain_native: a bfloat16 workspace needs matmul_dtype=bfloat16");
+  const bool low_rec = low_ws || (low && w_hh.size(1) >= tuning().lowp_min_hidden);
   return dispatch_types(x.scalar_type(), low_rec, [&](auto t, auto m) {
     using T = decltype(t);
     using M = decltype(m);
-    return backward_impl<T, M>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
+    if constexpr (!std::is_same_v<M, T>) {
+      if (low_ws) return backward_impl<T, M, M>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
+    }
+    return backward_impl<T, M, T>(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, ws, after, mask);
   });
 }
 
@@ -942,17 +1050,17 @@ void cell_step(int64_t B, int64_t I, int64_t H, const T* x, int64_t ldx, const T
   matmul_nt<T>(B, gh_cols, H, h, H, w_hh, H, gh, gh_cols);
   if (after) {
     rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-      pass_fwd_after<T, T, T>(b0, b1, H, g, gh, bias, h, hout, nullptr, nullptr);
+      pass_fwd_after<T, T, T, T>(b0, b1, H, g, W, g, gh, bias, h, hout, nullptr, nullptr);
     });
   } else {
     T* rh = gh + B * gh_cols;
     T* ghn = rh + B * H;
     rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-      pass_fwd_before_a<T, T, T>(b0, b1, H, g, gh, bias, h, rh);
+      pass_fwd_before_a<T, T, T, T>(b0, b1, H, g, W, g, gh, bias, h, rh);
     });
     matmul_nt<T>(B, H, H, rh, H, w_hh + 2 * H * H, H, ghn, H);
     rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-      pass_fwd_before_b<T, T, T>(b0, b1, H, g, ghn, bias, h, hout, nullptr, nullptr);
+      pass_fwd_before_b<T, T, T, T>(b0, b1, H, g, W, g, ghn, bias, h, hout, nullptr, nullptr);
     });
   }
 }

@@ -9,7 +9,8 @@ TORCH_LIBRARY(grutrain_native, m) {
   // [T, B, H], the last state [B, H] (its own tensor) and the workspace of gate values that
   // gru_layer_backward needs ([T, B, 4H] r|z|n|hn for reset="after", [T, B, 3H] r|z|n for
   // "before"). matmul_dtype=BFloat16 (float32 inputs only): matrix products take bfloat16
-  // operands with float32 accumulation; state, gates and sums stay float32.
+  // operands with float32 accumulation; state, gate arithmetic and sums stay float32, and where
+  // the recurrent products are bfloat16 (H >= 64 by default) the workspace is bfloat16 too.
   m.def(
       "gru_layer(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "str reset=\"after\", ScalarType? matmul_dtype=None) -> (Tensor out, Tensor h_n, Tensor workspace)");
