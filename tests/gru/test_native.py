@@ -181,6 +181,28 @@ def test_long_sequences_split_into_chunks(native, tune, reset):
         assert_all_close([out, h_T], expected[:2], torch.float64)
 
 
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_batch_rows_split_over_threads(native, tune, reset):
+    """Each thread runs the time loop on its own block of rows (row_blocks): 3 threads on 7 rows
+    (uneven blocks), with 1, 3 and all steps per chunk (odd and even chunk lengths)."""
+    inputs = make_inputs(11, 7, 4, 5, dtype=torch.float64)
+    expected = run_with_grads(naive_gru, inputs, reset)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        tune("split_min_rows", 1)
+        row = 7 * 4 * 5 * 8
+        for chunk_steps in (1, 3, 100):
+            tune("chunk_bytes", chunk_steps * row)
+            tune("infer_chunk_bytes", chunk_steps * row)
+            assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float64)
+            with torch.no_grad():
+                out, h_T = native.native_gru_layer(*inputs, reset=reset)
+            assert_all_close([out, h_T], expected[:2], torch.float64)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_matches_torch_nn_gru(native, device):
     torch.manual_seed(0)
     T, B, I, H = 7, 4, 5, 6

@@ -63,6 +63,9 @@ struct Tuning {
   int64_t packed_max_batch = 64;    //   ... and up to this batch
   int64_t packed_min_steps = 16;    //   ... over at least this many steps
   int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
+  int64_t split_min_rows = 16;      // float: each thread runs the time loop on its own batch rows
+  int64_t split_max_hidden = 128;   //   ... with at least this many rows each, up to this H (above,
+                                    //   MKL's threaded (packed) GEMM on the whole batch was faster)
 };
 Tuning& tuning() {
   static Tuning t;
@@ -84,6 +87,8 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "packed_max_batch") slot = &t.packed_max_batch;
   else if (n == "packed_min_steps") slot = &t.packed_min_steps;
   else if (n == "use_blas") slot = &t.use_blas;
+  else if (n == "split_min_rows") slot = &t.split_min_rows;
+  else if (n == "split_max_hidden") slot = &t.split_max_hidden;
   TORCH_CHECK(slot != nullptr, "grutrain_native::cpu_tune: unknown knob '", n, "'");
   const int64_t old = *slot;
   if (value >= 0) *slot = value;  // a negative value only reads
@@ -346,6 +351,29 @@ inline void rows_parallel(int64_t rows, int64_t cols, const F& f) {
   }
 }
 
+// Batch rows are independent through the whole time loop (row b of h_t needs only row b of
+// h_{t-1}, forward and backward), so where the batch is large enough each thread can run every step
+// of a chunk on its own block of rows: one fork-join per chunk instead of two or three per step,
+// and single-threaded GEMMs on the block. Returns the number of blocks (1: not split).
+inline int64_t row_blocks(int64_t B, int64_t H) {
+  const Tuning& t = tuning();
+  const int64_t threads = at::get_num_threads();
+  if (threads < 2 || H > t.split_max_hidden || t.split_min_rows <= 0) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(threads, B / t.split_min_rows));
+}
+
+// f(r0, r1) on `blocks` contiguous blocks of rows [0, B), in parallel (serially for one block).
+template <typename F>
+inline void for_row_blocks(int64_t B, int64_t blocks, const F& f) {
+  if (blocks <= 1) {
+    f(0, B);
+    return;
+  }
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) f(k * B / blocks, (k + 1) * B / blocks);
+  });
+}
+
 // The combined biases as one [4H] vector: "after": [b_ir+b_hr | b_iz+b_hz | b_in | b_hn];
 // "before": [b_ir+b_hr | b_iz+b_hz | b_in+b_hn | 0].
 template <typename T>
@@ -586,14 +614,16 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
     mm_main.emplace(whh, gh_cols, H, B, T, pack_cap);
     if (!after) mm_n.emplace(whh + 2 * H * H, H, H, B, T, pack_cap / 2);
   }
-  // acc [B, N] = a [B, H] W^T for the rows of W starting at row0.
-  auto step_mm = [&](const M* a, int64_t row0, int64_t N, M* acc) {
+  // acc[r0:r1] [., N] = a[r0:r1] [., H] W^T for the rows of W starting at row0.
+  auto step_mm = [&](int64_t r0, int64_t r1, const M* a, int64_t row0, int64_t N, M* acc) {
     if constexpr (kLow) {
-      mm_bf16(false, true, B, N, H, a, H, whh + row0 * H, H, acc);
+      mm_bf16(false, true, r1 - r0, N, H, a + r0 * H, H, whh + row0 * H, H, acc + r0 * N);
     } else {
-      (row0 == 0 ? *mm_main : *mm_n)(B, a, H, 0.f, acc, N);
+      (row0 == 0 ? *mm_main : *mm_n)(r1 - r0, a + r0 * H, H, 0.f, acc + r0 * N, N);
     }
   };
+  // The bfloat16 route keeps its per-step GEMMs over the whole batch (oneDNN threads them).
+  const int64_t blocks = kLow ? 1 : row_blocks(B, H);
 
   F* outp = out.data_ptr<F>();
   const F* bp = bias.data();
@@ -609,31 +639,36 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
       Tensor xl = lowp_input ? x_low.narrow(0, t0, len).view({len * B, I}) : Tensor();
       input_projection<F>(x2, w_ih, xl, w_ih_low, gi0, ldi);
     }
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t t = t0 + i;
-      F* gi = gi0 + i * B * ldi;
-      S* g = gs0 + i * B * W;
-      const F* h = t == 0 ? h0.data_ptr<F>() : outp + (t - 1) * B * H;
-      F* hout = outp + t * B * H;
-      F* hlast = t == T - 1 ? h_n.data_ptr<F>() : nullptr;
-      const M* hm;
-      if constexpr (kLow) hm = hlow; else hm = h;
-      if (after) {
-        step_mm(hm, 0, gh_cols, gh);
-        rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-          pass_fwd_after<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, hout, hlast, hlow);
-        });
-      } else {
-        step_mm(hm, 0, gh_cols, gh);
-        rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-          pass_fwd_before_a<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, rh);
-        });
-        step_mm(rh, 2 * H, H, ghn);
-        rows_parallel(B, H, [&](int64_t b0, int64_t b1) {
-          pass_fwd_before_b<F, M, M, S>(b0, b1, H, gi, ldi, g, ghn, bp, h, hout, hlast, hlow);
-        });
+    // Steps t0 .. t0+len of rows [r0, r1); the gate passes are threaded only when not split.
+    for_row_blocks(B, blocks, [&](int64_t r0, int64_t r1) {
+      auto over_rows = [&](const auto& f) {
+        if (blocks == 1) rows_parallel(B, H, f); else f(r0, r1);
+      };
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t t = t0 + i;
+        F* gi = gi0 + i * B * ldi;
+        S* g = gs0 + i * B * W;
+        const F* h = t == 0 ? h0.data_ptr<F>() : outp + (t - 1) * B * H;
+        F* hout = outp + t * B * H;
+        F* hlast = t == T - 1 ? h_n.data_ptr<F>() : nullptr;
+        const M* hm;
+        if constexpr (kLow) hm = hlow; else hm = h;
+        step_mm(r0, r1, hm, 0, gh_cols, gh);
+        if (after) {
+          over_rows([&](int64_t b0, int64_t b1) {
+            pass_fwd_after<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, hout, hlast, hlow);
+          });
+        } else {
+          over_rows([&](int64_t b0, int64_t b1) {
+            pass_fwd_before_a<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, rh);
+          });
+          step_mm(r0, r1, rh, 2 * H, H, ghn);
+          over_rows([&](int64_t b0, int64_t b1) {
+            pass_fwd_before_b<F, M, M, S>(b0, b1, H, gi, ldi, g, ghn, bp, h, hout, hlast, hlow);
+          });
+        }
       }
-    }
+    });
   }
   return {out, h_n, keep ? ws : Tensor()};
 }
@@ -805,6 +840,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const F* h0p = h0.data_ptr<F>();
   F* accp = accs.data_ptr<F>();
   bool first_chunk = true;  // weight gradients: beta 0 for the first chunk processed
+  // Rows split over threads (row_blocks) in float only, and not when grad_out is copied per step.
+  const int64_t blocks = kLow || gstep.defined() ? 1 : row_blocks(B, H);
 
   const int64_t n_chunks = (T + L - 1) / L;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -812,57 +849,69 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     M* G0 = Gbuf.template data_ptr<M>();
     M* rh0 = after ? nullptr : rh_buf.template data_ptr<M>();
     M* hl0 = hlow_buf.defined() ? hlow_buf.template data_ptr<M>() : nullptr;
-    for (int64_t i = len - 1; i >= 0; --i) {
-      const int64_t t = t0 + i;
-      const S* s = ws.template data_ptr<S>() + t * B * W;
-      const F* hprev = t == 0 ? h0p : outp + (t - 1) * B * H;
-      const F* gprev = (t > 0 && go) ? go + (t - 1) * B * H : nullptr;
-      if (t > 0 && gstep.defined()) {
-        gstep.copy_(gout[t - 1]);
-        gprev = gstep.data_ptr<F>();
-      }
-      M* G = G0 + i * B * W;
-      M* hl = hl0 ? hl0 + i * B * H : nullptr;
-      F* dnext = spare;
-      const bool chain = t > 0 || need_h0;  // dh_{t-1} needed
-      if (after) {
-        rows_parallel(B, 4 * H, [&](int64_t b0, int64_t b1) {
-          pass_bwd_after<F, M, S>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
-                               accp + at::get_thread_num() * W, hl);
-        });
-        if (chain) {  // dh_{t-1} += [da_r | da_z | dhn] W_hh
-          if constexpr (kLow) {
-            M* dp = dprod_t.template data_ptr<M>();
-            mm_bf16(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, dp);
-            dprod = dp;
-          } else {
-            gemm<M, F>(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, 1.f, dnext, H);
+    // Steps t0+len-1 .. t0 of rows [r0, r1); dh and spare swap roles every step (in every block
+    // alike, so the parity is swapped once after the blocks).
+    for_row_blocks(B, blocks, [&](int64_t r0, int64_t r1) {
+      auto over_rows = [&](int64_t cols, const auto& f) {
+        if (blocks == 1) rows_parallel(B, cols, f); else f(r0, r1);
+      };
+      const int64_t rows = r1 - r0;
+      F* dh_r = dh;
+      F* spare_r = spare;
+      for (int64_t i = len - 1; i >= 0; --i) {
+        const int64_t t = t0 + i;
+        const S* s = ws.template data_ptr<S>() + t * B * W;
+        const F* hprev = t == 0 ? h0p : outp + (t - 1) * B * H;
+        const F* gprev = (t > 0 && go) ? go + (t - 1) * B * H : nullptr;
+        if (t > 0 && gstep.defined()) {  // not split (see blocks)
+          gstep.copy_(gout[t - 1]);
+          gprev = gstep.data_ptr<F>();
+        }
+        M* G = G0 + i * B * W;
+        M* hl = hl0 ? hl0 + i * B * H : nullptr;
+        F* dnext = spare_r;
+        const bool chain = t > 0 || need_h0;  // dh_{t-1} needed
+        if (after) {
+          over_rows(4 * H, [&](int64_t b0, int64_t b1) {
+            pass_bwd_after<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, G, dnext,
+                                 accp + at::get_thread_num() * W, hl);
+          });
+          if (chain) {  // dh_{t-1} += [da_r | da_z | dhn] W_hh
+            if constexpr (kLow) {
+              M* dp = dprod_t.template data_ptr<M>();
+              mm_bf16(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, dp);
+              dprod = dp;
+            } else {
+              gemm<M, F>(false, false, rows, H, 3 * H, G + r0 * W + H, 4 * H, whh, H, 1.f, dnext + r0 * H, H);
+            }
+          }
+        } else {
+          M* rh = rh0 + i * B * H;
+          M* drh = drh_t.template data_ptr<M>();
+          over_rows(3 * H, [&](int64_t b0, int64_t b1) {
+            pass_bwd_before_a<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, G, dnext,
+                                    accp + at::get_thread_num() * W, rh, hl);
+          });
+          if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
+          else gemm<M, F>(false, false, rows, H, H, G + r0 * W + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f,
+                          drh + r0 * H, H);
+          over_rows(3 * H, [&](int64_t b0, int64_t b1) {
+            pass_bwd_before_b<F, M, S>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
+          });
+          if (chain) {  // dh_{t-1} += [da_r | da_z] W_{hr,hz}
+            if constexpr (kLow) {
+              M* dp = dprod_t.template data_ptr<M>();
+              mm_bf16(false, false, B, H, 2 * H, G, 3 * H, whh, H, dp);
+              dprod = dp;
+            } else {
+              gemm<M, F>(false, false, rows, H, 2 * H, G + r0 * W, 3 * H, whh, H, 1.f, dnext + r0 * H, H);
+            }
           }
         }
-      } else {
-        M* rh = rh0 + i * B * H;
-        M* drh = drh_t.template data_ptr<M>();
-        rows_parallel(B, 3 * H, [&](int64_t b0, int64_t b1) {
-          pass_bwd_before_a<F, M, S>(b0, b1, H, s, dh, dprod, hprev, gprev, G, dnext,
-                                  accp + at::get_thread_num() * W, rh, hl);
-        });
-        if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
-        else gemm<M, F>(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f, drh, H);
-        rows_parallel(B, 3 * H, [&](int64_t b0, int64_t b1) {
-          pass_bwd_before_b<F, M, S>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
-        });
-        if (chain) {  // dh_{t-1} += [da_r | da_z] W_{hr,hz}
-          if constexpr (kLow) {
-            M* dp = dprod_t.template data_ptr<M>();
-            mm_bf16(false, false, B, H, 2 * H, G, 3 * H, whh, H, dp);
-            dprod = dp;
-          } else {
-            gemm<M, F>(false, false, B, H, 2 * H, G, 3 * H, whh, H, 1.f, dnext, H);
-          }
-        }
+        std::swap(dh_r, spare_r);
       }
-      std::swap(dh, spare);
-    }
+    });
+    if (len % 2 == 1) std::swap(dh, spare);
 
     // Batched products of the chunk: rows t0*B .. (t0+len)*B of the stacked [T*B, .] tensors.
     const int64_t K = len * B;
