@@ -2,8 +2,8 @@
 
 A crash at any moment leaves the old file or the new one, never a torn one. The temporary's name,
 `.NAME.grutrain-PID-RANDOM.tmp`, is unique (two processes writing the same target never share
-one) and says who made it: the next write into that directory (and the next command that opens a
-checkpoint there) removes the temporaries whose process is gone (a SIGKILL mid-write leaves one),
+one) and says who made it: the next write into that directory (and the next eval, export, sample
+or predict of a checkpoint there) removes the temporaries whose process is gone (a SIGKILL mid-write leaves one),
 and never touches any other file. Round two's checkpoint writer named its temporaries
 `.last.pt.XXXXXXXX.tmp` (tempfile.mkstemp), without the PID: those are removed only when they are
 plainly stale, untouched for STALE_SECONDS and older than this process.

@@ -34,7 +34,7 @@ import torch
 
 from grutrain import __version__
 from grutrain.errors import GrutrainError
-from grutrain.files.atomic import remove_stale_temporaries, write_file
+from grutrain.files.atomic import write_file
 from grutrain.files.inputs import CHECKPOINT_EXPANSION, open_input
 
 FORMAT_VERSION = 2
@@ -98,9 +98,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if os.fstat(file.fileno()).st_size == 0:
             raise GrutrainError(f"checkpoint {name!r} is empty (0 bytes); it was not written completely")
         payload = _torch_load(file, name, map_location)
-    # A save killed beside this checkpoint left a temporary (a whole checkpoint's size): eval, export,
-    # sample, predict and --resume each clear them, not only the next save into this directory.
-    remove_stale_temporaries(path.parent)
     return _checked(payload, name)
 
 

@@ -291,7 +291,7 @@ def test_two_concurrent_exports_to_one_output_leave_one_exports_pair(trained, tm
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A real file system that fills up (a tmpfs of a few hundred KB), where this user may mount one."""
+    """A real file system that fills up (a 4 MB tmpfs, filled by the test), where this user may mount one."""
     mount = tmp_path / "disk"
     mount.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
