@@ -54,6 +54,12 @@ def new_figure(width: float = 7.0, height: float = 4.0):
 
 def save_figure(figure, path: str | Path) -> Path:
     """Write the figure; the format follows the extension (.png, .svg, .pdf)."""
+    # Drawn into memory, then written through files.atomic: a full disk never leaves half an image.
+    return write_file(path, figure_bytes(figure, path), "figure")
+
+
+def figure_bytes(figure, path: str | Path) -> bytes:
+    """The figure drawn into memory in the format of `path`'s extension (.png, .svg, .pdf)."""
     path = Path(path)
     if path.is_dir():
         raise GrutrainError(f"--plot {str(path)!r} is a directory; give a file name such as plot.png")
@@ -62,10 +68,9 @@ def save_figure(figure, path: str | Path) -> Path:
     if suffix not in formats:
         raise GrutrainError(f"--plot {str(path)!r}: cannot tell the image format from the extension; "
                             f"use .png (or one of {', '.join(sorted(formats))})")
-    # Drawn into memory, then written through files.atomic: a full disk never leaves half an image.
     image = io.BytesIO()
     figure.savefig(image, format=suffix)
-    return write_file(path, image.getvalue(), "figure")
+    return image.getvalue()
 
 
 def figure_to_image(figure) -> np.ndarray:

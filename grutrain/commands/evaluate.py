@@ -45,9 +45,10 @@ def evaluate_checkpoint(path, *, split: str = "val", data_path=None, device: str
             report = opened.task.report(opened.model, target, opened.device, origins=origins)
         require_finite(report, f"the metrics on {target}")  # never print nan
         result = {"checkpoint": str(path), "task": opened.cfg.task, "step": opened.step, **report}
-        if plot is not None:
-            plots.save_figure(opened.task.figure(opened.model, target, opened.device), plot)
-            result["plot"] = str(plot)
+        figure = opened.task.figure(opened.model, target, opened.device) if plot is not None else None
+    if figure is not None:  # its write error names the figure's file, not the checkpoint
+        plots.save_figure(figure, plot)
+        result["plot"] = str(plot)
     return result
 
 

@@ -19,15 +19,17 @@ import csv
 import io
 import json
 import math
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from grutrain.errors import GrutrainError
-from grutrain.files.atomic import write_file
+from grutrain.errors import GrutrainError, Interrupted, escaped
+from grutrain.files.atomic import PendingFile, commit_together
 from grutrain.files.outputs import check_output, check_output_dir
 from grutrain.trainer.rundir import CHECKPOINTS, CONFIG_FILE, RUNS_ROOT, SUMMARY_FILE, claim_numbered_dir
+from grutrain.trainer.interrupts import Interrupts, signal_of
 from grutrain.trainer.setup import build_training, start_device
 from grutrain.trainer.step import next_batch
 
@@ -64,15 +66,28 @@ def run_range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200
     """`grutrain lr-find`: the range test, its results written to `output_dir` (default: a fresh
     lr-find/<run.name>-N); returns the result and the files written (see write_results)."""
     check_sweep(start, end, steps, smoothing)  # before a directory is made for the results
-    directory = results_dir(cfg, output_dir)
-    try:
-        result = range_test(cfg, start, end, steps, smoothing=smoothing, device=device, progress=progress)
-    except BaseException:
-        if output_dir is None:  # leave no empty lr-find/<name>-N behind
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        raise
-    return result, write_results(result, directory, configured_lr=cfg.optim.lr)
+    # SIGINT/SIGTERM raise Interrupted (trainer.interrupts), so the way out below runs for a signal too.
+    with Interrupts() as interrupts:
+        had_root, had_requested = OUTPUT_ROOT.exists(), output_dir is not None and Path(output_dir).exists()
+        directory = results_dir(cfg, output_dir)
+        made = [] if had_requested else [directory] + ([OUTPUT_ROOT] if output_dir is None and not had_root else [])
+        written = None
+        try:
+            result = range_test(cfg, start, end, steps, smoothing=smoothing, device=device, progress=progress)
+            with interrupts.deferred():  # a signal now is noted: the results are written whole, then it stops
+                written = write_results(result, directory, configured_lr=cfg.optim.lr)
+            return result, written
+        except BaseException as exc:
+            if written is None:  # leave no empty lr-find/<name>-N (nor lr-find/, nor an --output-dir) made for it
+                for path in made:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+                name = signal.Signals(signal_of(exc)).name
+                left = (f"its results are written to {escaped(directory)}" if written else
+                        "it wrote nothing (no results, no directory); start it again")
+                raise Interrupted(signal_of(exc), f"lr-find interrupted by {name}; {left}") from None
+            raise
 
 
 def lr_schedule(start: float, end: float, steps: int) -> list[float]:
@@ -241,14 +256,14 @@ def results_dir(cfg, requested: str | Path | None) -> Path:
     return path
 
 
-def write_csv(result: LRFindResult, path: Path) -> None:
+def csv_text(result: LRFindResult) -> str:
     """step, lr, loss, smoothed_loss: one row per step taken."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["step", "lr", "loss", "smoothed_loss"])
     for i, (lr, loss, avg) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
         writer.writerow([i + 1, repr(lr), repr(loss), repr(avg)])
-    write_file(path, text.getvalue(), "lr-find CSV")
+    return text.getvalue()
 
 
 def read_csv(path: Path) -> dict[str, list[float]]:
@@ -260,17 +275,23 @@ def read_csv(path: Path) -> dict[str, list[float]]:
 def write_results(result: LRFindResult, directory: Path, configured_lr: float | None = None) -> dict[str, Path]:
     """lr_find.csv, lr_find.json (the suggestion and the whole curve) and, with matplotlib, lr_find.png.
 
+    All of them are written to temporaries first and renamed together (files.atomic.commit_together):
+    a full disk or a signal leaves the earlier results as they were, never a new JSON beside an old PNG.
     Returns the files written; a missing matplotlib leaves out the PNG (plots.PLOT_EXTRA_MESSAGE says why).
     """
     from grutrain import plots
 
-    written = {"csv": directory / CSV_NAME, "json": directory / JSON_NAME}
-    write_csv(result, written["csv"])
     summary = {"suggestion": result.suggestion, "reasoning": explain(result, configured_lr), **result.to_dict()}
-    write_file(written["json"], json.dumps(summary, indent=2) + "\n", "lr-find JSON")
+    contents = {"csv": (CSV_NAME, csv_text(result), "lr-find CSV"),
+                "json": (JSON_NAME, json.dumps(summary, indent=2) + "\n", "lr-find JSON")}
     if plots.have_matplotlib():
         figure = plots.lr_find_figure(result.lrs, result.losses, result.smoothed, result.suggestion,
                                       result.min_loss_lr)
-        written["png"] = directory / PNG_NAME
-        plots.save_figure(figure, written["png"])
-    return written
+        contents["png"] = (PNG_NAME, plots.figure_bytes(figure, directory / PNG_NAME), "lr-find figure")
+    with contextlib.ExitStack() as stack:
+        pending = {key: stack.enter_context(PendingFile(directory / name, what))
+                   for key, (name, _, what) in contents.items()}
+        for key, (_, content, _) in contents.items():
+            pending[key].write(content)
+        commit_together(*pending.values())
+    return {key: file.path for key, file in pending.items()}

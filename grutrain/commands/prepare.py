@@ -3,10 +3,13 @@ lm tokenises its text into its token cache)."""
 
 from __future__ import annotations
 
+import signal
 import time
 
+from grutrain.errors import Interrupted
 from grutrain.tasks import task_class
 from grutrain.tasks.protocols import PreparesAhead, require
+from grutrain.trainer.interrupts import Interrupts, signal_of
 
 
 def prepare(cfg, progress: bool = True) -> dict:
@@ -14,5 +17,13 @@ def prepare(cfg, progress: bool = True) -> dict:
     task = task_class(cfg.task)
     require(task, PreparesAhead, "prepare")
     start = time.perf_counter()
-    info = task.prepare(cfg, progress=progress)
+    # SIGINT/SIGTERM raise Interrupted (trainer.interrupts): the cache's temporary (files.atomic) is
+    # removed on the way out, where the default SIGTERM would leave a partial .bin behind.
+    with Interrupts():
+        try:
+            info = task.prepare(cfg, progress=progress)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            name = signal.Signals(signal_of(exc)).name
+            raise Interrupted(signal_of(exc), f"prepare interrupted by {name}; no cache was written "
+                                              "(nothing left behind); run it again") from None
     return {**info, "seconds": time.perf_counter() - start}

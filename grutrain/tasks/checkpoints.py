@@ -17,6 +17,7 @@ from grutrain.capacity import check_model_loads
 from grutrain.config.schema import Config, move_keys
 from grutrain.errors import GrutrainError
 from grutrain.files import checkpoint as checkpoint_file
+from grutrain.files.atomic import remove_stale_temporaries
 from grutrain.tasks import DEFAULT_TASK, TASKS, config_class, task_class, validate_config
 from grutrain.tasks.protocols import Relocates, Split, Task
 
@@ -55,6 +56,11 @@ def open_checkpoint(path: str | Path, device: torch.device) -> OpenedCheckpoint:
     """
     path = Path(path)
     payload = load_checkpoint(path, map_location=device)
+    # A save killed beside this checkpoint left a temporary (a whole checkpoint's size): eval, export,
+    # sample and predict clear the dead ones, as the next save into the directory does. Not done in
+    # load_checkpoint itself: under DDP on several machines, a rank there cannot tell whether a PID
+    # in a temporary's name is a live process on another machine.
+    remove_stale_temporaries(path.parent)
     try:
         cfg = validate_config(payload["config"])  # checked like a YAML's
         task = task_class(cfg.task).from_checkpoint(cfg, payload["task_state"])

@@ -7,18 +7,20 @@ metrics, summary.json).
 One interruption path (interrupts.Interrupts, for the whole fit): a signal inside the loop ends it
 with a checkpoint of the step (TrainingInterrupted); anywhere else it raises at once, and then
 either this command has written a checkpoint (the run is kept, summary.json says interrupted) or
-it has not, and the run directory is put back as it was before the command (RunDirectory).
+it has not, and the run directory is put back as it was before the command (RunDirectory). Any
+other failure before that first checkpoint (a full disk at the first save) is undone the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 
 from grutrain.config.schema import Config, config_to_dict, config_to_yaml
-from grutrain.errors import Interrupted, TrainingInterrupted
+from grutrain.errors import GrutrainError, Interrupted, TrainingInterrupted
 from grutrain.progress import TrainingProgress
 from grutrain.runtime import Distributed
 from grutrain.trainer.hparams import FINAL_PREFIX
@@ -61,6 +63,11 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, amp_dtype, resume:
             name = signal.Signals(signal_of(exc)).name
             raise Interrupted(signal_of(exc), f"interrupted by {name} before this command wrote a checkpoint; "
                                               f"{directory.undone_by_interrupt()}") from None
+        except GrutrainError as exc:  # e.g. a full disk at the first save: undone on leaving, as for a signal
+            interrupts.disarm()
+            if directory.begun and not directory.committed:
+                exc.args = (f"{exc}; {directory.undone_by_failure()}",)
+            raise
         except BaseException:
             interrupts.disarm()  # cleanup (summary, undo) runs to its end
             raise
@@ -111,15 +118,15 @@ def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: Non
             raise  # nothing of this command is kept: the directory is put back
         # after a checkpoint: in the final evaluation, or a second Ctrl-C in the loop
         stopped = TrainingInterrupted(signal_of(exc), run.run_dir, run.state.step, during=phase)
-        write_summary(run, "interrupted", error=str(stopped))
+        note_end(run, "interrupted", error=str(stopped))
         raise stopped from None
     except TrainingInterrupted as exc:
         interrupts.disarm()
-        write_summary(run, "interrupted", error=str(exc))
+        note_end(run, "interrupted", error=str(exc))
         raise
     except Exception as exc:
         interrupts.disarm()
-        write_summary(run, "failed", error=str(exc) or type(exc).__name__)
+        note_end(run, "failed", error=str(exc) or type(exc).__name__)
         raise
     finally:
         if bar is not None:
@@ -141,6 +148,13 @@ def finish(run: Run, val: dict, metrics: MetricsLogger) -> dict:
     metrics.log(run.state.step, {FINAL_PREFIX + tag: value for tag, value in final.items()})
     metrics.hparams(config_to_dict(run.cfg))
     return final
+
+
+def note_end(run: Run, status: str, **extra) -> None:
+    """summary.json says how the run ended, if the disk still takes it: on the way out of a failure
+    (a full disk, most likely) the run's own error is the one to tell, not this file's."""
+    with contextlib.suppress(GrutrainError, OSError):
+        write_summary(run, status, **extra)
 
 
 def write_summary(run: Run, status: str, **extra) -> dict:

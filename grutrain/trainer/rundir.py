@@ -13,9 +13,11 @@ without following symlinks.
 `RunDirectory` ties these together for `fit`: claim (and lock) on rank 0, every rank told the
 directory or the reason there is none; the earlier run set aside when training begins; the
 command's first checkpoint commits the directory to the new run. On the way out before that
-commit it is put back as the command found it (`Before`): new entries removed, config.yaml and
-summary.json restored byte for byte, the lock file's text restored (or the lock file removed),
-and the directories made for the run (runs/NAME-N, runs/) removed; an overwritten run put back.
+commit, whatever the cause (a signal, a full disk at the first save, diverged training, a bug), it
+is put back as the command found it (`Before`): new entries removed, config.yaml and summary.json
+restored byte for byte, the lock file's text restored (or the lock file removed), and the
+directories made for the run (runs/NAME-N, runs/) removed; an overwritten run put back. So a
+failed start never leaves a directory that a rerun, --resume or --overwrite would refuse.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grutrain.errors import GrutrainError, Interrupted, escaped
+from grutrain.errors import GrutrainError, escaped
 from grutrain.files.atomic import write_file
 
 if TYPE_CHECKING:
@@ -56,9 +58,9 @@ class RunDirectory:
     the one-line reason there is none. `begin()` marks the moment training starts: --overwrite
     sets the earlier run aside then, not before, so bad input never touches it. `commit()` marks
     this command's first checkpoint (or its successful end): from then on the directory is the
-    new run's, kept whatever happens. Leaving before that puts the directory back as it was
-    before the command (`undo`): on an interrupt always; on an error too, except that a new run
-    that began keeps its directory (its summary says why it failed).
+    new run's, kept whatever happens. Leaving before that, on an interrupt or an error alike, puts
+    the directory back as it was before the command (`Before`), and the message says so
+    (`undone_by_interrupt`, `undone_by_failure`).
     """
 
     def __init__(self, run_dir: str | None, name: str, dist: Distributed, *, resume: bool, overwrite: bool):
@@ -108,11 +110,19 @@ class RunDirectory:
             return f"the earlier run in {where} is as it was; start again with --overwrite"
         return "nothing was kept; start it again"
 
+    def undone_by_failure(self) -> str:
+        """What an error before this command's first checkpoint leaves on disk, for its message."""
+        where = escaped(self.path)
+        if self.resume:
+            return f"no run was changed (run dir {where} is as it was); continue it with --resume"
+        if self.before is not None and self.before.had_run:
+            return f"no run was changed (the earlier run in {where} is as it was); start again with --overwrite"
+        return "no run was changed; start it again"
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.dist.is_main or self.before is None:
             return
-        interrupted = exc_type is not None and issubclass(exc_type, (Interrupted, KeyboardInterrupt))
-        keep = exc_type is None or self.committed or (self.begun and not interrupted and not self.before.had_run)
+        keep = exc_type is None or self.committed  # else nothing of this command may stay
         if not keep and self.aside is not None:
             restore_set_aside(self.path, self.aside)
         if not keep:

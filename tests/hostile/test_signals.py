@@ -140,6 +140,8 @@ STOPPED = [  # (moment, the function paused, its call, signal, the step of the c
     ("in a save", "grutrain.trainer.loop|save_checkpoint|1", signal.SIGTERM, 2, "at step 2; checkpoint saved"),
     ("in the last step's validation", "grutrain.trainer.loop|evaluate_during_fit|2", signal.SIGTERM, 4,
      "at step 4; checkpoint saved"),
+    ("Ctrl-C in the last step's validation", "grutrain.trainer.loop|evaluate_during_fit|2", signal.SIGINT, 4,
+     "at step 4; checkpoint saved"),
     ("in the final test evaluation", "grutrain.trainer.fit|finish|1", signal.SIGTERM, 4,
      "during the final evaluation (step 4); the run's checkpoints are kept"),
 ]

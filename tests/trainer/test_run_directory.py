@@ -1,5 +1,5 @@
 """The run directory's lifecycle (rundir.RunDirectory) on its own: what is left on disk after a
-run that never began, one that began and failed before its first checkpoint, and one that wrote it;
+run that never began, one that began and failed before its first checkpoint (nothing), and one that wrote it;
 and that lr-find starts from the very state fit starts from (one setup for both)."""
 
 from __future__ import annotations
@@ -77,10 +77,19 @@ def test_overwrite_puts_the_earlier_run_back_unless_a_checkpoint_replaced_it(tmp
     assert not [p for p in run.iterdir() if p.name.startswith(".overwritten-")]
 
 
-def test_a_run_that_began_keeps_its_directory(tmp_path):
+def test_a_run_that_failed_before_its_first_checkpoint_leaves_no_directory(tmp_path):
+    """Issue 22: an error (a full disk at the first save) is undone like a signal, so the same command
+    can be run again; once the first checkpoint is written the directory is kept."""
     with pytest.raises(ValueError), claim(tmp_path / "run") as directory:
         directory.begin()
+        (tmp_path / "run" / "config.yaml").write_text("task: lm\n")
+        (tmp_path / "run" / "checkpoints").mkdir()
         raise ValueError("failed during training")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError), claim(tmp_path / "run") as directory:
+        directory.begin()
+        directory.commit()  # the first checkpoint
+        raise ValueError("failed later")
     assert (tmp_path / "run").is_dir()
 
 
