@@ -305,9 +305,9 @@ def test_bf16_products_stay_close_to_float32(native, tune, reset, hidden):
     assert max(rel) > 1e-4  # the bfloat16 route was really taken (float32 agrees to ~1e-6)
 
 
-# cpu_tune knobs of each bf16 GEMM path: bf16_gemm 0 auto (MKL on Intel CPUs), 1 oneDNN (at::mm,
-# bf16 products), 2 MKL's cblas_gemm_bf16bf16f32 (float products); bf16_packed: W_hh packed once.
-BF16_GEMMS = {"onednn": (1, 1), "mkl": (2, 1), "mkl_unpacked": (2, 0)}
+# cpu_tune("bf16_gemm") of each bf16 GEMM path: 0 auto (MKL on Intel CPUs), 1 oneDNN (at::mm,
+# bf16 products), 2 MKL's cblas_gemm_bf16bf16f32 (float products) where torch has it.
+BF16_GEMMS = {"onednn": 1, "mkl": 2}
 
 
 def bf16_vendor_is_intel():
@@ -322,12 +322,10 @@ def test_bf16_route_on_each_gemm_path(native, tune, reset, path, split):
     """Each GEMM path of the bfloat16 route stays within test_gru_bf16's tolerance of float32, in
     training and no-grad alike, over several time chunks; split: 3 threads run the time loop on
     uneven blocks of 7 rows (where the path allows it: MKL)."""
-    gemm, packed = BF16_GEMMS[path]
     T, B, I, H = 12, 7, 64, 64
     inputs = make_inputs(T, B, I, H)
     expected = run_with_grads(native.native_gru_layer, inputs, reset)
-    tune("bf16_gemm", gemm)
-    tune("bf16_packed", packed)
+    tune("bf16_gemm", BF16_GEMMS[path])
     tune("chunk_bytes", 5 * B * 4 * H * 4)
     tune("infer_chunk_bytes", 5 * B * 4 * H * 4)
     tune("split_min_rows", 1 if split else 0)

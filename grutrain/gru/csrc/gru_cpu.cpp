@@ -19,11 +19,11 @@
 // stacked [T*B, .] gradients (per time chunk of at most `chunk_bytes` of gradient buffer, reused
 // across chunks).
 //
-// GEMMs: MKL's sgemm_ / packed sgemm / cblas_gemm_bf16bf16f32 (packed too), looked up at run time
+// GEMMs: MKL's sgemm_ / packed sgemm / cblas_gemm_bf16bf16f32, looked up at run time
 // in the already loaded libtorch (no link-time dependency); where they are missing (non-MKL
 // builds), at::mm_out / at::addmm_out on strided views. The bfloat16 route takes MKL's bf16 GEMM on
-// Intel CPUs (knob bf16_gemm): float products straight into the gate buffer / dh, W_hh packed once
-// per call, rows split over threads like float32; elsewhere oneDNN (at::mm) with bf16 products.
+// Intel CPUs (knob bf16_gemm): float products straight into the gate buffer / dh, rows split over
+// threads like float32; elsewhere oneDNN (at::mm) with bf16 products.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -73,7 +73,6 @@ struct Tuning {
                                     //   MKL's threaded (packed) GEMM on the whole batch was faster)
   int64_t bf16_gemm = 0;            // bf16 x bf16 products: 0 auto (MKL on Intel CPUs), 1 oneDNN
                                     // (at::mm), 2 MKL's cblas_gemm_bf16bf16f32 where it is loaded
-  int64_t bf16_packed = 1;          // MKL bf16 path: W_hh packed once per call (0: never)
 };
 Tuning& tuning() {
   static Tuning t;
@@ -98,7 +97,6 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
   else if (n == "bf16_gemm") slot = &t.bf16_gemm;
-  else if (n == "bf16_packed") slot = &t.bf16_packed;
   TORCH_CHECK(slot != nullptr, "grutrain_native::cpu_tune: unknown knob '", n, "'");
   const int64_t old = *slot;
   if (value >= 0) *slot = value;  // a negative value only reads
@@ -121,8 +119,6 @@ using compute_fn = void (*)(int, int, int, int, int, int, const float*, int, con
 // MKL's bf16 x bf16 -> float GEMM (MKL_BF16 is a uint16_t; c10::BFloat16 has the same bits).
 using gemm_bf16_fn = void (*)(int, int, int, int, int, int, float, const BF16*, int, const BF16*, int, float,
                               float*, int);
-using pack_size_bf16_fn = size_t (*)(int, int, int, int);
-using pack_bf16_fn = void (*)(int, int, int, int, int, int, const BF16*, int, BF16*);
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
 
 struct Blas {
@@ -131,10 +127,7 @@ struct Blas {
   pack_size_fn pack_size = nullptr;
   pack_fn pack = nullptr;
   compute_fn compute = nullptr;
-  gemm_bf16_fn gemm_bf16 = nullptr;
-  pack_size_bf16_fn pack_size_bf16 = nullptr;
-  pack_bf16_fn pack_bf16 = nullptr;
-  gemm_bf16_fn compute_bf16 = nullptr;  // same signature, transb = kPacked
+  gemm_bf16_fn gemm_bf16 = nullptr;  // torch's MKL has no _pack/_compute variants of it
 };
 
 void* find_symbol(const char* name) {
@@ -160,10 +153,6 @@ const Blas& blas_symbols() {
     r.compute = reinterpret_cast<compute_fn>(find_symbol("cblas_sgemm_compute"));
     if (!(r.pack_size && r.pack && r.compute)) r.pack_size = nullptr;
     r.gemm_bf16 = reinterpret_cast<gemm_bf16_fn>(find_symbol("cblas_gemm_bf16bf16f32"));
-    r.pack_size_bf16 = reinterpret_cast<pack_size_bf16_fn>(find_symbol("cblas_gemm_bf16bf16f32_pack_get_size"));
-    r.pack_bf16 = reinterpret_cast<pack_bf16_fn>(find_symbol("cblas_gemm_bf16bf16f32_pack"));
-    r.compute_bf16 = reinterpret_cast<gemm_bf16_fn>(find_symbol("cblas_gemm_bf16bf16f32_compute"));
-    if (!(r.pack_size_bf16 && r.pack_bf16 && r.compute_bf16)) r.pack_size_bf16 = nullptr;
     return r;
   }();
   return b;
@@ -293,30 +282,16 @@ struct StepMatmul {
   }
 };
 
-// C[M,N] (ld ldc) = beta C + A[M,K] op(B) on the bfloat16 route where mkl_bf16(): B (a slice of
-// W_hh, fixed for the whole call) packed once by MKL where the symbols exist and it fits max_bytes,
-// instead of being repacked by every per-step call. op(B) = B^T when tb (B stored [N, K]).
+// C[M,N] (ld ldc) = beta C + A[M,K] op(B) on the bfloat16 route where mkl_bf16(): B a slice of
+// W_hh (op(B) = B^T when tb, B stored [N, K]), the same for every step of a call.
 struct StepMatmulBf16 {
   const BF16* b;
   int64_t ldb, N, K;
   bool tb;
-  Tensor packed;
-  StepMatmulBf16(const BF16* b_, int64_t ldb_, bool tb_, int64_t N_, int64_t K_, int64_t batch, int64_t max_bytes)
-      : b(b_), ldb(ldb_), N(N_), K(K_), tb(tb_) {
-    const Blas& bl = blas_symbols();
-    if (bl.pack_size_bf16 == nullptr || tuning().bf16_packed == 0) return;
-    const size_t bytes = bl.pack_size_bf16(kBMatrix, batch, N, K);
-    if (bytes == 0 || static_cast<int64_t>(bytes) > max_bytes) return;
-    packed = at::empty({static_cast<int64_t>((bytes + 1) / 2)}, at::kBFloat16);
-    bl.pack_bf16(kRowMajor, kBMatrix, tb ? kTrans : kNoTrans, batch, N, K, b, ldb, packed.data_ptr<BF16>());
-  }
+  StepMatmulBf16(const BF16* b_, int64_t ldb_, bool tb_, int64_t N_, int64_t K_)
+      : b(b_), ldb(ldb_), N(N_), K(K_), tb(tb_) {}
   void operator()(int64_t M, const BF16* a, int64_t lda, float beta, float* c, int64_t ldc) const {
-    if (M == 0) return;
-    if (packed.defined())
-      blas_symbols().compute_bf16(kRowMajor, kNoTrans, kPacked, M, N, K, 1.f, a, lda, packed.data_ptr<BF16>(),
-                                  K, beta, c, ldc);
-    else
-      gemm<BF16, float>(false, tb, M, N, K, a, lda, b, ldb, beta, c, ldc);
+    gemm<BF16, float>(false, tb, M, N, K, a, lda, b, ldb, beta, c, ldc);
   }
 };
 
@@ -698,8 +673,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
     if (!after) mm_n.emplace(whh + 2 * H * H, H, H, B, T, pack_cap / 2);
   } else if (mkl) {
     const BF16* wb = reinterpret_cast<const BF16*>(whh);
-    mk_main.emplace(wb, H, true, gh_cols, H, B, pack_cap);
-    if (!after) mk_n.emplace(wb + 2 * H * H, H, true, H, H, B, pack_cap / 2);
+    mk_main.emplace(wb, H, true, gh_cols, H);
+    if (!after) mk_n.emplace(wb + 2 * H * H, H, true, H, H);
     ghf_t = at::empty({B, gh_cols}, x.options());
     if (!after) ghnf_t = at::empty({B, H}, x.options());
   }
@@ -915,8 +890,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   // bfloat16 route through oneDNN: the step's product G W_hh lands here (bf16), the next pass adds it to dh.
   Tensor dprod_t = kLow ? at::empty({B, H}, opts.dtype(mdt)) : Tensor();
   const M* dprod = nullptr;  // pending product, if any
-  // bfloat16 route through MKL: the products are float, added straight into dnext (like float32)
-  // with W_hh's slices packed once per call where the chunk buffer's bytes allow.
+  // bfloat16 route through MKL: the products are float, added straight into dnext (like float32).
   const bool mkl = kLow && mkl_bf16();
   std::optional<StepMatmulBf16> mk_chain, mk_rh;
   Tensor drhf_t;
@@ -931,12 +905,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const M* whh = w_hh_m.template data_ptr<M>();
   if (mkl) {
     const BF16* wb = reinterpret_cast<const BF16*>(whh);
-    const int64_t cap = tuning().chunk_bytes;  // the gradient buffer's cap (bytes of float)
     if (after) {
-      mk_chain.emplace(wb, H, false, H, 3 * H, B, cap);
+      mk_chain.emplace(wb, H, false, H, 3 * H);
     } else {
-      mk_chain.emplace(wb, H, false, H, 2 * H, B, cap);
-      mk_rh.emplace(wb + 2 * H * H, H, false, H, H, B, cap);
+      mk_chain.emplace(wb, H, false, H, 2 * H);
+      mk_rh.emplace(wb + 2 * H * H, H, false, H, H);
       drhf_t = at::empty({B, H}, opts);
     }
   }
