@@ -305,6 +305,65 @@ def test_bf16_products_stay_close_to_float32(native, tune, reset, hidden):
     assert max(rel) > 1e-4  # the bfloat16 route was really taken (float32 agrees to ~1e-6)
 
 
+# cpu_tune("bf16_gemm") of each bf16 GEMM path: 0 auto (MKL on Intel CPUs), 1 oneDNN (at::mm,
+# bf16 products), 2 MKL's cblas_gemm_bf16bf16f32 (float products) where torch has it.
+BF16_GEMMS = {"onednn": 1, "mkl": 2}
+
+
+def bf16_vendor_is_intel():
+    with open("/proc/cpuinfo") as f:
+        return "GenuineIntel" in f.read()
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("path", sorted(BF16_GEMMS))
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_bf16_route_on_each_gemm_path(native, tune, reset, path, split):
+    """Each GEMM path of the bfloat16 route stays within test_gru_bf16's tolerance of float32, in
+    training and no-grad alike, over several time chunks; split: 3 threads run the time loop on
+    uneven blocks of 7 rows (where the path allows it: MKL)."""
+    T, B, I, H = 12, 7, 64, 64
+    inputs = make_inputs(T, B, I, H)
+    expected = run_with_grads(native.native_gru_layer, inputs, reset)
+    tune("bf16_gemm", BF16_GEMMS[path])
+    tune("chunk_bytes", 5 * B * 4 * H * 4)
+    tune("infer_chunk_bytes", 5 * B * 4 * H * 4)
+    tune("split_min_rows", 1 if split else 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3 if split else threads)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            actual = run_with_grads(native.native_gru_layer, inputs, reset)
+            with torch.no_grad():
+                out, h_T = native.native_gru_layer(*inputs, reset=reset)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out, actual[0].detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_T, actual[1].detach(), atol=1e-5, rtol=1e-5)
+    rel = []
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        scale = float(e.detach().abs().max())
+        torch.testing.assert_close(a, e, atol=3e-2 * scale, rtol=0, msg=lambda m, i=i: f"tensor {i}: {m}")
+        rel.append(float((a - e).detach().abs().max()) / scale)
+    assert max(rel) > 1e-4  # the bfloat16 route was really taken
+
+
+def test_bf16_gemm_knob_chooses_the_path(native, tune):
+    """bf16_gemm=2 takes MKL where torch has it (its float products differ from oneDNN's rounded
+    bf16 ones); auto (0) is MKL on GenuineIntel CPUs only, oneDNN elsewhere."""
+    inputs = [t.detach() for t in make_inputs(6, 4, 64, 64)]
+
+    def forward(knob):
+        tune("bf16_gemm", knob)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return native.native_gru_layer(*inputs)[0]
+
+    onednn, mkl, auto = forward(1), forward(2), forward(0)
+    has_mkl = torch.backends.mkl.is_available()
+    assert torch.equal(onednn, mkl) != has_mkl
+    assert torch.equal(auto, mkl if has_mkl and bf16_vendor_is_intel() else onednn)
+
+
 def test_bf16_keeps_float32_state(native):
     """The float32 state is why the route exists: closer to float32 than an all-bf16 nn.GRU."""
     torch.manual_seed(0)

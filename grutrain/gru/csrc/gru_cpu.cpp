@@ -19,9 +19,11 @@
 // stacked [T*B, .] gradients (per time chunk of at most `chunk_bytes` of gradient buffer, reused
 // across chunks).
 //
-// GEMMs: MKL's sgemm_ / cblas_gemm_bf16bf16f32 / packed sgemm, looked up at run time in the
-// already loaded libtorch (no link-time dependency); where they are missing (non-MKL builds),
-// at::mm_out / at::addmm_out on strided views.
+// GEMMs: MKL's sgemm_ / packed sgemm / cblas_gemm_bf16bf16f32, looked up at run time
+// in the already loaded libtorch (no link-time dependency); where they are missing (non-MKL
+// builds), at::mm_out / at::addmm_out on strided views. The bfloat16 route takes MKL's bf16 GEMM on
+// Intel CPUs (knob bf16_gemm): float products straight into the gate buffer / dh, rows split over
+// threads like float32; elsewhere oneDNN (at::mm) with bf16 products.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -29,6 +31,9 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -66,6 +71,8 @@ struct Tuning {
   int64_t split_min_rows = 16;      // float: each thread runs the time loop on its own batch rows
   int64_t split_max_hidden = 128;   //   ... with at least this many rows each, up to this H (above,
                                     //   MKL's threaded (packed) GEMM on the whole batch was faster)
+  int64_t bf16_gemm = 0;            // bf16 x bf16 products: 0 auto (MKL on Intel CPUs), 1 oneDNN
+                                    // (at::mm), 2 MKL's cblas_gemm_bf16bf16f32 where it is loaded
 };
 Tuning& tuning() {
   static Tuning t;
@@ -89,6 +96,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "use_blas") slot = &t.use_blas;
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
+  else if (n == "bf16_gemm") slot = &t.bf16_gemm;
   TORCH_CHECK(slot != nullptr, "grutrain_native::cpu_tune: unknown knob '", n, "'");
   const int64_t old = *slot;
   if (value >= 0) *slot = value;  // a negative value only reads
@@ -108,6 +116,9 @@ using pack_size_fn = size_t (*)(int, int, int, int);
 using pack_fn = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
 using compute_fn = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float,
                             float*, int);
+// MKL's bf16 x bf16 -> float GEMM (MKL_BF16 is a uint16_t; c10::BFloat16 has the same bits).
+using gemm_bf16_fn = void (*)(int, int, int, int, int, int, float, const BF16*, int, const BF16*, int, float,
+                              float*, int);
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
 
 struct Blas {
@@ -116,6 +127,7 @@ struct Blas {
   pack_size_fn pack_size = nullptr;
   pack_fn pack = nullptr;
   compute_fn compute = nullptr;
+  gemm_bf16_fn gemm_bf16 = nullptr;  // torch's MKL has no _pack/_compute variants of it
 };
 
 void* find_symbol(const char* name) {
@@ -140,12 +152,36 @@ const Blas& blas_symbols() {
     r.pack = reinterpret_cast<pack_fn>(find_symbol("cblas_sgemm_pack"));
     r.compute = reinterpret_cast<compute_fn>(find_symbol("cblas_sgemm_compute"));
     if (!(r.pack_size && r.pack && r.compute)) r.pack_size = nullptr;
+    r.gemm_bf16 = reinterpret_cast<gemm_bf16_fn>(find_symbol("cblas_gemm_bf16bf16f32"));
     return r;
   }();
   return b;
 }
 
 inline bool use_blas() { return tuning().use_blas != 0; }
+
+// MKL runs its generic (slow) bf16 code on non-Intel CPUs (2x slower than oneDNN on an AMD EPYC
+// with AVX512-BF16), so "auto" takes it only on GenuineIntel.
+bool genuine_intel() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool intel = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;  // "Genu" "ineI" "ntel"
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
+
+// The bfloat16 route's products through MKL's cblas_gemm_bf16bf16f32 (float C, no rounding of the
+// product to bf16) rather than at::mm (oneDNN): per the bf16_gemm knob, where MKL is loaded.
+inline bool mkl_bf16() {
+  const int64_t k = tuning().bf16_gemm;
+  if (k == 1 || !use_blas() || blas_symbols().gemm_bf16 == nullptr) return false;
+  return k == 2 || genuine_intel();
+}
 
 // A row-major matrix (possibly the transpose of what is stored) as a strided tensor view.
 template <typename S>
@@ -185,9 +221,14 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* A, int64_t
       return;
     }
   } else {
-    // bf16 x bf16: ATen's mm (oneDNN, AVX512-BF16 where the CPU has it; MKL's bf16 GEMM runs its
-    // generic code on AMD CPUs, 2x slower than oneDNN here). Its bf16 result is added in float.
+    // bf16 x bf16: MKL where mkl_bf16() (float result), else ATen's mm (oneDNN, AVX512-BF16 where
+    // the CPU has it) whose bf16 result is added in float.
     static_assert(std::is_same_v<S, BF16> && std::is_same_v<R, float>, "bf16 x bf16 -> float only");
+    if (mkl_bf16()) {
+      b.gemm_bf16(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, M, N, K, 1.f, A, lda, B, ldb,
+                  beta, C, ldc);
+      return;
+    }
   }
   // ATen on strided views (also the fallback where MKL's symbols are missing).
   Tensor a = as_view(A, M, K, lda, ta), bm = as_view(B, K, N, ldb, tb), c = as_view(C, M, N, ldc, false);
@@ -238,6 +279,19 @@ struct StepMatmul {
       }
     }
     gemm<S, R>(false, true, M, N, K, h, ldh, w, K, beta, acc, ldc);
+  }
+};
+
+// C[M,N] (ld ldc) = beta C + A[M,K] op(B) on the bfloat16 route where mkl_bf16(): B a slice of
+// W_hh (op(B) = B^T when tb, B stored [N, K]), the same for every step of a call.
+struct StepMatmulBf16 {
+  const BF16* b;
+  int64_t ldb, N, K;
+  bool tb;
+  StepMatmulBf16(const BF16* b_, int64_t ldb_, bool tb_, int64_t N_, int64_t K_)
+      : b(b_), ldb(ldb_), N(N_), K(K_), tb(tb_) {}
+  void operator()(int64_t M, const BF16* a, int64_t lda, float beta, float* c, int64_t ldc) const {
+    gemm<BF16, float>(false, tb, M, N, K, a, lda, b, ldb, beta, c, ldc);
   }
 };
 
@@ -597,7 +651,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   M* hlow = kLow ? h_low.template data_ptr<M>() : nullptr;
 
   // Per-step products: float32 GEMMs accumulate in F (MKL, W_hh^T packed where it pays); the
-  // bfloat16 route writes bf16 products (oneDNN) that the gate passes read and widen.
+  // bfloat16 route writes float products through MKL (mkl_bf16()), else bf16 products (oneDNN)
+  // that the gate passes read and widen.
   const int64_t gh_cols = after ? 3 * H : 2 * H;
   const auto mdt = c10::CppTypeToScalarType<M>::value;
   Tensor gh_t = at::empty({B, gh_cols}, x.options().dtype(mdt));
@@ -610,20 +665,36 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   // backward's gradient buffer (allocated anyway), or by the chunk buffer for inference.
   const int64_t pack_cap = keep ? std::min<int64_t>(T * row_bytes, tuning().chunk_bytes) : L * row_bytes;
   std::optional<StepMatmul<F, F>> mm_main, mm_n;
+  std::optional<StepMatmulBf16> mk_main, mk_n;  // bfloat16 route through MKL: float products
+  const bool mkl = kLow && mkl_bf16();
+  Tensor ghf_t, ghnf_t;
   if constexpr (!kLow) {
     mm_main.emplace(whh, gh_cols, H, B, T, pack_cap);
     if (!after) mm_n.emplace(whh + 2 * H * H, H, H, B, T, pack_cap / 2);
+  } else if (mkl) {
+    const BF16* wb = reinterpret_cast<const BF16*>(whh);
+    mk_main.emplace(wb, H, true, gh_cols, H);
+    if (!after) mk_n.emplace(wb + 2 * H * H, H, true, H, H);
+    ghf_t = at::empty({B, gh_cols}, x.options());
+    if (!after) ghnf_t = at::empty({B, H}, x.options());
   }
-  // acc[r0:r1] [., N] = a[r0:r1] [., H] W^T for the rows of W starting at row0.
-  auto step_mm = [&](int64_t r0, int64_t r1, const M* a, int64_t row0, int64_t N, M* acc) {
-    if constexpr (kLow) {
+  F* ghf = ghf_t.defined() ? ghf_t.template data_ptr<F>() : nullptr;
+  F* ghnf = ghnf_t.defined() ? ghnf_t.template data_ptr<F>() : nullptr;
+  // acc[r0:r1] [., N] = a[r0:r1] [., H] W^T for the rows of W starting at row0 (acc: M, or F
+  // on the MKL bfloat16 path).
+  auto step_mm = [&](int64_t r0, int64_t r1, const M* a, int64_t row0, int64_t N, auto* acc) {
+    using P = std::remove_pointer_t<decltype(acc)>;
+    if constexpr (kLow && std::is_same_v<P, F>) {
+      (row0 == 0 ? *mk_main : *mk_n)(r1 - r0, reinterpret_cast<const BF16*>(a) + r0 * H, H, 0.f, acc + r0 * N, N);
+    } else if constexpr (kLow) {
       mm_bf16(false, true, r1 - r0, N, H, a + r0 * H, H, whh + row0 * H, H, acc + r0 * N);
     } else {
       (row0 == 0 ? *mm_main : *mm_n)(r1 - r0, a + r0 * H, H, 0.f, acc + r0 * N, N);
     }
   };
-  // The bfloat16 route keeps its per-step GEMMs over the whole batch (oneDNN threads them).
-  const int64_t blocks = kLow ? 1 : row_blocks(B, H);
+  // The bfloat16 route through oneDNN keeps its per-step GEMMs over the whole batch (oneDNN
+  // threads them); through MKL it splits rows like float32.
+  const int64_t blocks = kLow && !mkl ? 1 : row_blocks(B, H);
 
   F* outp = out.data_ptr<F>();
   const F* bp = bias.data();
@@ -653,19 +724,28 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
         F* hlast = t == T - 1 ? h_n.data_ptr<F>() : nullptr;
         const M* hm;
         if constexpr (kLow) hm = hlow; else hm = h;
-        step_mm(r0, r1, hm, 0, gh_cols, gh);
-        if (after) {
-          over_rows([&](int64_t b0, int64_t b1) {
-            pass_fwd_after<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, hout, hlast, hlow);
-          });
+        // One step with products of type P (M, or F on the MKL bfloat16 path).
+        auto step = [&](auto* ghp, auto* ghnp) {
+          using P = std::remove_pointer_t<decltype(ghp)>;
+          step_mm(r0, r1, hm, 0, gh_cols, ghp);
+          if (after) {
+            over_rows([&](int64_t b0, int64_t b1) {
+              pass_fwd_after<F, M, P, S>(b0, b1, H, gi, ldi, g, ghp, bp, h, hout, hlast, hlow);
+            });
+          } else {
+            over_rows([&](int64_t b0, int64_t b1) {
+              pass_fwd_before_a<F, M, P, S>(b0, b1, H, gi, ldi, g, ghp, bp, h, rh);
+            });
+            step_mm(r0, r1, rh, 2 * H, H, ghnp);
+            over_rows([&](int64_t b0, int64_t b1) {
+              pass_fwd_before_b<F, M, P, S>(b0, b1, H, gi, ldi, g, ghnp, bp, h, hout, hlast, hlow);
+            });
+          }
+        };
+        if constexpr (kLow) {
+          if (mkl) step(ghf, ghnf); else step(gh, ghn);
         } else {
-          over_rows([&](int64_t b0, int64_t b1) {
-            pass_fwd_before_a<F, M, M, S>(b0, b1, H, gi, ldi, g, gh, bp, h, rh);
-          });
-          step_mm(r0, r1, rh, 2 * H, H, ghn);
-          over_rows([&](int64_t b0, int64_t b1) {
-            pass_fwd_before_b<F, M, M, S>(b0, b1, H, gi, ldi, g, ghn, bp, h, hout, hlast, hlow);
-          });
+          step(gh, ghn);
         }
       }
     });
@@ -752,8 +832,8 @@ void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* 
 }
 
 // "before", second pass: drh = da_n W_hn [B, H]; da_r = drh h r (1-r); dnext += drh r.
-template <typename T, typename M, typename S>
-void pass_bwd_before_b(int64_t b0, int64_t b1, int64_t H, const S* ws, const M* drh, const T* hprev, M* G,
+template <typename T, typename M, typename S, typename P>
+void pass_bwd_before_b(int64_t b0, int64_t b1, int64_t H, const S* ws, const P* drh, const T* hprev, M* G,
                        T* dnext, T* acc) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
@@ -807,14 +887,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   Tensor rh_buf = after ? Tensor() : at::empty({L, B, H}, opts.dtype(mdt));            // r*h ("before")
   Tensor hlow_buf = kLow && need_whh ? at::empty({L, B, H}, opts.dtype(mdt)) : Tensor();  // h_prev as bf16
   Tensor drh_t = after ? Tensor() : at::empty({B, H}, opts.dtype(mdt));
-  // bfloat16 route: the step's product G W_hh lands here (bf16) and the next pass adds it to dh.
+  // bfloat16 route through oneDNN: the step's product G W_hh lands here (bf16), the next pass adds it to dh.
   Tensor dprod_t = kLow ? at::empty({B, H}, opts.dtype(mdt)) : Tensor();
   const M* dprod = nullptr;  // pending product, if any
+  // bfloat16 route through MKL: the products are float, added straight into dnext (like float32).
+  const bool mkl = kLow && mkl_bf16();
+  std::optional<StepMatmulBf16> mk_chain, mk_rh;
+  Tensor drhf_t;
+  // c[r0:r1] = a[r0:r1] op(W slice) (+ c): [rows, H] products (float32: never called).
+  auto mkl_mm = [&](const StepMatmulBf16& mm, int64_t r0, int64_t r1, const M* a, int64_t lda, float beta, F* c) {
+    if constexpr (kLow) mm(r1 - r0, a + r0 * lda, lda, beta, c + r0 * H, H);
+  };
   Tensor ping = at::empty({B, H}, opts), pong = at::empty({B, H}, opts);
 
   // Operands of the GEMMs in M.
   Tensor w_hh_m = kLow ? w_hh.to(at::kBFloat16) : w_hh;
   const M* whh = w_hh_m.template data_ptr<M>();
+  if (mkl) {
+    const BF16* wb = reinterpret_cast<const BF16*>(whh);
+    if (after) {
+      mk_chain.emplace(wb, H, false, H, 3 * H);
+    } else {
+      mk_chain.emplace(wb, H, false, H, 2 * H);
+      mk_rh.emplace(wb + 2 * H * H, H, false, H, H);
+      drhf_t = at::empty({B, H}, opts);
+    }
+  }
   Tensor w_in_m;  // dx = G_in w: rows rotated to (n, r, z) for "after"
   if (need_x) {
     Tensor w = after ? at::cat({w_ih.narrow(0, 2 * H, H), w_ih.narrow(0, 0, 2 * H)}) : w_ih;
@@ -840,8 +938,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const F* h0p = h0.data_ptr<F>();
   F* accp = accs.data_ptr<F>();
   bool first_chunk = true;  // weight gradients: beta 0 for the first chunk processed
-  // Rows split over threads (row_blocks) in float only, and not when grad_out is copied per step.
-  const int64_t blocks = kLow || gstep.defined() ? 1 : row_blocks(B, H);
+  // Rows split over threads (row_blocks) in float32 and the MKL bfloat16 path (not with oneDNN's
+  // shared bf16 product dprod), and not when grad_out is copied per step.
+  const int64_t blocks = (kLow && !mkl) || gstep.defined() ? 1 : row_blocks(B, H);
 
   const int64_t n_chunks = (T + L - 1) / L;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -877,7 +976,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
                                  accp + at::get_thread_num() * W, hl);
           });
           if (chain) {  // dh_{t-1} += [da_r | da_z | dhn] W_hh
-            if constexpr (kLow) {
+            if (mkl) {
+              mkl_mm(*mk_chain, r0, r1, G + H, 4 * H, 1.f, dnext);
+            } else if constexpr (kLow) {
               M* dp = dprod_t.template data_ptr<M>();
               mm_bf16(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, dp);
               dprod = dp;
@@ -892,14 +993,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
             pass_bwd_before_a<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, G, dnext,
                                     accp + at::get_thread_num() * W, rh, hl);
           });
-          if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
-          else gemm<M, F>(false, false, rows, H, H, G + r0 * W + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f,
-                          drh + r0 * H, H);
-          over_rows(3 * H, [&](int64_t b0, int64_t b1) {
-            pass_bwd_before_b<F, M, S>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
-          });
+          if (mkl) {
+            F* drhf = drhf_t.template data_ptr<F>();
+            mkl_mm(*mk_rh, r0, r1, G + 2 * H, 3 * H, 0.f, drhf);
+            over_rows(3 * H, [&](int64_t b0, int64_t b1) {
+              pass_bwd_before_b<F, M, S, F>(b0, b1, H, s, drhf, hprev, G, dnext, accp + at::get_thread_num() * W);
+            });
+          } else {
+            if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
+            else gemm<M, F>(false, false, rows, H, H, G + r0 * W + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f,
+                            drh + r0 * H, H);
+            over_rows(3 * H, [&](int64_t b0, int64_t b1) {
+              pass_bwd_before_b<F, M, S, M>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
+            });
+          }
           if (chain) {  // dh_{t-1} += [da_r | da_z] W_{hr,hz}
-            if constexpr (kLow) {
+            if (mkl) {
+              mkl_mm(*mk_chain, r0, r1, G, 3 * H, 1.f, dnext);
+            } else if constexpr (kLow) {
               M* dp = dprod_t.template data_ptr<M>();
               mm_bf16(false, false, B, H, 2 * H, G, 3 * H, whh, H, dp);
               dprod = dp;
