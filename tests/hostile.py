@@ -71,3 +71,23 @@ def run_grutrain(args, *, cwd, timeout=120, env=None, stdin=subprocess.DEVNULL, 
     else:
         proc = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, stdin=stdin)
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+
+# The real CLI, with one function of grutrain paused on its Nth call until the test says go.
+PAUSED_CLI = """
+import importlib, os, sys, time
+module_name, attr, nth, marker = os.environ["PAUSE_AT"].split("|")
+module = importlib.import_module(module_name)
+original, calls = getattr(module, attr), [0]
+def paused(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(nth):
+        open(marker, "w").close()
+        deadline = time.time() + 60
+        while time.time() < deadline and not os.path.exists(marker + ".go"):
+            time.sleep(0.02)
+    return original(*args, **kwargs)
+setattr(module, attr, paused)
+from grutrain.cli import main
+main(sys.argv[1:])
+"""

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from cli_process import REPO
 from conftest import make_text
-from hostile import snapshot_tree, tiny_config, write_yaml
+from hostile import PAUSED_CLI, snapshot_tree, tiny_config, train_tiny_run, write_yaml
 
 # The real CLI, with torch.save made to stop (and wait to be killed) once it has written a checkpoint
 # into its temporary: the moment a SIGKILL leaves the most behind.
@@ -37,26 +37,6 @@ def save_then_wait(obj, f, *args, **kwargs):
     open(marker, "w").close()
     time.sleep(300)
 torch.save = save_then_wait
-from grutrain.cli import main
-main(sys.argv[1:])
-"""
-
-# The real CLI with one function of grutrain paused on its Nth call until the test says go
-# (as in test_signals.py).
-PAUSED_CLI = """
-import importlib, os, sys, time
-module_name, attr, nth, marker = os.environ["PAUSE_AT"].split("|")
-module = importlib.import_module(module_name)
-original, calls = getattr(module, attr), [0]
-def paused(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == int(nth):
-        open(marker, "w").close()
-        deadline = time.time() + 60
-        while time.time() < deadline and not os.path.exists(marker + ".go"):
-            time.sleep(0.02)
-    return original(*args, **kwargs)
-setattr(module, attr, paused)
 from grutrain.cli import main
 main(sys.argv[1:])
 """
@@ -95,15 +75,8 @@ def temporaries(directory: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished tiny run (4 steps), trained once in this process."""
-    from grutrain.cli import main
-
     root = tmp_path_factory.mktemp("leftovers")
-    (root / "corpus.txt").write_text(make_text(), encoding="utf-8")
-    config = write_yaml(root / "tiny.yaml", tiny_config(root, run={"dir": str(root / "run")}))
-    try:
-        main(["fit", str(config), "-q"])
-    except SystemExit as exc:
-        assert not exc.code
+    train_tiny_run(root)
     return root
 
 

@@ -27,26 +27,7 @@ import yaml
 
 from cli_process import REPO
 from conftest import make_text
-from hostile import snapshot_tree, tiny_config, write_yaml
-
-# The real CLI, with one function of grutrain paused on its Nth call until the test says go.
-PAUSED_CLI = """
-import importlib, os, sys, time
-module_name, attr, nth, marker = os.environ["PAUSE_AT"].split("|")
-module = importlib.import_module(module_name)
-original, calls = getattr(module, attr), [0]
-def paused(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == int(nth):
-        open(marker, "w").close()
-        deadline = time.time() + 60
-        while time.time() < deadline and not os.path.exists(marker + ".go"):
-            time.sleep(0.02)
-    return original(*args, **kwargs)
-setattr(module, attr, paused)
-from grutrain.cli import main
-main(sys.argv[1:])
-"""
+from hostile import PAUSED_CLI, snapshot_tree, tiny_config, write_yaml
 
 
 class Fit:
