@@ -203,6 +203,36 @@ def test_batch_rows_split_over_threads(native, tune, reset):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("split_min_rows", [1, 0])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_strided_output_gradients(native, tune, reset, split_min_rows):
+    """grad_out as autograd hands it over for common losses: out.sum()'s ones expanded over every
+    dimension, a [B, H] weight broadcast over time, and a non-contiguous one (a transposed
+    tensor); with the batch rows split over threads and not."""
+    inputs = make_inputs(9, 7, 4, 5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    g_bt = torch.randn(7, 9, 5, generator=g, dtype=torch.float64)
+    losses = {
+        "sum": lambda out: out.sum(),
+        "broadcast over time": lambda out: (out * weight).sum(),
+        "transposed": lambda out: (out * g_bt.transpose(0, 1)).sum(),
+    }
+    leaves = [t for t in inputs if t is not None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        tune("split_min_rows", split_min_rows)
+        for name, loss in losses.items():
+            out_ref, h_ref = naive_gru(*inputs, reset)
+            expected = torch.autograd.grad(loss(out_ref) + h_ref.sum(), leaves)
+            out, h_T = native.native_gru_layer(*inputs, reset=reset)
+            actual = torch.autograd.grad(loss(out) + h_T.sum(), leaves)
+            assert_all_close(list(actual), list(expected), torch.float64)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_matches_torch_nn_gru(native, device):
     torch.manual_seed(0)
     T, B, I, H = 7, 4, 5, 6

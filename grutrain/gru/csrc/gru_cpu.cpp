@@ -872,14 +872,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   Tensor out = out_in.contiguous(), ws = ws_in.contiguous();
-  // grad_out: read in place when contiguous; otherwise (e.g. the expanded ones of out.sum())
-  // one step at a time through a [B, H] buffer, never materialised as [T, B, H].
+  // grad_out: read in place when contiguous; never materialised as [T, B, H] otherwise. The same
+  // for every step (stride 0 over time, e.g. the expanded ones of out.sum()): one [B, H] copy read
+  // at every step. Else one step at a time through a [B, H] buffer (no row split then).
   Tensor gout, gstep;
+  int64_t go_step = B * H;  // elements between two steps of go
+  bool copy_per_step = false;
   if (grad_out_in && grad_out_in->defined()) {
     gout = *grad_out_in;
-    if (!gout.is_contiguous()) gstep = at::empty({B, H}, opts);
+    if (!gout.is_contiguous()) {
+      if (gout.stride(0) == 0) {
+        gstep = gout[0].contiguous();
+        go_step = 0;
+      } else {
+        gstep = at::empty({B, H}, opts);
+        copy_per_step = true;
+      }
+    }
   }
-  const F* go = gout.defined() && !gstep.defined() ? gout.data_ptr<F>() : nullptr;
+  const F* go = !gout.defined() || copy_per_step ? nullptr : (gstep.defined() ? gstep : gout).data_ptr<F>();
 
   // Gradient buffer of a chunk of L steps, reused for every chunk (latest steps first).
   const int64_t L = grad_chunk_steps<F>(T, B, W);
@@ -940,7 +951,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   bool first_chunk = true;  // weight gradients: beta 0 for the first chunk processed
   // Rows split over threads (row_blocks) in float32 and the MKL bfloat16 path (not with oneDNN's
   // shared bf16 product dprod), and not when grad_out is copied per step.
-  const int64_t blocks = (kLow && !mkl) || gstep.defined() ? 1 : row_blocks(B, H);
+  const int64_t blocks = (kLow && !mkl) || copy_per_step ? 1 : row_blocks(B, H);
 
   const int64_t n_chunks = (T + L - 1) / L;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -961,8 +972,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
         const int64_t t = t0 + i;
         const S* s = ws.template data_ptr<S>() + t * B * W;
         const F* hprev = t == 0 ? h0p : outp + (t - 1) * B * H;
-        const F* gprev = (t > 0 && go) ? go + (t - 1) * B * H : nullptr;
-        if (t > 0 && gstep.defined()) {  // not split (see blocks)
+        const F* gprev = (t > 0 && go) ? go + (t - 1) * go_step : nullptr;
+        if (t > 0 && copy_per_step) {  // not split (see blocks)
           gstep.copy_(gout[t - 1]);
           gprev = gstep.data_ptr<F>();
         }
