@@ -28,6 +28,40 @@ def check_kernel(cfg: ModelConfig, device: torch.device) -> None:
                             "use model.kernel=auto (the Python fused path there)")
 
 
+class _DropoutMask(torch.autograd.Function):
+    """x * keep * scale, keep saved as bool (as torch's native_dropout does)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU. torch draws the mask with one 64-bit random number
+    and a double comparison per element, single-threaded (~8 ms of a charlm training step, as much
+    as a sixth of it); here each 64-bit number gives four 16-bit lanes: an element is dropped when
+    its lane is among the lowest k = round(p * 65536) of 65536 values, and the kept ones are scaled
+    by 65536 / (65536 - k), so the output's expectation is exactly the input (p itself is rounded
+    to 1/65536). Same generator (seeded by train.seed), same result in eval mode; other devices
+    and p in {0, 1} take nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dropped = round(self.p * 65536)
+        if not self.training or x.device.type != "cpu" or not 0 < dropped < 65536 or self.inplace:
+            return super().forward(x)
+        n = x.numel()
+        lanes = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)
+        keep = (lanes[:n] >= dropped - 32768).view(x.shape)
+        return _DropoutMask.apply(x, keep, 65536 / (65536 - dropped))
+
+
 class SequenceModel(nn.Module):
     """Input (token embedding, or the raw features of each step) -> GRU -> a linear head.
 
@@ -56,7 +90,7 @@ class SequenceModel(nn.Module):
         else:
             self.gru = GRU(**gru_args, reset=cfg.reset, impl=KERNEL_IMPLS[cfg.kernel])
         self.directions = 2 if cfg.bidirectional else 1
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden_size * self.directions, output_size)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -203,6 +203,58 @@ def test_batch_rows_split_over_threads(native, tune, reset):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("split_min_rows", [1, 0])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_strided_output_gradients(native, tune, reset, split_min_rows):
+    """grad_out as autograd hands it over for common losses: out.sum()'s ones expanded over every
+    dimension, a [B, H] weight broadcast over time, and a non-contiguous one (a transposed
+    tensor); with the batch rows split over threads and not."""
+    inputs = make_inputs(9, 7, 4, 5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    g_bt = torch.randn(7, 9, 5, generator=g, dtype=torch.float64)
+    losses = {
+        "sum": lambda out: out.sum(),
+        "broadcast over time": lambda out: (out * weight).sum(),
+        "transposed": lambda out: (out * g_bt.transpose(0, 1)).sum(),
+    }
+    leaves = [t for t in inputs if t is not None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        tune("split_min_rows", split_min_rows)
+        for name, loss in losses.items():
+            out_ref, h_ref = naive_gru(*inputs, reset)
+            expected = torch.autograd.grad(loss(out_ref) + h_ref.sum(), leaves)
+            out, h_T = native.native_gru_layer(*inputs, reset=reset)
+            actual = torch.autograd.grad(loss(out) + h_T.sum(), leaves)
+            assert_all_close(list(actual), list(expected), torch.float64)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("fast_math", [1, 0])
+def test_gate_functions_over_the_whole_float_range(native, tune, fast_math):
+    """The float32 gate pass's sigmoid and tanh (AVX512: its own exp and reciprocal; else ATen's
+    exp_u20 and a division) against float64 torch, from tiny to huge pre-activations, with NaN
+    kept NaN and the infinities at their limits. One step with W_hh = 0, h0 = 0 and every gate
+    reading x: h = (1 - sigmoid(x)) tanh(x)."""
+    tune("fast_math", fast_math)
+    special = [-1e4, -200.0, -101.0, -89.0, -88.5, -80.5, 80.5, 88.5, 89.0, 101.0, 200.0, 1e4,
+               float("inf"), float("-inf")]
+    xs = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor(special), torch.tensor([float("nan")])])
+    H = 16
+    w_ih, w_hh = torch.ones(3 * H, 1), torch.zeros(3 * H, H)
+    with torch.no_grad():
+        out, _ = native.native_gru_layer(xs.view(1, -1, 1), torch.zeros(xs.numel(), H), w_ih, w_hh, None, None,
+                                         reset="after")
+    got = out[0].double()
+    x64 = xs.double()[:-1, None].expand(-1, H)
+    want = (1 - torch.sigmoid(x64)) * torch.tanh(x64)
+    torch.testing.assert_close(got[:-1], want, atol=1e-6, rtol=0)
+    assert got[-1].isnan().all()
+
+
 def test_matches_torch_nn_gru(native, device):
     torch.manual_seed(0)
     T, B, I, H = 7, 4, 5, 6

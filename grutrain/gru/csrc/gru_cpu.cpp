@@ -74,6 +74,8 @@ struct Tuning {
   int64_t bf16_gemm = 0;            // bf16 x bf16 products: 0 auto (MKL on Intel CPUs), 1 oneDNN
                                     // (at::mm), 2 MKL's cblas_gemm_bf16bf16f32 where it is loaded
 };
+bool g_fast_math = true;  // the gate pass's AVX512 exp and reciprocal (see vsigmoid)
+
 Tuning& tuning() {
   static Tuning t;
   return t;
@@ -97,6 +99,11 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
   else if (n == "bf16_gemm") slot = &t.bf16_gemm;
+  else if (n == "fast_math") {
+    const int64_t old = g_fast_math ? 1 : 0;
+    if (value >= 0) g_fast_math = value != 0;
+    return old;
+  }
   TORCH_CHECK(slot != nullptr, "grutrain_native::cpu_tune: unknown knob '", n, "'");
   const int64_t old = *slot;
   if (value >= 0) *slot = value;  // a negative value only reads
@@ -298,14 +305,44 @@ struct StepMatmulBf16 {
 // ------------------------------------------------------------------------------------------
 // Vector helpers
 // ------------------------------------------------------------------------------------------
-// float32: ATen's inline exp_u20 (a polynomial, ~20 ulp) instead of the out-of-line Sleef u10
-// calls: the gate pass is bound by these transcendentals. tanh(x) = 1 - 2 / (1 + exp(2x)) then
-// has an absolute error of a few float32 ulps of 1 (like the products' rounding); float64
-// (gradcheck) keeps Sleef's exp and tanh.
+// float32: the gate pass is bound by its three transcendentals per element, so they are written
+// for throughput. With AVX512: exp by ATen exp_u20's polynomial (~20 ulp) but with the hardware's
+// rounding and 2^n scaling (vroundscaleps, vscalefps: 11 instructions instead of 19, NaN passed
+// through), and 1/d by the reciprocal estimate refined by one Newton step (within about an ulp of
+// the division, several times its throughput). Elsewhere ATen's inline exp_u20 and a division.
+// tanh(x) = 1 - 2 / (1 + exp(2x)) then has an absolute error of a few float32 ulps of 1 (like the
+// products' rounding); float64 (gradcheck) keeps Sleef's exp and tanh.
+// (knob fast_math, g_fast_math: 0 takes exp_u20 and a division everywhere; A/B and tests)
+
+#if defined(CPU_CAPABILITY_AVX512)
+// exp(x) for x in [-100, 80] (clamped; NaN stays NaN): 2^n p(x - n ln2), n = round(x log2 e).
+inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-100.f), _mm512_min_ps(_mm512_set1_ps(80.f), x));  // NaN: 2nd operand
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147181f), x);
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(0.00828929059f), _mm512_set1_ps(0.0418978221f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.166676521f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.499991506f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.999999701f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 1 / d for d >= 1 (finite or NaN).
+inline __m512 recip_avx512(__m512 d) {
+  const __m512 x = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(x, _mm512_fnmadd_ps(d, x, _mm512_set1_ps(2.f)));
+}
+#endif
+
 template <typename T>
 inline Vectorized<T> vsigmoid(const Vectorized<T>& x) {
   const Vectorized<T> one(T(1));
   if constexpr (std::is_same_v<T, float>) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if (g_fast_math) return recip_avx512(_mm512_add_ps(one, exp_avx512(x.neg())));
+#endif
     // exp_u20 clamps its argument, which would turn NaN into a number: keep NaN visible.
     return Vectorized<T>::blendv(one / (one + x.neg().exp_u20()), x, x.isnan());
   } else {
@@ -317,6 +354,9 @@ template <typename T>
 inline Vectorized<T> vtanh(const Vectorized<T>& x) {
   if constexpr (std::is_same_v<T, float>) {
     const Vectorized<T> one(T(1)), two(T(2));
+#if defined(CPU_CAPABILITY_AVX512)
+    if (g_fast_math) return _mm512_fnmadd_ps(two, recip_avx512(_mm512_add_ps(one, exp_avx512(x + x))), one);
+#endif
     // exp_u20 clamps large arguments (2 / huge -> 1 - 0); NaN is passed through explicitly.
     return Vectorized<T>::blendv(one - two / (one + (x + x).exp_u20()), x, x.isnan());
   } else {
@@ -872,14 +912,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   Tensor out = out_in.contiguous(), ws = ws_in.contiguous();
-  // grad_out: read in place when contiguous; otherwise (e.g. the expanded ones of out.sum())
-  // one step at a time through a [B, H] buffer, never materialised as [T, B, H].
+  // grad_out: read in place when contiguous; never materialised as [T, B, H] otherwise. The same
+  // for every step (stride 0 over time, e.g. the expanded ones of out.sum()): one [B, H] copy read
+  // at every step. Else one step at a time through a [B, H] buffer (no row split then).
   Tensor gout, gstep;
+  int64_t go_step = B * H;  // elements between two steps of go
+  bool copy_per_step = false;
   if (grad_out_in && grad_out_in->defined()) {
     gout = *grad_out_in;
-    if (!gout.is_contiguous()) gstep = at::empty({B, H}, opts);
+    if (!gout.is_contiguous()) {
+      if (gout.stride(0) == 0) {
+        gstep = gout[0].contiguous();
+        go_step = 0;
+      } else {
+        gstep = at::empty({B, H}, opts);
+        copy_per_step = true;
+      }
+    }
   }
-  const F* go = gout.defined() && !gstep.defined() ? gout.data_ptr<F>() : nullptr;
+  const F* go = !gout.defined() || copy_per_step ? nullptr : (gstep.defined() ? gstep : gout).data_ptr<F>();
 
   // Gradient buffer of a chunk of L steps, reused for every chunk (latest steps first).
   const int64_t L = grad_chunk_steps<F>(T, B, W);
@@ -940,7 +991,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   bool first_chunk = true;  // weight gradients: beta 0 for the first chunk processed
   // Rows split over threads (row_blocks) in float32 and the MKL bfloat16 path (not with oneDNN's
   // shared bf16 product dprod), and not when grad_out is copied per step.
-  const int64_t blocks = (kLow && !mkl) || gstep.defined() ? 1 : row_blocks(B, H);
+  const int64_t blocks = (kLow && !mkl) || copy_per_step ? 1 : row_blocks(B, H);
 
   const int64_t n_chunks = (T + L - 1) / L;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -961,8 +1012,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
         const int64_t t = t0 + i;
         const S* s = ws.template data_ptr<S>() + t * B * W;
         const F* hprev = t == 0 ? h0p : outp + (t - 1) * B * H;
-        const F* gprev = (t > 0 && go) ? go + (t - 1) * B * H : nullptr;
-        if (t > 0 && gstep.defined()) {  // not split (see blocks)
+        const F* gprev = (t > 0 && go) ? go + (t - 1) * go_step : nullptr;
+        if (t > 0 && copy_per_step) {  // not split (see blocks)
           gstep.copy_(gout[t - 1]);
           gprev = gstep.data_ptr<F>();
         }
