@@ -207,15 +207,18 @@ def test_batch_rows_split_over_threads(native, tune, reset):
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_strided_output_gradients(native, tune, reset, split_min_rows):
     """grad_out as autograd hands it over for common losses: out.sum()'s ones expanded over every
-    dimension, a [B, H] weight broadcast over time, and a non-contiguous one (a transposed
-    tensor); with the batch rows split over threads and not."""
+    dimension, a [B, H] weight broadcast over time, a [T, B] weight broadcast over H (copied
+    step by step), and a batch-first model's gradient (the transpose of a [B, T, H] tensor);
+    with the batch rows split over threads and not."""
     inputs = make_inputs(9, 7, 4, 5, dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
     weight = torch.randn(7, 5, generator=g, dtype=torch.float64)
     g_bt = torch.randn(7, 9, 5, generator=g, dtype=torch.float64)
+    per_step = torch.randn(9, 7, 1, generator=g, dtype=torch.float64)  # grad_out strides (7, 1, 0)
     losses = {
         "sum": lambda out: out.sum(),
         "broadcast over time": lambda out: (out * weight).sum(),
+        "broadcast over H": lambda out: (out.sum(-1) * per_step[..., 0]).sum(),
         "transposed": lambda out: (out * g_bt.transpose(0, 1)).sum(),
     }
     leaves = [t for t in inputs if t is not None]

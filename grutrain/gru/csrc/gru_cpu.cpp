@@ -806,7 +806,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
 template <typename T, typename M>
 inline std::array<Vectorized<T>, 3> bwd_common(const Vectorized<T>& z, const Vectorized<T>& nn, int64_t k,
                                                int64_t n, const T* dh, const M* dprod, const T* hprev,
-                                               const T* gprev, T* dnext, M* hlow) {
+                                               const T* gp, T* dnext, M* hlow) {
   using Vec = Vectorized<T>;
   const Vec one(T(1));
   Vec d = vload(dh + k, n), hp = vload(hprev + k, n);
@@ -815,7 +815,7 @@ inline std::array<Vectorized<T>, 3> bwd_common(const Vectorized<T>& z, const Vec
     vstore(hlow + k, hp, n);
   }
   Vec nx = d * z;
-  if (gprev) nx = nx + vload(gprev + k, n);
+  if (gp) nx = nx + vload(gp, n);
   nx.store(dnext + k, n);
   const Vec omz = one - z;
   return {d * omz * (one - nn * nn), d * (hp - nn) * z * omz, hp};
@@ -823,7 +823,7 @@ inline std::array<Vectorized<T>, 3> bwd_common(const Vectorized<T>& z, const Vec
 
 template <typename T, typename M, typename S>
 void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh, const M* dprod,
-                    const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* hlow) {
+                    const T* hprev, const T* gprev, int64_t ldg, M* G, T* dnext, T* acc, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Vec one(T(1));
@@ -833,7 +833,8 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh,
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
       Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n), hn = vload(s + 3 * H + j, n);
-      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev, gprev, dnext, hlow);
+      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev,
+                                                   gprev ? gprev + b * ldg + j : nullptr, dnext, hlow);
       Vec dhn = dan * r;
       Vec dar = dhn * hn * (one - r);
       vstore(gr + j, dan, n);
@@ -852,7 +853,7 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh,
 // r*h (as M) for dW_hn and (mixed precision) h_prev as M.
 template <typename T, typename M, typename S>
 void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh, const M* dprod,
-                       const T* hprev, const T* gprev, M* G, T* dnext, T* acc, M* rh, M* hlow) {
+                       const T* hprev, const T* gprev, int64_t ldg, M* G, T* dnext, T* acc, M* rh, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t b = b0; b < b1; ++b) {
@@ -861,7 +862,8 @@ void pass_bwd_before_a(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* 
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
       Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n);
-      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev, gprev, dnext, hlow);
+      const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev,
+                                                   gprev ? gprev + b * ldg + j : nullptr, dnext, hlow);
       vstore(gr + H + j, daz, n);
       vstore(gr + 2 * H + j, dan, n);
       (vload(acc + H + j, n) + daz).store(acc + H + j, n);
@@ -912,25 +914,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   Tensor out = out_in.contiguous(), ws = ws_in.contiguous();
-  // grad_out: read in place when contiguous; never materialised as [T, B, H] otherwise. The same
-  // for every step (stride 0 over time, e.g. the expanded ones of out.sum()): one [B, H] copy read
-  // at every step. Else one step at a time through a [B, H] buffer (no row split then).
+  // grad_out, never materialised as [T, B, H]: read in place when each row's H elements are
+  // contiguous (a [T, B, H] gradient, or the transposed view of a batch-first [B, T, H] one; any
+  // step and row strides, 0 included). Broadcast over H but not over time (rare): one step at a
+  // time through a [B, H] buffer, with no row split; broadcast over everything (out.sum()'s
+  // expanded ones): one [B, H] copy read at every step.
   Tensor gout, gstep;
-  int64_t go_step = B * H;  // elements between two steps of go
+  int64_t go_step = 0, go_row = H;  // elements between two steps, two rows of go
   bool copy_per_step = false;
+  const F* go = nullptr;
   if (grad_out_in && grad_out_in->defined()) {
     gout = *grad_out_in;
-    if (!gout.is_contiguous()) {
-      if (gout.stride(0) == 0) {
-        gstep = gout[0].contiguous();
-        go_step = 0;
-      } else {
-        gstep = at::empty({B, H}, opts);
-        copy_per_step = true;
-      }
+    if (gout.stride(2) == 1 || H == 1) {
+      go = gout.data_ptr<F>();
+      go_step = gout.stride(0);
+      go_row = gout.stride(1);
+    } else if (gout.stride(0) == 0) {
+      gstep = gout[0].contiguous();
+      go = gstep.data_ptr<F>();
+    } else {
+      gstep = at::empty({B, H}, opts);
+      copy_per_step = true;
     }
   }
-  const F* go = !gout.defined() || copy_per_step ? nullptr : (gstep.defined() ? gstep : gout).data_ptr<F>();
 
   // Gradient buffer of a chunk of L steps, reused for every chunk (latest steps first).
   const int64_t L = grad_chunk_steps<F>(T, B, W);
@@ -1023,7 +1029,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
         const bool chain = t > 0 || need_h0;  // dh_{t-1} needed
         if (after) {
           over_rows(4 * H, [&](int64_t b0, int64_t b1) {
-            pass_bwd_after<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, G, dnext,
+            pass_bwd_after<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, go_row, G, dnext,
                                  accp + at::get_thread_num() * W, hl);
           });
           if (chain) {  // dh_{t-1} += [da_r | da_z | dhn] W_hh
@@ -1041,7 +1047,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
           M* rh = rh0 + i * B * H;
           M* drh = drh_t.template data_ptr<M>();
           over_rows(3 * H, [&](int64_t b0, int64_t b1) {
-            pass_bwd_before_a<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, G, dnext,
+            pass_bwd_before_a<F, M, S>(b0, b1, H, s, dh_r, dprod, hprev, gprev, go_row, G, dnext,
                                     accp + at::get_thread_num() * W, rh, hl);
           });
           if (mkl) {
