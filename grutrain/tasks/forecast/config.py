@@ -30,8 +30,12 @@ class ForecastDataConfig(Section):
     anchor: Literal["auto", "naive", "seasonal", "profile"] = Field(
         "auto", description="what the model predicts the residual over: auto = the baseline (naive or a "
         "seasonal naive) with the lowest in-sample MAE on the training rows; profile = the mean of the last "
-        "season plus the seasonal profile of the last data.profile_periods seasons (first season)")
+        "season plus the seasonal profile of the last data.profile_periods seasons (the longest season)")
     profile_periods: int = Field(3, ge=1, description="anchor profile: seasons the profile averages over")
+    profile_level: int = Field(0, ge=0, description="anchor profile: the level is the mean of the last so many rows "
+                               "minus the profile at their phases (0: the last season's mean)")
+    profile_recent: int = Field(0, ge=0, description="anchor profile with two seasons: add the mean shape of the last "
+                                "so many shortest seasons' residuals over it (e.g. 1: yesterday's, 0: off)")
     transform: Literal["none", "log"] = Field(
         "none", description="log: the model reads and predicts log(1 + y) (non-negative targets), so a "
         "window's level and season act as ratios")

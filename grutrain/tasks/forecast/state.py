@@ -23,9 +23,13 @@ def describe_window(layout: WindowLayout) -> str:
 def base_layout(cfg, anchor_lag: int = 1, n_calendar: int = 0, scale: tuple = ()) -> WindowLayout:
     d = cfg.data
     profile = d.profile_periods if d.anchor == "profile" and anchor_lag > 1 else 0
+    level, recent = (d.profile_level, d.profile_recent) if profile else (0, 0)
+    if recent and len(d.seasons) < 2:
+        raise GrutrainError("data.profile_recent needs two seasons (e.g. data.season: [48, 336]): the shorter one's "
+                            "recent shape is added to the longer one's profile; set data.profile_recent=0")
     return WindowLayout(d.input_len, d.horizon, len(d.target_columns), len(d.input_columns), len(d.known_columns),
-                        n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale, profile, d.transform,
-                        d.loss, d.theta_weight)
+                        n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale, profile, level,
+                        recent, d.transform, d.loss, d.theta_weight)
 
 
 def check_normalisation(task_state: dict, cfg) -> dict:

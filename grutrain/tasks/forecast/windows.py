@@ -46,6 +46,8 @@ class WindowLayout:
     # +-1 rather than a few hundredths. Empty: 1 (the naive anchor, as before anchoring existed).
     residual_scale: tuple[float, ...] = ()
     profile_periods: int = 0  # > 0: the anchor is the seasonal profile over that many anchor lags
+    profile_level: int = 0  # > 0: the profile's level is that of the last so many rows, deseasonalised
+    profile_recent: int = 0  # > 0: plus the last so many shortest seasons' mean residual shape (a day's)
     transform: str = "none"  # "log": targets are read and predicted as log(1 + y)
     loss: str = "mse"  # the training (and validation) loss without quantiles: mse | mae
     theta_weight: float = 0.0  # > 0: the forecast is combined with the Theta method's (theta.py)
@@ -70,7 +72,8 @@ class WindowLayout:
         """Rows a window needs before its first target: its inputs (each one anchor lag back too)
         and one of each season for the seasonal-naive baselines."""
         lagged = self.input_len + (self.anchor_lag if self.anchor_lag > 1 else 0)
-        return max([lagged, self.anchor_lag, self.profile_periods * self.anchor_lag, *self.seasons])
+        return max([lagged, self.anchor_lag, self.profile_periods * self.anchor_lag, self.profile_level,
+                    self.profile_recent * min(self.seasons, default=1), *self.seasons])
 
     @property
     def median_index(self) -> int | None:
@@ -87,13 +90,13 @@ class WindowLayout:
 
 def choose_anchor_lag(train_targets, seasons: list[int], mode: str) -> int:
     """The anchor lag: `naive` -> 1; `seasonal` -> the season whose seasonal-naive forecast has the
-    lowest in-sample MAE on the training rows; `auto` -> the lowest among 1 and the seasons. Chosen
-    on training rows only, so the held-out blocks never steer it. `train_targets`: [N, T], or a list
-    of them (several series, normalised: their errors are averaged)."""
+    lowest in-sample MAE on the training rows; `auto` -> the lowest among 1 and the seasons; `profile`
+    -> the longest season. Chosen on training rows only, so the held-out blocks never steer it.
+    `train_targets`: [N, T], or a list of them (several series, normalised: their errors are averaged)."""
     if mode == "naive" or not seasons:
         return 1
-    if mode == "profile":
-        return seasons[0]
+    if mode == "profile":  # the longest season: a week's profile holds the day's shape too (taylor)
+        return max(seasons)
     parts = train_targets if isinstance(train_targets, list) else [train_targets]
     candidates = list(seasons) if mode == "seasonal" else [1, *seasons]
     errors = [float(np.nanmean([np.nanmean(seasonal_scale(p, lag)) for p in parts])) for lag in candidates]
@@ -141,13 +144,37 @@ def profile_anchor(norm: torch.Tensor, starts: torch.Tensor, layout: WindowLayou
     """[W, H, T] the mean of the last season plus the seasonal profile of the last K seasons: each
     phase's mean deviation from its season's mean (Tourism validation: MASE 2.04 vs the seasonal naive's
     2.11 quarterly, 1.90 vs 2.00 monthly, K=3; docs/forecasting.md). Fewer seasons average out noise
-    less; a seasonal naive is K=1."""
+    less; a seasonal naive is K=1.
+
+    With layout.profile_level L > 0 the level is instead the mean of the last L rows minus the profile
+    at their phases: a week's mean lags a level that moved during the week, the last day's does not
+    (taylor validation, the anchor alone: MAE 566 with the week's mean, 406 with L=48, K=3).
+
+    With layout.profile_recent D > 0 (and two seasons, m the longer), the residual of the last D shortest
+    seasons d (days) over that anchor, averaged per phase of d and centred, is added at each phase of d:
+    the recent days' shape where it differs from the average week's (with L = d and D = 1, the forecast
+    is yesterday's value plus the average week's change from yesterday's weekday to today's). MSTL's
+    structure: a week's shape averaged over many weeks, a day's shape from the last days (taylor
+    validation, the anchor alone: MAE 275 against 354 without, K=6, L=24)."""
     m, K, T = layout.anchor_lag, layout.profile_periods, layout.n_targets
     rows = starts[:, None] + torch.arange(-K * m, 0)  # [W, K*m]
     blocks = norm[rows][:, :, :T].reshape(len(starts), K, m, T)  # oldest .. newest season
     profile = (blocks - blocks.mean(dim=2, keepdim=True)).mean(dim=1)  # [W, m, T]
     phase = torch.arange(layout.horizon) % m
-    return blocks[:, -1].mean(dim=1, keepdim=True) + profile[:, phase]
+    if layout.profile_level:
+        back = torch.arange(-layout.profile_level, 0)  # the last L rows; row s - j has phase (-j) mod m
+        recent = norm[starts[:, None] + back][:, :, :T]  # [W, L, T]
+        level = (recent - profile[:, back % m]).mean(dim=1, keepdim=True)
+    else:
+        level = blocks[:, -1].mean(dim=1, keepdim=True)
+    anchor = level + profile[:, phase]
+    if layout.profile_recent:
+        d, D = min(layout.seasons), layout.profile_recent
+        back = torch.arange(-D * d, 0)  # the last D days; row s - D*d + i has phase i mod d
+        residual = norm[starts[:, None] + back][:, :, :T] - level - profile[:, back % m]  # [W, D*d, T]
+        shape = residual.reshape(len(starts), D, d, T).mean(dim=1)  # [W, d, T]
+        anchor = anchor + (shape - shape.mean(dim=1, keepdim=True))[:, torch.arange(layout.horizon) % d]
+    return anchor
 
 
 def add_anchor(output: torch.Tensor, anchor: torch.Tensor, layout: WindowLayout) -> torch.Tensor:

@@ -93,3 +93,73 @@ def test_refit_trains_through_the_validation_block_but_never_the_test_block(tmp_
         mine = lambda s: s[(s >= offset) & (s < offset + test_b.stop)] - offset  # noqa: E731
         assert mine(before).max() + H == train_b.stop
         assert mine(after).max() + H == val_b.stop == test_b.start
+
+
+def _two_season_config(tmp_path, n=240, **data):
+    """One series with a 'day' of 4 rows and a 'week' of 12, noise and a drifting level."""
+    rng = np.random.default_rng(3)
+    t = np.arange(n)
+    y = 50 + 0.05 * t + 5 * np.sin(2 * np.pi * t / 4) + 3 * (t % 12 >= 8) + rng.standard_normal(n)
+    path = tmp_path / "two.csv"
+    path.write_text("value\n" + "".join(f"{v:.4f}\n" for v in y))
+    cfg = {"task": "forecast",
+           "data": {"path": str(path), "target_columns": ["value"], "input_len": 8, "horizon": 5, "season": [4, 12],
+                    "calendar": "none", "val_fraction": 0.2, "test_fraction": 0.2, **data},
+           "model": {"hidden_size": 8}, "train": {"max_steps": 2, "batch_size": 8, "device": "cpu", "threads": 1},
+           "run": {"dir": str(tmp_path / "run")}}
+    return validate_config(cfg), y
+
+
+def _profile_by_hand(y, s, m, d, K, L, D, H):
+    """The anchor of docs/forecasting.md written out with loops: the mean weekly deviation over K weeks, the
+    level of the last L rows net of it, the centred mean residual of the last D days at each daily phase."""
+    weeks = y[s - K * m:s].reshape(K, m)
+    dev = np.mean([w - w.mean() for w in weeks], axis=0)  # phase p of m = rows s - K*m + p, ...
+    level = np.mean([y[r] - dev[(r - s) % m] for r in range(s - L, s)])
+    residuals = {}
+    for r in range(s - D * d, s):
+        residuals.setdefault((r - s) % d, []).append(y[r] - level - dev[(r - s) % m])
+    shape = np.array([np.mean(residuals[p]) for p in range(d)]) if D else np.zeros(d)
+    shape -= shape.mean()
+    return np.array([level + dev[k % m] + shape[k % d] for k in range(H)]), dev
+
+
+@pytest.mark.parametrize("level,recent", [(0, 0), (6, 0), (6, 2), (4, 1)])
+def test_an_untrained_profile_model_forecasts_the_weekly_profile_with_the_recent_level_and_days(tmp_path, level,
+                                                                                                  recent):
+    K, m, d, H = 2, 12, 4, 5
+    cfg, y = _two_season_config(tmp_path, anchor="profile", profile_periods=K, profile_level=level,
+                                profile_recent=recent)
+    task = ForecastTask.from_config(cfg, rows_per_step=8)
+    assert task.layout.anchor_lag == m  # the longest season, whatever the order of data.season
+    model = task.build_model()  # a zero head: the forecast is the anchor
+    starts = task.eval_starts("test")
+    forecast = task.series.forecast(model, starts, torch.device("cpu"))[..., 0, 0]
+    for row, s in zip(forecast, starts):
+        if level == 0:  # the last week's mean: the Tourism configs' anchor, unchanged
+            weeks = y[s - K * m:s].reshape(K, m)
+            expected = weeks[-1].mean() + np.mean([w - w.mean() for w in weeks], axis=0)[np.arange(H) % m]
+        else:
+            expected, dev = _profile_by_hand(y, s, m, d, K, level, recent, H)
+        np.testing.assert_allclose(row, expected, rtol=1e-5)
+        if (level, recent) == (d, 1):  # closed form: yesterday plus the average week's change since yesterday
+            k = np.arange(H)
+            yesterday = y[s - d + k % d]
+            np.testing.assert_allclose(row, yesterday + dev[k % m] - dev[(k % d - d) % m], rtol=1e-5)
+
+
+def test_the_profile_anchor_takes_the_longest_season_and_recent_days_need_two_seasons(tmp_path):
+    cfg, _ = _two_season_config(tmp_path, anchor="profile", season=[12, 4])
+    assert ForecastTask.from_config(cfg, rows_per_step=8).layout.anchor_lag == 12
+    cfg, _ = _two_season_config(tmp_path, anchor="profile", season=12, profile_recent=1)
+    with pytest.raises(Exception, match="profile_recent needs two seasons"):
+        ForecastTask.from_config(cfg, rows_per_step=8)
+
+
+def test_the_profile_keys_travel_in_the_layout_and_older_layouts_read_as_off():
+    layout = WindowLayout(input_len=8, horizon=5, n_targets=1, anchor_lag=12, seasons=(4, 12), profile_periods=2,
+                          profile_level=6, profile_recent=1)
+    assert WindowLayout.from_dict(layout.to_dict()) == layout
+    assert layout.history == max(8 + 12, 2 * 12, 6, 1 * 4)
+    older = {k: v for k, v in layout.to_dict().items() if k not in ("profile_level", "profile_recent")}
+    assert WindowLayout.from_dict(older).profile_level == 0 and WindowLayout.from_dict(older).profile_recent == 0
