@@ -63,7 +63,8 @@ struct Tuning {
                                     // backward's gradient buffer bytes)
   int64_t grain_elems = 4096;       // elements of a gate pass per parallel task
   int64_t lowp_min_hidden = 64;     // mixed precision: bf16 recurrent + batched products from this H
-  int64_t lowp_min_input = 64;      // mixed precision: bf16 input projection from this I
+  int64_t lowp_min_input = 0;       // mixed precision: bf16 input projection from this I (0: auto,
+                                    // 32 with MKL's bf16 products, else 64; where each was faster)
   int64_t packed_min_hidden = 256;  // float32: MKL packed W_hh for the per-step product from this H
   int64_t packed_max_batch = 64;    //   ... and up to this batch
   int64_t packed_min_steps = 16;    //   ... over at least this many steps
@@ -1150,7 +1151,8 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Tensor& x, const Tensor& h0
   const bool low = wants_lowp(matmul_dtype, x.scalar_type());
   const int64_t H = w_hh.size(1), I = x.dim() == 3 ? x.size(2) : 0;
   const bool low_rec = low && H >= tuning().lowp_min_hidden;
-  const bool low_in = low && I >= tuning().lowp_min_input;
+  const int64_t min_input = tuning().lowp_min_input > 0 ? tuning().lowp_min_input : (mkl_bf16() ? 32 : 64);
+  const bool low_in = low && I >= min_input;
   return dispatch_types(x.scalar_type(), low_rec, [&](auto t, auto m) {
     using T = decltype(t);
     using M = decltype(m);
