@@ -54,6 +54,15 @@ def refused(code, out, err, *needles, exit_code=1) -> str:
     return line
 
 
+def one_line(err: str, *needles: str) -> str:
+    """stderr is one `error:` line holding every needle, with no traceback (the exit code is the caller's)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 def snapshot_tree(directory: Path) -> dict[str, bytes]:
     return _snapshot(directory)
 

@@ -59,6 +59,14 @@ def tune(native):
         torch.ops.grutrain_native.cpu_tune(name, old)
 
 
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test; restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def naive_gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset):
     """The GRU equations, one gate and one step at a time, with W_ir/W_iz/W_in sliced out."""
     H = w_hh.shape[1]
@@ -114,6 +122,18 @@ def assert_all_close(actual, expected, dtype, **tol):
     assert len(actual) == len(expected)
     for i, (a, e) in enumerate(zip(actual, expected)):
         torch.testing.assert_close(a, e, **(tol or TOL[dtype]), msg=lambda m: f"tensor {i}: {m}")
+
+
+def assert_matches_in_chunks(native, tune, inputs, expected, reset, row_bytes, chunk_steps):
+    """Training and no-grad alike equal `expected` (float64) with both chunk caps at each number of
+    steps of `row_bytes` (bytes of one step of the widest buffer)."""
+    for steps in chunk_steps:
+        tune("chunk_bytes", steps * row_bytes)
+        tune("infer_chunk_bytes", steps * row_bytes)
+        assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float64)
+        with torch.no_grad():
+            out, h_T = native.native_gru_layer(*inputs, reset=reset)
+        assert_all_close([out, h_T], expected[:2], torch.float64)
 
 
 # --------------------------------------------------------------------------- parity
@@ -172,40 +192,23 @@ def test_long_sequences_split_into_chunks(native, tune, reset):
     inputs = make_inputs(11, 3, 4, 5, dtype=torch.float64)
     expected = run_with_grads(naive_gru, inputs, reset)
     row = 3 * 4 * 5 * 8  # bytes of one step of the widest [B, 4H] buffer
-    for chunk_steps in (1, 3, 4, 100):
-        tune("chunk_bytes", chunk_steps * row)
-        tune("infer_chunk_bytes", chunk_steps * row)
-        assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float64)
-        with torch.no_grad():
-            out, h_T = native.native_gru_layer(*inputs, reset=reset)
-        assert_all_close([out, h_T], expected[:2], torch.float64)
+    assert_matches_in_chunks(native, tune, inputs, expected, reset, row, (1, 3, 4, 100))
 
 
 @pytest.mark.parametrize("reset", ["after", "before"])
-def test_batch_rows_split_over_threads(native, tune, reset):
+def test_batch_rows_split_over_threads(native, tune, threads, reset):
     """Each thread runs the time loop on its own block of rows (row_blocks): 3 threads on 7 rows
     (uneven blocks), with 1, 3 and all steps per chunk (odd and even chunk lengths)."""
     inputs = make_inputs(11, 7, 4, 5, dtype=torch.float64)
     expected = run_with_grads(naive_gru, inputs, reset)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        tune("split_min_rows", 1)
-        row = 7 * 4 * 5 * 8
-        for chunk_steps in (1, 3, 100):
-            tune("chunk_bytes", chunk_steps * row)
-            tune("infer_chunk_bytes", chunk_steps * row)
-            assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float64)
-            with torch.no_grad():
-                out, h_T = native.native_gru_layer(*inputs, reset=reset)
-            assert_all_close([out, h_T], expected[:2], torch.float64)
-    finally:
-        torch.set_num_threads(threads)
+    threads(3)
+    tune("split_min_rows", 1)
+    assert_matches_in_chunks(native, tune, inputs, expected, reset, 7 * 4 * 5 * 8, (1, 3, 100))
 
 
 @pytest.mark.parametrize("split_min_rows", [1, 0])
 @pytest.mark.parametrize("reset", ["after", "before"])
-def test_strided_output_gradients(native, tune, reset, split_min_rows):
+def test_strided_output_gradients(native, tune, threads, reset, split_min_rows):
     """grad_out as autograd hands it over for common losses: out.sum()'s ones expanded over every
     dimension, a [B, H] weight broadcast over time, a [T, B] weight broadcast over H (copied
     step by step), and a batch-first model's gradient (the transpose of a [B, T, H] tensor);
@@ -222,18 +225,14 @@ def test_strided_output_gradients(native, tune, reset, split_min_rows):
         "transposed": lambda out: (out * g_bt.transpose(0, 1)).sum(),
     }
     leaves = [t for t in inputs if t is not None]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        tune("split_min_rows", split_min_rows)
-        for name, loss in losses.items():
-            out_ref, h_ref = naive_gru(*inputs, reset)
-            expected = torch.autograd.grad(loss(out_ref) + h_ref.sum(), leaves)
-            out, h_T = native.native_gru_layer(*inputs, reset=reset)
-            actual = torch.autograd.grad(loss(out) + h_T.sum(), leaves)
-            assert_all_close(list(actual), list(expected), torch.float64)
-    finally:
-        torch.set_num_threads(threads)
+    threads(3)
+    tune("split_min_rows", split_min_rows)
+    for loss in losses.values():
+        out_ref, h_ref = naive_gru(*inputs, reset)
+        expected = torch.autograd.grad(loss(out_ref) + h_ref.sum(), leaves)
+        out, h_T = native.native_gru_layer(*inputs, reset=reset)
+        actual = torch.autograd.grad(loss(out) + h_T.sum(), leaves)
+        assert_all_close(list(actual), list(expected), torch.float64)
 
 
 @pytest.mark.parametrize("fast_math", [1, 0])
@@ -373,7 +372,7 @@ def bf16_vendor_is_intel():
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("path", sorted(BF16_GEMMS))
 @pytest.mark.parametrize("reset", ["after", "before"])
-def test_bf16_route_on_each_gemm_path(native, tune, reset, path, split):
+def test_bf16_route_on_each_gemm_path(native, tune, threads, reset, path, split):
     """Each GEMM path of the bfloat16 route stays within test_gru_bf16's tolerance of float32, in
     training and no-grad alike, over several time chunks; split: 3 threads run the time loop on
     uneven blocks of 7 rows (where the path allows it: MKL)."""
@@ -384,15 +383,12 @@ def test_bf16_route_on_each_gemm_path(native, tune, reset, path, split):
     tune("chunk_bytes", 5 * B * 4 * H * 4)
     tune("infer_chunk_bytes", 5 * B * 4 * H * 4)
     tune("split_min_rows", 1 if split else 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3 if split else threads)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            actual = run_with_grads(native.native_gru_layer, inputs, reset)
-            with torch.no_grad():
-                out, h_T = native.native_gru_layer(*inputs, reset=reset)
-    finally:
-        torch.set_num_threads(threads)
+    if split:
+        threads(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = run_with_grads(native.native_gru_layer, inputs, reset)
+        with torch.no_grad():
+            out, h_T = native.native_gru_layer(*inputs, reset=reset)
     torch.testing.assert_close(out, actual[0].detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h_T, actual[1].detach(), atol=1e-5, rtol=1e-5)
     rel = []

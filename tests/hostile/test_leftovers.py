@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from cli_process import REPO
 from conftest import make_text
-from hostile import PAUSED_CLI, snapshot_tree, tiny_config, train_tiny_run, write_yaml
+from hostile import PAUSED_CLI, one_line, snapshot_tree, tiny_config, train_tiny_run, write_yaml
 
 # The real CLI, with torch.save made to stop (and wait to be killed) once it has written a checkpoint
 # into its temporary: the moment a SIGKILL leaves the most behind.
@@ -58,14 +58,6 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, f"{path.name} never appeared"
         time.sleep(0.02)
-
-
-def one_line(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-2000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def temporaries(directory: Path) -> list[str]:

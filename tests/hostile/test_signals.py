@@ -27,7 +27,7 @@ import yaml
 
 from cli_process import REPO
 from conftest import make_text
-from hostile import PAUSED_CLI, snapshot_tree, tiny_config, write_yaml
+from hostile import PAUSED_CLI, one_line, snapshot_tree, tiny_config, write_yaml
 
 
 class Fit:
@@ -79,14 +79,6 @@ def fit_in_process(*args) -> int:
     except SystemExit as exc:
         return exc.code or 0
     return 0
-
-
-def one_line(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-2000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def summary(run: Path) -> dict:
