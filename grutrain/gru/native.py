@@ -4,8 +4,8 @@ torch operators, built on first use.
 ``native_gru_layer`` is a drop-in for ``fused_gru_layer`` (same signature, results, autocast and
 double-backward behaviour); ``native_gru_cell`` is one no-grad step for generation. Both run the
 operators of the library ``grutrain_native`` (schemas in ``csrc/gru_ops.cpp``, CPU kernels in
-``csrc/gru_cpu.cpp`` behind the CPU dispatch key; autograd registered here with
-``torch.library.register_autograd``).
+``csrc/gru_cpu.cpp`` behind the CPU dispatch key, autograd behind the Autograd key in
+``csrc/gru_autograd.cpp``).
 
 The library is compiled once per (torch version, sources, CPU instruction set, flags) with
 ``torch.utils.cpp_extension.load(..., is_python_module=False)`` into ``<kernels dir>/<key>/``, where
@@ -242,14 +242,12 @@ def _load_library(so: str, directory: str) -> bool:
 
 
 def _finish_load() -> bool:
-    global _ops, _LAYER, _INFERENCE, _BACKWARD, _CELL, _STACK
+    global _ops, _LAYER, _INFERENCE, _CELL, _STACK
     _ops = getattr(torch.ops, LIBRARY)
     _LAYER = _ops.gru_layer.default
     _INFERENCE = _ops.gru_layer_inference.default
-    _BACKWARD = _ops.gru_layer_backward.default
     _CELL = _ops.gru_cell.default
     _STACK = _ops.gru_stack_step.default
-    torch.library.register_autograd(f"{LIBRARY}::gru_layer", _backward, setup_context=_setup_context)
     _state["loaded"], _state["reason"] = True, None
     return True
 
@@ -306,81 +304,10 @@ def supports(x: Tensor) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Autograd of grutrain_native::gru_layer
-# --------------------------------------------------------------------------------------------
-
-
-def _setup_context(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, reset, matmul_dtype = inputs
-    out, h_n, workspace = output
-    ctx.reset, ctx.matmul_dtype = reset, matmul_dtype
-    ctx.mark_non_differentiable(workspace)
-    ctx.set_materialize_grads(False)
-    # x and the weights are inputs (no copies); out is the output the caller got: changing it in
-    # place before backward makes backward raise (version counter), as the fused path does.
-    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, out, workspace)
-
-
-def _backward(ctx, grad_out, grad_h_n, _grad_workspace):
-    x, h0, w_ih, w_hh, b_ih, b_hh, out, workspace = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:6])
-    if grad_out is None and grad_h_n is None:
-        return (None,) * 8
-    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
-        return (*_differentiable_backward(ctx.reset, needs, (x, h0, w_ih, w_hh, b_ih, b_hh), grad_out, grad_h_n),
-                None, None)
-    needs[4] = needs[4] and b_ih is not None
-    needs[5] = needs[5] and b_hh is not None
-    grads = _BACKWARD(grad_out, grad_h_n, x, h0, w_ih, w_hh, out, workspace, ctx.reset, ctx.matmul_dtype, needs)
-    return (*grads, None, None)
-
-
-def _differentiable_backward(reset, needs, inputs, grad_out, grad_h_n):
-    """The gradients as a graph (double backward, e.g. a gradient penalty): the kernel records
-    none, so the layer is recomputed with the step-by-step equations and those are differentiated
-    with create_graph=True -- what the Python fused path does. Costs one more forward."""
-    wanted = [i for i, need in enumerate(needs) if need and inputs[i] is not None]
-    with torch.autocast(inputs[0].device.type, enabled=False):
-        out, h_n = _reference_layer(*inputs, reset=reset)
-        outputs, grads_in = [], []
-        for o, g in ((out, grad_out), (h_n, grad_h_n)):
-            if g is not None:
-                outputs.append(o)
-                grads_in.append(g)
-        grads = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads_in, create_graph=True,
-                                    allow_unused=True)
-    result = [None] * 6
-    for i, grad in zip(wanted, grads):
-        result[i] = grad
-    return result
-
-
-def _reference_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset):
-    """The GRU equations step by step (the definition; used only for double backward)."""
-    H = w_hh.shape[1]
-    gi = torch.nn.functional.linear(x, w_ih, b_ih)
-    h, outs = h0, []
-    b_hrz, b_hn = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
-    for x_t in gi.unbind(0):
-        x_r, x_z, x_n = x_t.chunk(3, 1)
-        if reset == "after":
-            h_r, h_z, h_n = torch.nn.functional.linear(h, w_hh, b_hh).chunk(3, 1)
-            r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-        else:
-            h_r, h_z = torch.nn.functional.linear(h, w_hh[: 2 * H], b_hrz).chunk(2, 1)
-            r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + torch.nn.functional.linear(r * h, w_hh[2 * H :], b_hn))
-        h = z * h + (1 - z) * n
-        outs.append(h)
-    return torch.stack(outs), h
-
-
-# --------------------------------------------------------------------------------------------
 # The layer and the cell
 # --------------------------------------------------------------------------------------------
 
-_LAYER = _INFERENCE = _BACKWARD = _CELL = _STACK = None
+_LAYER = _INFERENCE = _CELL = _STACK = None
 
 
 def _autocast_enabled(device_type: str) -> bool:

@@ -206,6 +206,22 @@ def test_batch_rows_split_over_threads(native, tune, threads, reset):
     assert_matches_in_chunks(native, tune, inputs, expected, reset, 7 * 4 * 5 * 8, (1, 3, 100))
 
 
+@pytest.mark.parametrize("input_size", [1, 3, 17])
+@pytest.mark.parametrize("step_proj_max_input", [16, 0])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_input_projection_per_step_or_batched(native, tune, threads, reset, step_proj_max_input, input_size):
+    """Small inputs (I <= step_proj_max_input) get each step's input projection beside the gate
+    pass, larger ones one GEMM over the chunk's steps: both equal the equations, rows split over
+    threads or not, training and no-grad, in one chunk and in several."""
+    inputs = make_inputs(7, 6, input_size, 5, dtype=torch.float64)
+    expected = run_with_grads(naive_gru, inputs, reset)
+    tune("step_proj_max_input", step_proj_max_input)
+    for n_threads, split_min_rows in ((1, 16), (3, 1)):
+        threads(n_threads)
+        tune("split_min_rows", split_min_rows)
+        assert_matches_in_chunks(native, tune, inputs, expected, reset, 6 * 4 * 5 * 8, (2, 100))
+
+
 @pytest.mark.parametrize("split_min_rows", [1, 0])
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_strided_output_gradients(native, tune, threads, reset, split_min_rows):
@@ -613,6 +629,8 @@ def test_rejects_bad_arguments(native):
 def test_the_op_is_registered_per_dispatch_key(native):
     name = f"{native.LIBRARY}::gru_layer"
     assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+    # Autograd sits behind the Autograd alias key, device independent: a CUDA kernel gets it too.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd")
     assert native.supports(torch.zeros(1))
     assert not native.supports(torch.zeros(1, dtype=torch.float16))
 

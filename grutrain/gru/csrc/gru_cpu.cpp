@@ -74,6 +74,8 @@ struct Tuning {
                                     //   MKL's threaded (packed) GEMM on the whole batch was faster)
   int64_t bf16_gemm = 0;            // bf16 x bf16 products: 0 auto (MKL on Intel CPUs), 1 oneDNN
                                     // (at::mm), 2 MKL's cblas_gemm_bf16bf16f32 where it is loaded
+  int64_t step_proj_max_input = 16;  // float: up to this input size the forward computes each
+                                    // step's input projection next to its gate pass (0: never)
 };
 bool g_fast_math = true;  // the gate pass's AVX512 exp and reciprocal (see vsigmoid)
 
@@ -100,6 +102,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
   else if (n == "bf16_gemm") slot = &t.bf16_gemm;
+  else if (n == "step_proj_max_input") slot = &t.step_proj_max_input;
   else if (n == "fast_math") {
     const int64_t old = g_fast_math ? 1 : 0;
     if (value >= 0) g_fast_math = value != 0;
@@ -631,6 +634,26 @@ void input_projection(const Tensor& x2, const Tensor& w_ih, const Tensor& x2_low
   }
 }
 
+// g[b, 0:N] = x[b, 0:I] W^T for rows [b0, b1) of one step, with wt = W^T [I, N] contiguous: the
+// input projection of a small input size, computed by the thread that runs the gate pass on these
+// rows right before it (the values are read from cache), instead of one GEMM over all steps first
+// (which writes them to memory and, for I = 1, is MKL's slow rank-1 update).
+template <typename T>
+void step_projection(int64_t b0, int64_t b1, int64_t I, int64_t N, const T* x, const T* wt, T* g, int64_t ldg) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* xb = x + b * I;
+    T* gb = g + b * ldg;
+    for (int64_t j = 0; j < N; j += V) {
+      const int64_t n = std::min<int64_t>(V, N - j);
+      Vec acc = Vec(xb[0]) * vload(wt + j, n);
+      for (int64_t k = 1; k < I; ++k) acc = at::vec::fmadd(Vec(xb[k]), vload(wt + k * N + j, n), acc);
+      acc.store(gb + j, n);
+    }
+  }
+}
+
 // Time steps per chunk of the backward's gradient buffer (rows of `width` elements of F each).
 // The bfloat16 route's buffer holds as many steps as the float32 one in half the bytes: larger
 // chunks measured no faster and would raise the peak. The training forward may hold as much
@@ -678,6 +701,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
     gin_buf = at::empty({L, B, 3 * H}, x.options());
   }
   const int64_t ldi = kSplit ? 3 * H : W;  // row stride of the input projections
+  // Small inputs (float products, training): each step's projection beside its gate pass.
+  const bool step_proj = !kSplit && !lowp_input && I <= tuning().step_proj_max_input;
+  const Tensor w_ih_t = step_proj ? w_ih.t().contiguous() : Tensor();
+  const F* wt = step_proj ? w_ih_t.data_ptr<F>() : nullptr;
+  const F* xp = x.data_ptr<F>();
 
   // Mixed precision operands.
   Tensor w_hh_m = kLow ? w_hh.to(at::kBFloat16).contiguous() : w_hh;
@@ -746,7 +774,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
     F* gi0;
     if constexpr (kSplit) gi0 = gin_buf.template data_ptr<F>();
     else gi0 = gs0;
-    {
+    if (!step_proj) {
       Tensor x2 = x.narrow(0, t0, len).view({len * B, I});
       Tensor xl = lowp_input ? x_low.narrow(0, t0, len).view({len * B, I}) : Tensor();
       input_projection<F>(x2, w_ih, xl, w_ih_low, gi0, ldi);
@@ -766,15 +794,20 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
         const M* hm;
         if constexpr (kLow) hm = hlow; else hm = h;
         // One step with products of type P (M, or F on the MKL bfloat16 path).
+        auto project = [&](int64_t b0, int64_t b1) {
+          if (step_proj) step_projection<F>(b0, b1, I, 3 * H, xp + t * B * I, wt, gi, ldi);
+        };
         auto step = [&](auto* ghp, auto* ghnp) {
           using P = std::remove_pointer_t<decltype(ghp)>;
           step_mm(r0, r1, hm, 0, gh_cols, ghp);
           if (after) {
             over_rows([&](int64_t b0, int64_t b1) {
+              project(b0, b1);
               pass_fwd_after<F, M, P, S>(b0, b1, H, gi, ldi, g, ghp, bp, h, hout, hlast, hlow);
             });
           } else {
             over_rows([&](int64_t b0, int64_t b1) {
+              project(b0, b1);
               pass_fwd_before_a<F, M, P, S>(b0, b1, H, gi, ldi, g, ghp, bp, h, rh);
             });
             step_mm(r0, r1, rh, 2 * H, H, ghnp);

@@ -1,7 +1,7 @@
 // Operator schemas of the native GRU (device-independent). The CPU kernels are registered behind
 // the CPU dispatch key in gru_cpu.cpp; a CUDA implementation can register beside them behind the
-// CUDA key without touching this file. Autograd for gru_layer is registered from Python
-// (torch.library.register_autograd in native.py).
+// CUDA key without touching this file. Autograd for gru_layer is registered behind the Autograd
+// key (gru_autograd.cpp), device independent.
 #include <torch/library.h>
 
 TORCH_LIBRARY(grutrain_native, m) {
