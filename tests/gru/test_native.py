@@ -222,6 +222,23 @@ def test_input_projection_per_step_or_batched(native, tune, threads, reset, step
         assert_matches_in_chunks(native, tune, inputs, expected, reset, 6 * 4 * 5 * 8, (2, 100))
 
 
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, packed):
+    """float32: the per-step products with MKL's packed W_hh (forward h W_hh^T, backward G W_hh,
+    from packed_min_steps steps) or plain GEMMs, rows split over threads or not, equal the
+    equations to float32 tolerance."""
+    inputs = make_inputs(17, 6, 3, 20)
+    expected = run_with_grads(naive_gru, inputs, reset)
+    tune("packed_min_steps", 16 if packed else 1 << 20)
+    tune("packed_backward", 1)
+    for n_threads, split_min_rows in ((1, 16), (2, 1)):
+        threads(n_threads)
+        tune("split_min_rows", split_min_rows)
+        actual = run_with_grads(native.native_gru_layer, inputs, reset)
+        assert_all_close(actual, expected, torch.float32)
+
+
 @pytest.mark.parametrize("split_min_rows", [1, 0])
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_strided_output_gradients(native, tune, threads, reset, split_min_rows):

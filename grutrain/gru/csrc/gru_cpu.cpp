@@ -65,9 +65,11 @@ struct Tuning {
   int64_t lowp_min_hidden = 64;     // mixed precision: bf16 recurrent + batched products from this H
   int64_t lowp_min_input = 0;       // mixed precision: bf16 input projection from this I (0: auto,
                                     // 32 with MKL's bf16 products, else 64; where each was faster)
-  int64_t packed_min_hidden = 256;  // float32: MKL packed W_hh for the per-step product from this H
-  int64_t packed_max_batch = 64;    //   ... and up to this batch
+  int64_t packed_min_hidden = 1;    // float32: MKL packed W_hh for the per-step product from this H
+  int64_t packed_max_batch = 1 << 20;  //   ... and up to this batch (packing paid at every H and
+                                    //   batch tried, 32-512 x 32-256, row split or not: 1-8%)
   int64_t packed_min_steps = 16;    //   ... over at least this many steps
+  int64_t packed_backward = 1;      //   ... in the backward's per-step products too (0: never)
   int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
   int64_t split_min_rows = 16;      // float: each thread runs the time loop on its own batch rows
   int64_t split_max_hidden = 128;   //   ... with at least this many rows each, up to this H (above,
@@ -98,6 +100,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "packed_min_hidden") slot = &t.packed_min_hidden;
   else if (n == "packed_max_batch") slot = &t.packed_max_batch;
   else if (n == "packed_min_steps") slot = &t.packed_min_steps;
+  else if (n == "packed_backward") slot = &t.packed_backward;
   else if (n == "use_blas") slot = &t.use_blas;
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
@@ -260,41 +263,42 @@ void mm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const BF16* A, i
   at::mm_out(c, as_view(A, M, K, lda, ta), as_view(B, K, N, ldb, tb));
 }
 
-// acc[M,N] (+)= h[M,K] W^T with W [N,K]: the per-step product, optionally with MKL's packed W^T.
+// acc[M,N] (+)= h[M,K] W^T with W [N,K] (tw; the forward's h W_hh^T), or h[M,K] W with W [K,N]
+// (!tw; the backward's G W_hh): the per-step product, optionally with MKL's packed operand.
 template <typename S, typename R>
 struct StepMatmul {
   const S* w;
   int64_t N, K;
+  bool tw;
   Tensor packed;  // float32 only
-  StepMatmul(const S* w_, int64_t N_, int64_t K_, int64_t batch, int64_t steps, int64_t max_bytes)
-      : w(w_), N(N_), K(K_) {
+  StepMatmul(const S* w_, int64_t N_, int64_t K_, int64_t batch, int64_t steps, int64_t max_bytes,
+             bool tw_ = true)
+      : w(w_), N(N_), K(K_), tw(tw_) {
     if constexpr (std::is_same_v<S, float>) {
       const Tuning& t = tuning();
       const Blas& b = blas_symbols();
-      if (b.pack_size && use_blas() && K >= t.packed_min_hidden && batch <= t.packed_max_batch &&
+      if (b.pack_size && use_blas() && std::min(N, K) >= t.packed_min_hidden && batch <= t.packed_max_batch &&
           steps >= t.packed_min_steps) {
         const size_t bytes = b.pack_size(kBMatrix, batch, N, K);
         if (bytes > 0 && static_cast<int64_t>(bytes) <= max_bytes) {
           packed = at::empty({static_cast<int64_t>((bytes + 3) / 4)}, at::kFloat);
-          b.pack(kRowMajor, kBMatrix, kTrans, batch, N, K, 1.f, w, K, packed.data_ptr<float>());
+          b.pack(kRowMajor, kBMatrix, tw ? kTrans : kNoTrans, batch, N, K, 1.f, w, ldw(), packed.data_ptr<float>());
         }
       }
     }
   }
+  int64_t ldw() const { return tw ? K : N; }
   void operator()(int64_t M, const S* h, int64_t ldh, float beta, R* acc, int64_t ldc) const {
     if constexpr (std::is_same_v<S, float>) {
       if (packed.defined()) {
-        blas_symbols().compute(kRowMajor, kNoTrans, kPacked, M, N, K, h, ldh, packed.data_ptr<float>(), K,
+        blas_symbols().compute(kRowMajor, kNoTrans, kPacked, M, N, K, h, ldh, packed.data_ptr<float>(), ldw(),
                                beta, acc, ldc);
         return;
       }
     }
-    gemm<S, R>(false, true, M, N, K, h, ldh, w, K, beta, acc, ldc);
+    gemm<S, R>(false, tw, M, N, K, h, ldh, w, ldw(), beta, acc, ldc);
   }
 };
-
-// C[M,N] (ld ldc) = beta C + A[M,K] op(B) on the bfloat16 route where mkl_bf16(): B a slice of
-// W_hh (op(B) = B^T when tb, B stored [N, K]), the same for every step of a call.
 struct StepMatmulBf16 {
   const BF16* b;
   int64_t ldb, N, K;
@@ -1004,6 +1008,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       drhf_t = at::empty({B, H}, opts);
     }
   }
+  // float32: the per-step products G W_hh with MKL's packed W_hh, held beside the gradient
+  // buffer, so at most a quarter of its cap (the peak grows by no more).
+  std::optional<StepMatmul<F, F>> mm_chain, mm_rh;
+  if constexpr (!kLow) {
+    const int64_t pack_cap = tuning().packed_backward ? tuning().chunk_bytes / 4 : 0;
+    mm_chain.emplace(whh, H, after ? 3 * H : 2 * H, B, T, pack_cap, false);
+    if (!after) mm_rh.emplace(whh + 2 * H * H, H, H, B, T, pack_cap, false);
+  }
   Tensor w_in_m;  // dx = G_in w: rows rotated to (n, r, z) for "after"
   if (need_x) {
     Tensor w = after ? at::cat({w_ih.narrow(0, 2 * H, H), w_ih.narrow(0, 0, 2 * H)}) : w_ih;
@@ -1074,7 +1086,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
               mm_bf16(false, false, B, H, 3 * H, G + H, 4 * H, whh, H, dp);
               dprod = dp;
             } else {
-              gemm<M, F>(false, false, rows, H, 3 * H, G + r0 * W + H, 4 * H, whh, H, 1.f, dnext + r0 * H, H);
+              (*mm_chain)(rows, G + r0 * W + H, 4 * H, 1.f, dnext + r0 * H, H);
             }
           }
         } else {
@@ -1092,8 +1104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
             });
           } else {
             if constexpr (kLow) mm_bf16(false, false, B, H, H, G + 2 * H, 3 * H, whh + 2 * H * H, H, drh);
-            else gemm<M, F>(false, false, rows, H, H, G + r0 * W + 2 * H, 3 * H, whh + 2 * H * H, H, 0.f,
-                            drh + r0 * H, H);
+            else (*mm_rh)(rows, G + r0 * W + 2 * H, 3 * H, 0.f, drh + r0 * H, H);
             over_rows(3 * H, [&](int64_t b0, int64_t b1) {
               pass_bwd_before_b<F, M, S, M>(b0, b1, H, s, drh, hprev, G, dnext, accp + at::get_thread_num() * W);
             });
@@ -1106,7 +1117,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
               mm_bf16(false, false, B, H, 2 * H, G, 3 * H, whh, H, dp);
               dprod = dp;
             } else {
-              gemm<M, F>(false, false, rows, H, 2 * H, G + r0 * W, 3 * H, whh, H, 1.f, dnext + r0 * H, H);
+              (*mm_chain)(rows, G + r0 * W, 3 * H, 1.f, dnext + r0 * H, H);
             }
           }
         }
