@@ -396,11 +396,13 @@ def _missing_cwd() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from grutrain import allocator
     from grutrain.files import streams
 
     problem = streams.prepare() or _missing_cwd()  # closed descriptors, stderr's encoding, a deleted cwd
     if problem:
         _fail(problem)
+    allocator.keep_freed_memory()  # tensors reuse freed pages instead of faulting in new ones
     try:
         # standalone_mode=False: usage errors come back here, to be told in one line like any other.
         code = app(args=argv, prog_name="grutrain", standalone_mode=False)
