@@ -299,6 +299,9 @@ struct StepMatmul {
     gemm<S, R>(false, tw, M, N, K, h, ldh, w, ldw(), beta, acc, ldc);
   }
 };
+
+// C[M,N] (ld ldc) = beta C + A[M,K] op(B) on the bfloat16 route where mkl_bf16(): B a slice of
+// W_hh (op(B) = B^T when tb, B stored [N, K]), the same for every step of a call.
 struct StepMatmulBf16 {
   const BF16* b;
   int64_t ldb, N, K;
@@ -705,7 +708,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
     gin_buf = at::empty({L, B, 3 * H}, x.options());
   }
   const int64_t ldi = kSplit ? 3 * H : W;  // row stride of the input projections
-  // Small inputs (float products, training): each step's projection beside its gate pass.
+  // Small inputs (float input products): each step's projection beside its gate pass.
   const bool step_proj = !kSplit && !lowp_input && I <= tuning().step_proj_max_input;
   const Tensor w_ih_t = step_proj ? w_ih.t().contiguous() : Tensor();
   const F* wt = step_proj ? w_ih_t.data_ptr<F>() : nullptr;
