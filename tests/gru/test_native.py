@@ -226,17 +226,52 @@ def test_input_projection_per_step_or_batched(native, tune, threads, reset, step
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, packed):
     """float32: the per-step products with MKL's packed W_hh (forward h W_hh^T, backward G W_hh,
-    from packed_min_steps steps) or plain GEMMs, rows split over threads or not, equal the
-    equations to float32 tolerance."""
+    from packed_min_steps steps; the size caps lifted, MKL's copy being ~8 MB at any size) or plain
+    GEMMs, rows split over threads or not, equal the equations to float32 tolerance, training and
+    no-grad; packing is counted where MKL is there to do it."""
     inputs = make_inputs(17, 6, 3, 20)
     expected = run_with_grads(naive_gru, inputs, reset)
+    with torch.no_grad():
+        expected_out = naive_gru(*inputs, reset)
     tune("packed_min_steps", 16 if packed else 1 << 20)
     tune("packed_backward", 1)
+    tune("packed_train_percent", 1 << 20)
+    tune("packed_infer_bytes", 1 << 40)
+    count = lambda: torch.ops.grutrain_native.cpu_tune("packed_count", -1)  # noqa: E731
+    before = count()
     for n_threads, split_min_rows in ((1, 16), (2, 1)):
         threads(n_threads)
         tune("split_min_rows", split_min_rows)
         actual = run_with_grads(native.native_gru_layer, inputs, reset)
         assert_all_close(actual, expected, torch.float32)
+        with torch.no_grad():
+            assert_all_close(list(native.native_gru_layer(*inputs, reset=reset)), list(expected_out), torch.float32)
+    # Per run: the forward's W_hh (two parts for "before") and the backward's, or nothing.
+    packs = count() - before
+    if not packed:
+        assert packs == 0
+    elif torch.backends.mkl.is_available():
+        per_pass = 1 if reset == "after" else 2
+        assert packs == 2 * (3 * per_pass), packs
+
+
+def test_packing_follows_the_memory_caps(native, tune):
+    """Training packs W_hh only where MKL's copy fits packed_train_percent of the saved workspace,
+    the no-grad forward where it fits packed_infer_bytes (the defaults: a small layer trains unpacked)."""
+    if not torch.backends.mkl.is_available():
+        pytest.skip("MKL's packed GEMM is not in this torch build")
+    inputs = make_inputs(17, 6, 3, 20)
+    count = lambda: torch.ops.grutrain_native.cpu_tune("packed_count", -1)  # noqa: E731
+    before = count()
+    run_with_grads(native.native_gru_layer, inputs, "after")  # workspace 33 KB: no room for ~8 MB
+    assert count() == before
+    with torch.no_grad():
+        native.native_gru_layer(*inputs, reset="after")  # the default 64 MiB for inference
+    assert count() == before + 1
+    tune("packed_infer_bytes", 1 << 20)
+    with torch.no_grad():
+        native.native_gru_layer(*inputs, reset="after")
+    assert count() == before + 1
 
 
 @pytest.mark.parametrize("split_min_rows", [1, 0])

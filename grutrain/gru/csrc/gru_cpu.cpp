@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
@@ -66,10 +67,15 @@ struct Tuning {
   int64_t lowp_min_input = 0;       // mixed precision: bf16 input projection from this I (0: auto,
                                     // 32 with MKL's bf16 products, else 64; where each was faster)
   int64_t packed_min_hidden = 1;    // float32: MKL packed W_hh for the per-step product from this H
-  int64_t packed_max_batch = 1 << 20;  //   ... and up to this batch (packing paid at every H and
-                                    //   batch tried, 32-512 x 32-256, row split or not: 1-8%)
+  int64_t packed_max_batch = 1 << 20;  //   ... and up to this batch
   int64_t packed_min_steps = 16;    //   ... over at least this many steps
   int64_t packed_backward = 1;      //   ... in the backward's per-step products too (0: never)
+  // MKL's packed copy is never below ~7.9 MB (its fixed layout; 10.5 MB for a [1536, 512] W_hh), so
+  // where it goes is a memory question. Training packs where the copy is at most this percentage of
+  // the workspace the step saves anyway (the peak stays under torch.nn.GRU's at the standard shapes);
+  // the no-grad forward, which keeps nothing, where it is at most infer bytes.
+  int64_t packed_train_percent = 100;
+  int64_t packed_infer_bytes = 64 << 20;
   int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
   int64_t split_min_rows = 16;      // float: each thread runs the time loop on its own batch rows
   int64_t split_max_hidden = 128;   //   ... with at least this many rows each, up to this H (above,
@@ -80,6 +86,7 @@ struct Tuning {
                                     // step's input projection next to its gate pass (0: never)
 };
 bool g_fast_math = true;  // the gate pass's AVX512 exp and reciprocal (see vsigmoid)
+std::atomic<int64_t> g_packed_count{0};  // StepMatmuls built with a packed W_hh (knob packed_count)
 
 Tuning& tuning() {
   static Tuning t;
@@ -101,6 +108,11 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "packed_max_batch") slot = &t.packed_max_batch;
   else if (n == "packed_min_steps") slot = &t.packed_min_steps;
   else if (n == "packed_backward") slot = &t.packed_backward;
+  else if (n == "packed_train_percent") slot = &t.packed_train_percent;
+  else if (n == "packed_infer_bytes") slot = &t.packed_infer_bytes;
+  else if (n == "packed_count") {  // read-only: per-step products that used a packed W_hh (tests)
+    return g_packed_count.load();
+  }
   else if (n == "use_blas") slot = &t.use_blas;
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
@@ -283,6 +295,7 @@ struct StepMatmul {
         if (bytes > 0 && static_cast<int64_t>(bytes) <= max_bytes) {
           packed = at::empty({static_cast<int64_t>((bytes + 3) / 4)}, at::kFloat);
           b.pack(kRowMajor, kBMatrix, tw ? kTrans : kNoTrans, batch, N, K, 1.f, w, ldw(), packed.data_ptr<float>());
+          g_packed_count.fetch_add(1);
         }
       }
     }
@@ -673,6 +686,11 @@ inline int64_t grad_chunk_steps(int64_t T, int64_t rows, int64_t width) {
   return std::max<int64_t>(1, std::min<int64_t>(T, tuning().chunk_bytes / row_bytes));
 }
 
+// The most bytes a training step's packed W_hh may take: a share of its saved workspace.
+inline int64_t train_pack_cap(int64_t workspace_bytes) {
+  return workspace_bytes / 100 * tuning().packed_train_percent;
+}
+
 // The whole forward. keep=true: the workspace holds every step's gates (returned), as S;
 // else a chunk buffer is reused. Returns (out, h_n, workspace-or-undefined).
 //
@@ -739,16 +757,15 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   M* gh = gh_t.template data_ptr<M>();
   M* rh = after ? nullptr : rh_t.template data_ptr<M>();
   M* ghn = after ? nullptr : ghn_t.template data_ptr<M>();
-  // Packing W_hh^T must not raise the training step's peak: its size is capped by the
-  // backward's gradient buffer (allocated anyway), or by the chunk buffer for inference.
-  const int64_t pack_cap = keep ? std::min<int64_t>(T * row_bytes, tuning().chunk_bytes) : L * row_bytes;
+  // The packed W_hh^T's size cap (see packed_train_percent); "before" packs two parts of W_hh.
+  const int64_t pack_cap = keep ? train_pack_cap(T * row_bytes) : tuning().packed_infer_bytes;
   std::optional<StepMatmul<F, F>> mm_main, mm_n;
   std::optional<StepMatmulBf16> mk_main, mk_n;  // bfloat16 route through MKL: float products
   const bool mkl = kLow && mkl_bf16();
   Tensor ghf_t, ghnf_t;
   if constexpr (!kLow) {
     mm_main.emplace(whh, gh_cols, H, B, T, pack_cap);
-    if (!after) mm_n.emplace(whh + 2 * H * H, H, H, B, T, pack_cap / 2);
+    if (!after) mm_n.emplace(whh + 2 * H * H, H, H, B, T, pack_cap);
   } else if (mkl) {
     const BF16* wb = reinterpret_cast<const BF16*>(whh);
     mk_main.emplace(wb, H, true, gh_cols, H);
@@ -1013,11 +1030,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       drhf_t = at::empty({B, H}, opts);
     }
   }
-  // float32: the per-step products G W_hh with MKL's packed W_hh, held beside the gradient
-  // buffer, so at most a quarter of its cap (the peak grows by no more).
+  // float32: the per-step products G W_hh with MKL's packed W_hh, capped like the forward's.
   std::optional<StepMatmul<F, F>> mm_chain, mm_rh;
   if constexpr (!kLow) {
-    const int64_t pack_cap = tuning().packed_backward ? tuning().chunk_bytes / 4 : 0;
+    const int64_t pack_cap = tuning().packed_backward ? train_pack_cap(T * B * W * int64_t(sizeof(F))) : 0;
     mm_chain.emplace(whh, H, after ? 3 * H : 2 * H, B, T, pack_cap, false);
     if (!after) mm_rh.emplace(whh + 2 * H * H, H, H, B, T, pack_cap, false);
   }
