@@ -235,6 +235,7 @@ def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, pa
         expected_out = naive_gru(*inputs, reset)
     tune("packed_min_steps", 16 if packed else 1 << 20)
     tune("packed_backward", 1)
+    tune("small_gemm_max_elems", 0)  # else this small W_hh's backward products take small_gemm
     tune("packed_train_percent", 1 << 20)
     tune("packed_infer_bytes", 1 << 40)
     count = lambda: torch.ops.grutrain_native.cpu_tune("packed_count", -1)  # noqa: E731
@@ -253,6 +254,21 @@ def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, pa
     elif torch.backends.mkl.is_available():
         per_pass = 1 if reset == "after" else 2
         assert packs == 2 * (3 * per_pass), packs
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+def test_small_gemm_per_step_products(native, tune, threads, reset):
+    """float32: the backward's per-step products G W_hh by the kernel's own small GEMM
+    (small_gemm_max_elems, on by default for H <= 32) or by MKL give the equations' gradients: H=20
+    gives a vector and a column tail, B=7 a row tail (blocks of 4), the rows split over threads or not."""
+    inputs = make_inputs(9, 7, 3, 20)
+    expected = run_with_grads(naive_gru, inputs, reset)
+    for small_gemm_max_elems in (1 << 20, 0):
+        tune("small_gemm_max_elems", small_gemm_max_elems)
+        for n_threads, split_min_rows in ((1, 16), (2, 1)):
+            threads(n_threads)
+            tune("split_min_rows", split_min_rows)
+            assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float32)
 
 
 def test_packing_follows_the_memory_caps(native, tune):

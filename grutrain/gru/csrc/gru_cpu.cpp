@@ -76,6 +76,9 @@ struct Tuning {
   // the no-grad forward, which keeps nothing, where it is at most infer bytes.
   int64_t packed_train_percent = 100;
   int64_t packed_infer_bytes = 64 << 20;
+  int64_t small_gemm_max_elems = 3072;  // float32 backward: G W_hh by small_gemm, not MKL, up to this many
+                                    // elements of W_hh (H <= 32; at H = 32 the training step -4-7%, at
+                                    // H = 64 and 128 +8%; in the forward, h W_hh^T, it was 8% slower)
   int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
   int64_t split_min_rows = 16;      // float: each thread runs the time loop on its own batch rows
   int64_t split_max_hidden = 128;   //   ... with at least this many rows each, up to this H (above,
@@ -110,6 +113,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "packed_backward") slot = &t.packed_backward;
   else if (n == "packed_train_percent") slot = &t.packed_train_percent;
   else if (n == "packed_infer_bytes") slot = &t.packed_infer_bytes;
+  else if (n == "small_gemm_max_elems") slot = &t.small_gemm_max_elems;
   else if (n == "packed_count") {  // read-only: per-step products that used a packed W_hh (tests)
     return g_packed_count.load();
   }
@@ -275,21 +279,82 @@ void mm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const BF16* A, i
   at::mm_out(c, as_view(A, M, K, lda, ta), as_view(B, K, N, ldb, tb));
 }
 
+// One NR x NV-vector block of small_gemm (compile-time sizes: the accumulators stay in registers).
+template <typename T, int NR, int NV>
+inline void small_gemm_block(int64_t K, const T* A, int64_t lda, const T* Bk, int64_t ldb, float beta, T* C,
+                             int64_t ldc, const int64_t* widths) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  auto load = [](const T* p, int64_t n) { return n == V ? Vec::loadu(p) : Vec::loadu(p, n); };
+  Vec acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = Vec(T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    Vec b[NV];
+    for (int c = 0; c < NV; ++c) b[c] = load(Bk + k * ldb + c * V, widths[c]);
+    for (int r = 0; r < NR; ++r) {
+      const Vec a(A[r * lda + k]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int c = 0; c < NV; ++c) {
+      T* dst = C + r * ldc + c * V;
+      if (beta != 0.f) acc[r][c] = acc[r][c] + load(dst, widths[c]);
+      acc[r][c].store(dst, widths[c]);
+    }
+}
+
+template <typename T, int NR>
+inline void small_gemm_rows(int64_t nv, int64_t K, const T* A, int64_t lda, const T* Bk, int64_t ldb, float beta,
+                            T* C, int64_t ldc, const int64_t* widths) {
+  switch (nv) {
+    case 1: small_gemm_block<T, NR, 1>(K, A, lda, Bk, ldb, beta, C, ldc, widths); break;
+    case 2: small_gemm_block<T, NR, 2>(K, A, lda, Bk, ldb, beta, C, ldc, widths); break;
+    case 3: small_gemm_block<T, NR, 3>(K, A, lda, Bk, ldb, beta, C, ldc, widths); break;
+    default: small_gemm_block<T, NR, 4>(K, A, lda, Bk, ldb, beta, C, ldc, widths); break;
+  }
+}
+
+// C[M,N] = beta C + A[M,K] Bk with Bk [K,N] (ld ldb), beta 0 or 1, in blocks of 4 rows x 4 vectors
+// held in registers while k runs: each B vector loaded serves four rows, and a small W_hh stays in
+// L1. For the per-step products of small layers, where MKL's per-call copy of its operand costs
+// about as much as the arithmetic.
+template <typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bk, int64_t ldb, float beta,
+                T* C, int64_t ldc) {
+  constexpr int64_t V = Vectorized<T>::size(), CV = 4;
+  for (int64_t j0 = 0; j0 < N; j0 += CV * V) {
+    const int64_t nv = std::min<int64_t>(CV, (N - j0 + V - 1) / V);
+    int64_t widths[CV];
+    for (int64_t c = 0; c < CV; ++c) widths[c] = std::max<int64_t>(0, std::min<int64_t>(V, N - j0 - c * V));
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4)
+      small_gemm_rows<T, 4>(nv, K, A + i * lda, lda, Bk + j0, ldb, beta, C + i * ldc + j0, ldc, widths);
+    for (; i < M; ++i)
+      small_gemm_rows<T, 1>(nv, K, A + i * lda, lda, Bk + j0, ldb, beta, C + i * ldc + j0, ldc, widths);
+  }
+}
+
 // acc[M,N] (+)= h[M,K] W^T with W [N,K] (tw; the forward's h W_hh^T), or h[M,K] W with W [K,N]
-// (!tw; the backward's G W_hh): the per-step product, optionally with MKL's packed operand.
+// (!tw; the backward's G W_hh): the per-step product, with MKL's packed operand where it fits,
+// or (backward, small W) by small_gemm.
 template <typename S, typename R>
 struct StepMatmul {
   const S* w;
   int64_t N, K;
   bool tw;
   Tensor packed;  // float32 only
+  bool small = false;  // by small_gemm (float32, !tw: W is [K, N] as it needs)
   StepMatmul(const S* w_, int64_t N_, int64_t K_, int64_t batch, int64_t steps, int64_t max_bytes,
              bool tw_ = true)
       : w(w_), N(N_), K(K_), tw(tw_) {
     if constexpr (std::is_same_v<S, float>) {
       const Tuning& t = tuning();
       const Blas& b = blas_symbols();
-      if (b.pack_size && use_blas() && std::min(N, K) >= t.packed_min_hidden && batch <= t.packed_max_batch &&
+      if (!tw && N * K <= t.small_gemm_max_elems) {
+        small = true;
+      } else if (b.pack_size && use_blas() && std::min(N, K) >= t.packed_min_hidden && batch <= t.packed_max_batch &&
           steps >= t.packed_min_steps) {
         const size_t bytes = b.pack_size(kBMatrix, batch, N, K);
         if (bytes > 0 && static_cast<int64_t>(bytes) <= max_bytes) {
@@ -303,6 +368,10 @@ struct StepMatmul {
   int64_t ldw() const { return tw ? K : N; }
   void operator()(int64_t M, const S* h, int64_t ldh, float beta, R* acc, int64_t ldc) const {
     if constexpr (std::is_same_v<S, float>) {
+      if (small) {
+        small_gemm<float>(M, N, K, h, ldh, w, N, beta, acc, ldc);
+        return;
+      }
       if (packed.defined()) {
         blas_symbols().compute(kRowMajor, kNoTrans, kPacked, M, N, K, h, ldh, packed.data_ptr<float>(), ldw(),
                                beta, acc, ldc);
