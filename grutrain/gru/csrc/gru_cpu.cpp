@@ -826,8 +826,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   M* gh = gh_t.template data_ptr<M>();
   M* rh = after ? nullptr : rh_t.template data_ptr<M>();
   M* ghn = after ? nullptr : ghn_t.template data_ptr<M>();
-  // The packed W_hh^T's size cap (see packed_train_percent); "before" packs two parts of W_hh.
-  const int64_t pack_cap = keep ? train_pack_cap(T * row_bytes) : tuning().packed_infer_bytes;
+  // The packed W_hh^T's size cap (see packed_train_percent); "before" packs two parts of W_hh, in
+  // training each within half of it.
+  const int64_t pack_cap = keep ? train_pack_cap(T * row_bytes) / (after ? 1 : 2) : tuning().packed_infer_bytes;
   std::optional<StepMatmul<F, F>> mm_main, mm_n;
   std::optional<StepMatmulBf16> mk_main, mk_n;  // bfloat16 route through MKL: float products
   const bool mkl = kLow && mkl_bf16();
@@ -1099,10 +1100,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       drhf_t = at::empty({B, H}, opts);
     }
   }
-  // float32: the per-step products G W_hh with MKL's packed W_hh, capped like the forward's.
+  // float32: the per-step products G W_hh with MKL's packed W_hh, capped like the forward's
+  // (two parts for "before", each within half).
   std::optional<StepMatmul<F, F>> mm_chain, mm_rh;
   if constexpr (!kLow) {
-    const int64_t pack_cap = tuning().packed_backward ? train_pack_cap(T * B * W * int64_t(sizeof(F))) : 0;
+    const int64_t pack_cap =
+        tuning().packed_backward ? train_pack_cap(T * B * W * int64_t(sizeof(F))) / (after ? 1 : 2) : 0;
     mm_chain.emplace(whh, H, after ? 3 * H : 2 * H, B, T, pack_cap, false);
     if (!after) mm_rh.emplace(whh + 2 * H * H, H, H, B, T, pack_cap, false);
   }
