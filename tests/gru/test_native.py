@@ -234,6 +234,7 @@ def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, pa
     with torch.no_grad():
         expected_out = naive_gru(*inputs, reset)
     tune("packed_min_steps", 16 if packed else 1 << 20)
+    tune("packed_min_work", 0)
     tune("packed_backward", 1)
     tune("small_gemm_max_elems", 0)  # else this small W_hh's backward products take small_gemm
     tune("packed_train_percent", 1 << 20)
@@ -273,12 +274,17 @@ def test_small_gemm_per_step_products(native, tune, threads, reset):
 
 def test_packing_follows_the_memory_caps(native, tune):
     """Training packs W_hh only where MKL's copy fits packed_train_percent of the saved workspace,
-    the no-grad forward where it fits packed_infer_bytes (the defaults: a small layer trains unpacked)."""
+    the no-grad forward where it fits packed_infer_bytes, both only for products of packed_min_work
+    multiply-adds or more (the defaults: a small layer packs for neither)."""
     if not torch.backends.mkl.is_available():
         pytest.skip("MKL's packed GEMM is not in this torch build")
     inputs = make_inputs(17, 6, 3, 20)
     count = lambda: torch.ops.grutrain_native.cpu_tune("packed_count", -1)  # noqa: E731
     before = count()
+    with torch.no_grad():
+        native.native_gru_layer(*inputs, reset="after")  # 17 x 6 x 1200 multiply-adds: too few
+    assert count() == before
+    tune("packed_min_work", 0)
     run_with_grads(native.native_gru_layer, inputs, "after")  # workspace 33 KB: no room for ~8 MB
     assert count() == before
     with torch.no_grad():

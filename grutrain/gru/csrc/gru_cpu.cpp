@@ -69,6 +69,9 @@ struct Tuning {
   int64_t packed_min_hidden = 1;    // float32: MKL packed W_hh for the per-step product from this H
   int64_t packed_max_batch = 1 << 20;  //   ... and up to this batch
   int64_t packed_min_steps = 16;    //   ... over at least this many steps
+  int64_t packed_min_work = 1 << 24;  //   ... and products of at least this many multiply-adds in all
+                                    //   (steps x batch x W_hh's elements): packing costs ~0.1 ms, which
+                                    //   a no-grad forward at 48,8,8,64 (4.7M) lost, 48,32,8,64 (19M) won
   int64_t packed_backward = 1;      //   ... in the backward's per-step products too (0: never)
   // MKL's packed copy is never below ~7.9 MB (its fixed layout; 10.5 MB for a [1536, 512] W_hh), so
   // where it goes is a memory question. Training packs where the copy is at most this percentage of
@@ -110,6 +113,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "packed_min_hidden") slot = &t.packed_min_hidden;
   else if (n == "packed_max_batch") slot = &t.packed_max_batch;
   else if (n == "packed_min_steps") slot = &t.packed_min_steps;
+  else if (n == "packed_min_work") slot = &t.packed_min_work;
   else if (n == "packed_backward") slot = &t.packed_backward;
   else if (n == "packed_train_percent") slot = &t.packed_train_percent;
   else if (n == "packed_infer_bytes") slot = &t.packed_infer_bytes;
@@ -355,7 +359,7 @@ struct StepMatmul {
       if (!tw && N * K <= t.small_gemm_max_elems) {
         small = true;
       } else if (b.pack_size && use_blas() && std::min(N, K) >= t.packed_min_hidden && batch <= t.packed_max_batch &&
-          steps >= t.packed_min_steps) {
+                 steps >= t.packed_min_steps && steps * batch * N * K >= t.packed_min_work) {
         const size_t bytes = b.pack_size(kBMatrix, batch, N, K);
         if (bytes > 0 && static_cast<int64_t>(bytes) <= max_bytes) {
           packed = at::empty({static_cast<int64_t>((bytes + 3) / 4)}, at::kFloat);
