@@ -222,6 +222,11 @@ def test_input_projection_per_step_or_batched(native, tune, threads, reset, step
         assert_matches_in_chunks(native, tune, inputs, expected, reset, 6 * 4 * 5 * 8, (2, 100))
 
 
+def packed_count() -> int:
+    """How many per-step products have packed W_hh in this process (the kernel's read-only knob)."""
+    return torch.ops.grutrain_native.cpu_tune("packed_count", -1)
+
+
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, packed):
@@ -239,8 +244,7 @@ def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, pa
     tune("small_gemm_max_elems", 0)  # else this small W_hh's backward products take small_gemm
     tune("packed_train_percent", 1 << 20)
     tune("packed_infer_bytes", 1 << 40)
-    count = lambda: torch.ops.grutrain_native.cpu_tune("packed_count", -1)  # noqa: E731
-    before = count()
+    before = packed_count()
     for n_threads, split_min_rows in ((1, 16), (2, 1)):
         threads(n_threads)
         tune("split_min_rows", split_min_rows)
@@ -249,7 +253,7 @@ def test_packed_weights_in_forward_and_backward(native, tune, threads, reset, pa
         with torch.no_grad():
             assert_all_close(list(native.native_gru_layer(*inputs, reset=reset)), list(expected_out), torch.float32)
     # Per run: the forward's W_hh (two parts for "before") and the backward's, or nothing.
-    packs = count() - before
+    packs = packed_count() - before
     if not packed:
         assert packs == 0
     elif torch.backends.mkl.is_available():
@@ -279,21 +283,20 @@ def test_packing_follows_the_memory_caps(native, tune):
     if not torch.backends.mkl.is_available():
         pytest.skip("MKL's packed GEMM is not in this torch build")
     inputs = make_inputs(17, 6, 3, 20)
-    count = lambda: torch.ops.grutrain_native.cpu_tune("packed_count", -1)  # noqa: E731
-    before = count()
+    before = packed_count()
     with torch.no_grad():
         native.native_gru_layer(*inputs, reset="after")  # 17 x 6 x 1200 multiply-adds: too few
-    assert count() == before
+    assert packed_count() == before
     tune("packed_min_work", 0)
     run_with_grads(native.native_gru_layer, inputs, "after")  # workspace 33 KB: no room for ~8 MB
-    assert count() == before
+    assert packed_count() == before
     with torch.no_grad():
         native.native_gru_layer(*inputs, reset="after")  # the default 64 MiB for inference
-    assert count() == before + 1
+    assert packed_count() == before + 1
     tune("packed_infer_bytes", 1 << 20)
     with torch.no_grad():
         native.native_gru_layer(*inputs, reset="after")
-    assert count() == before + 1
+    assert packed_count() == before + 1
 
 
 @pytest.mark.parametrize("split_min_rows", [1, 0])

@@ -92,7 +92,7 @@ struct Tuning {
                                     // step's input projection next to its gate pass (0: never)
 };
 bool g_fast_math = true;  // the gate pass's AVX512 exp and reciprocal (see vsigmoid)
-std::atomic<int64_t> g_packed_count{0};  // StepMatmuls built with a packed W_hh (knob packed_count)
+std::atomic<int64_t> g_packed_count{0};  // StepMatmuls that packed W_hh (knob packed_count)
 
 Tuning& tuning() {
   static Tuning t;
@@ -118,7 +118,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "packed_train_percent") slot = &t.packed_train_percent;
   else if (n == "packed_infer_bytes") slot = &t.packed_infer_bytes;
   else if (n == "small_gemm_max_elems") slot = &t.small_gemm_max_elems;
-  else if (n == "packed_count") {  // read-only: per-step products that used a packed W_hh (tests)
+  else if (n == "packed_count") {  // read-only: g_packed_count (tests)
     return g_packed_count.load();
   }
   else if (n == "use_blas") slot = &t.use_blas;
@@ -283,19 +283,24 @@ void mm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const BF16* A, i
   at::mm_out(c, as_view(A, M, K, lda, ta), as_view(B, K, N, ldb, tb));
 }
 
+// n <= Vectorized<T>::size() elements from p (the rest zero).
+template <typename T>
+inline Vectorized<T> vload(const T* p, int64_t n) {
+  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
+}
+
 // One NR x NV-vector block of small_gemm (compile-time sizes: the accumulators stay in registers).
 template <typename T, int NR, int NV>
 inline void small_gemm_block(int64_t K, const T* A, int64_t lda, const T* Bk, int64_t ldb, float beta, T* C,
                              int64_t ldc, const int64_t* widths) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  auto load = [](const T* p, int64_t n) { return n == V ? Vec::loadu(p) : Vec::loadu(p, n); };
   Vec acc[NR][NV];
   for (int r = 0; r < NR; ++r)
     for (int c = 0; c < NV; ++c) acc[r][c] = Vec(T(0));
   for (int64_t k = 0; k < K; ++k) {
     Vec b[NV];
-    for (int c = 0; c < NV; ++c) b[c] = load(Bk + k * ldb + c * V, widths[c]);
+    for (int c = 0; c < NV; ++c) b[c] = vload(Bk + k * ldb + c * V, widths[c]);
     for (int r = 0; r < NR; ++r) {
       const Vec a(A[r * lda + k]);
       for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
@@ -304,7 +309,7 @@ inline void small_gemm_block(int64_t K, const T* A, int64_t lda, const T* Bk, in
   for (int r = 0; r < NR; ++r)
     for (int c = 0; c < NV; ++c) {
       T* dst = C + r * ldc + c * V;
-      if (beta != 0.f) acc[r][c] = acc[r][c] + load(dst, widths[c]);
+      if (beta != 0.f) acc[r][c] = acc[r][c] + vload(dst, widths[c]);
       acc[r][c].store(dst, widths[c]);
     }
 }
@@ -459,11 +464,6 @@ inline Vectorized<T> vtanh(const Vectorized<T>& x) {
   } else {
     return x.tanh();
   }
-}
-
-template <typename T>
-inline Vectorized<T> vload(const T* p, int64_t n) {
-  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
 }
 
 inline Vectorized<float> vload(const BF16* p, int64_t n) {
