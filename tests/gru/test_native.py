@@ -276,14 +276,16 @@ def test_small_gemm_per_step_products(native, tune, threads, reset):
             assert_all_close(run_with_grads(native.native_gru_layer, inputs, reset), expected, torch.float32)
 
 
-@pytest.mark.parametrize("dw_transposed_max_hidden", [1 << 20, 0])
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("reset", ["after", "before"])
-def test_weight_gradient_in_either_orientation(native, tune, reset, dw_transposed_max_hidden):
-    """dW_hh computed as its transpose h^T G (the default up to H=128) or as G^T h equals the
-    equations' gradient, accumulated over one time chunk or several (the first holding h0's step)."""
+def test_weight_gradients_in_either_orientation(native, tune, reset, transposed):
+    """dW_hh and dW_ih computed as their transposes h^T G and x^T G (the defaults, dW_hh up to
+    H=128) or as G^T h and G^T x equal the equations' gradients, accumulated over one time chunk or
+    several (the first holding h0's step)."""
     inputs = make_inputs(11, 3, 4, 5, dtype=torch.float64)
     expected = run_with_grads(naive_gru, inputs, reset)
-    tune("dw_transposed_max_hidden", dw_transposed_max_hidden)
+    tune("dw_transposed_max_hidden", 1 << 20 if transposed else 0)
+    tune("dw_ih_transposed", int(transposed))
     assert_matches_in_chunks(native, tune, inputs, expected, reset, 3 * 4 * 5 * 8, (1, 4, 100))
 
 

@@ -84,6 +84,8 @@ struct Tuning {
                                     // H = 64 and 128 +8%; in the forward, h W_hh^T, it was 8% slower)
   int64_t dw_transposed_max_hidden = 128;  // float: dW_hh computed as its transpose h^T G up to this H
                                     // (MKL 10-20% faster that way at H <= 128, the same at 256-512)
+  int64_t dw_ih_transposed = 1;     // float: dW_ih computed as its transpose x^T G (0: G^T x); 2x less
+                                    // time for this product at 35,32,28,256, the same at I = 1
   int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
   int64_t split_min_rows = 16;      // float: each thread runs the time loop on its own batch rows
   int64_t split_max_hidden = 128;   //   ... with at least this many rows each, up to this H (above,
@@ -124,6 +126,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
     return g_packed_count.load();
   }
   else if (n == "dw_transposed_max_hidden") slot = &t.dw_transposed_max_hidden;
+  else if (n == "dw_ih_transposed") slot = &t.dw_ih_transposed;
   else if (n == "use_blas") slot = &t.use_blas;
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
@@ -1124,7 +1127,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   Tensor x_m = need_wih ? (kLow ? x.to(at::kBFloat16) : x) : Tensor();
 
   Tensor dx = need_x ? at::empty({T, B, I}, opts) : Tensor();
-  Tensor dw_in = need_wih ? at::empty({3 * H, I}, opts) : Tensor();  // "after": rows n, r, z
+  // dW_ih's rows ("after": n, r, z), or in float (knob dw_ih_transposed) its transpose [I, 3H],
+  // x^T G_in: MKL is faster with the narrow operand transposed (as for dw_t below).
+  const bool dw_in_t = !kLow && tuning().dw_ih_transposed != 0;
+  Tensor dw_in = need_wih ? (dw_in_t ? at::empty({I, 3 * H}, opts) : at::empty({3 * H, I}, opts)) : Tensor();
   Tensor dw_hh = need_whh ? at::empty({3 * H, H}, opts) : Tensor();
   // dW_hh (+)= G_cols^T h over K stacked rows, into rows [row0, row0 + n) of dW_hh; G_cols [K, n]
   // (ld W), h [K, H]. In float up to dw_transposed_max_hidden it is computed as its transpose
@@ -1258,9 +1264,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       }
       if (!after) dw_gemm(2 * H, H, K, G0 + 2 * H, rh0, beta);  // dW_hn = da_n^T (r*h)
     }
-    if (need_wih)
-      gemm<M, F>(true, false, 3 * H, I, K, G0, W, x_m.template data_ptr<M>() + t0 * B * I, I, beta,
-                 dw_in.data_ptr<F>(), I);
+    if (need_wih) {
+      const M* xk = x_m.template data_ptr<M>() + t0 * B * I;
+      if (dw_in_t) gemm<M, F>(true, false, I, 3 * H, K, xk, I, G0, W, beta, dw_in.data_ptr<F>(), 3 * H);
+      else gemm<M, F>(true, false, 3 * H, I, K, G0, W, xk, I, beta, dw_in.data_ptr<F>(), I);
+    }
     if (need_x)
       gemm<M, F>(false, false, K, I, 3 * H, G0, W, w_in_m.template data_ptr<M>(), I, 0.f,
                  dx.data_ptr<F>() + t0 * B * I, I);
@@ -1271,7 +1279,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   Tensor dh0 = need_h0 ? (dh == ping.data_ptr<F>() ? ping : pong) : Tensor();
   if (need_h0 && dprod != nullptr) dh0.add_(dprod_t);  // the pending bf16 product
   Tensor dw_ih, db_ih, db_hh;
-  if (need_wih) dw_ih = after ? at::cat({dw_in.narrow(0, H, 2 * H), dw_in.narrow(0, 0, H)}) : dw_in;
+  if (need_wih) {
+    const Tensor rows = dw_in_t ? dw_in.t() : dw_in;
+    dw_ih = after ? at::cat({rows.narrow(0, H, 2 * H), rows.narrow(0, 0, H)}) : rows.contiguous();
+  }
   if (need_b) {
     Tensor acc = accs.sum(0);  // [W]
     if (after) {
