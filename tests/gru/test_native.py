@@ -278,12 +278,14 @@ def test_small_gemm_per_step_products(native, tune, threads, reset):
 
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("reset", ["after", "before"])
-def test_weight_gradients_in_either_orientation(native, tune, reset, transposed):
-    """dW_hh and dW_ih computed as their transposes h^T G and x^T G (the defaults, dW_hh up to
-    H=128) or as G^T h and G^T x equal the equations' gradients, accumulated over one time chunk or
-    several (the first holding h0's step)."""
+def test_products_in_either_orientation(native, tune, reset, transposed):
+    """The forward's per-step h W_hh^T from a contiguous copy of W_hh^T (the default) or from W_hh
+    as stored, and dW_hh and dW_ih computed as their transposes h^T G and x^T G (the defaults, dW_hh
+    up to H=128) or as G^T h and G^T x: each equals the equations, training and no-grad,
+    accumulated over one time chunk or several (the first holding h0's step)."""
     inputs = make_inputs(11, 3, 4, 5, dtype=torch.float64)
     expected = run_with_grads(naive_gru, inputs, reset)
+    tune("step_w_copy", int(transposed))
     tune("dw_transposed_max_hidden", 1 << 20 if transposed else 0)
     tune("dw_ih_transposed", int(transposed))
     assert_matches_in_chunks(native, tune, inputs, expected, reset, 3 * 4 * 5 * 8, (1, 4, 100))

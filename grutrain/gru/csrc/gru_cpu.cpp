@@ -84,6 +84,8 @@ struct Tuning {
                                     // H = 64 and 128 +8%; in the forward, h W_hh^T, it was 8% slower)
   int64_t dw_transposed_max_hidden = 128;  // float: dW_hh computed as its transpose h^T G up to this H
                                     // (MKL 10-20% faster that way at H <= 128, the same at 256-512)
+  int64_t step_w_copy = 1;          // float forward: unpacked per-step products read a contiguous copy
+                                    // of W_hh^T (0: W_hh as stored, transposed in the GEMM call)
   int64_t dw_ih_transposed = 1;     // float: dW_ih computed as its transpose x^T G (0: G^T x); 2x less
                                     // time for this product at 35,32,28,256, the same at I = 1
   int64_t use_blas = 1;             // 0: force the at::mm fallback (tests)
@@ -127,6 +129,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   }
   else if (n == "dw_transposed_max_hidden") slot = &t.dw_transposed_max_hidden;
   else if (n == "dw_ih_transposed") slot = &t.dw_ih_transposed;
+  else if (n == "step_w_copy") slot = &t.step_w_copy;
   else if (n == "use_blas") slot = &t.use_blas;
   else if (n == "split_min_rows") slot = &t.split_min_rows;
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
@@ -353,13 +356,16 @@ void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const 
 
 // acc[M,N] (+)= h[M,K] W^T with W [N,K] (tw; the forward's h W_hh^T), or h[M,K] W with W [K,N]
 // (!tw; the backward's G W_hh): the per-step product, with MKL's packed operand where it fits,
-// or (backward, small W) by small_gemm.
+// or (backward, small W) by small_gemm; else, for h W^T, with a contiguous copy of W^T (knob
+// step_w_copy): MKL's GEMM with a transposed B spent 20-50% longer per step (one thread, M = 16-256
+// rows, H = 32-512; it copies B every call).
 template <typename S, typename R>
 struct StepMatmul {
   const S* w;
   int64_t N, K;
   bool tw;
   Tensor packed;  // float32 only
+  Tensor w_t;     // W^T [K, N], contiguous
   bool small = false;  // by small_gemm (float32, !tw: W is [K, N] as it needs)
   StepMatmul(const S* w_, int64_t N_, int64_t K_, int64_t batch, int64_t steps, int64_t max_bytes,
              bool tw_ = true)
@@ -378,6 +384,11 @@ struct StepMatmul {
           g_packed_count.fetch_add(1);
         }
       }
+    }
+    if (tw && !packed.defined() && use_blas() && tuning().step_w_copy) {
+      w_t = as_view(w, K, N, K, true).contiguous();
+      w = w_t.template data_ptr<S>();
+      tw = false;
     }
   }
   int64_t ldw() const { return tw ? K : N; }
