@@ -978,25 +978,28 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh,
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Vec one(T(1));
-  for (int64_t b = b0; b < b1; ++b) {
-    const S* s = ws + b * 4 * H;
-    M* gr = G + b * 4 * H;
-    for (int64_t j = 0; j < H; j += V) {
-      const int64_t n = std::min(V, H - j);
-      Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n), hn = vload(s + 3 * H + j, n);
+  // Columns outer, rows inner: the four bias sums of a column block stay in registers over the rows.
+  for (int64_t j = 0; j < H; j += V) {
+    const int64_t n = std::min(V, H - j);
+    Vec sum_an(T(0)), sum_ar(T(0)), sum_az(T(0)), sum_hn(T(0));
+    for (int64_t b = b0; b < b1; ++b) {
+      const S* s = ws + b * 4 * H + j;
+      M* gr = G + b * 4 * H + j;
+      Vec r = vload(s, n), z = vload(s + H, n), nn = vload(s + 2 * H, n), hn = vload(s + 3 * H, n);
       const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev,
                                                    gprev ? gprev + b * ldg + j : nullptr, dnext, hlow);
       Vec dhn = dan * r;
       Vec dar = dhn * hn * (one - r);
-      vstore(gr + j, dan, n);
-      vstore(gr + H + j, dar, n);
-      vstore(gr + 2 * H + j, daz, n);
-      vstore(gr + 3 * H + j, dhn, n);
-      (vload(acc + j, n) + dan).store(acc + j, n);
-      (vload(acc + H + j, n) + dar).store(acc + H + j, n);
-      (vload(acc + 2 * H + j, n) + daz).store(acc + 2 * H + j, n);
-      (vload(acc + 3 * H + j, n) + dhn).store(acc + 3 * H + j, n);
+      vstore(gr, dan, n);
+      vstore(gr + H, dar, n);
+      vstore(gr + 2 * H, daz, n);
+      vstore(gr + 3 * H, dhn, n);
+      sum_an = sum_an + dan, sum_ar = sum_ar + dar, sum_az = sum_az + daz, sum_hn = sum_hn + dhn;
     }
+    (vload(acc + j, n) + sum_an).store(acc + j, n);
+    (vload(acc + H + j, n) + sum_ar).store(acc + H + j, n);
+    (vload(acc + 2 * H + j, n) + sum_az).store(acc + 2 * H + j, n);
+    (vload(acc + 3 * H + j, n) + sum_hn).store(acc + 3 * H + j, n);
   }
 }
 
