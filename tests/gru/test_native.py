@@ -207,15 +207,18 @@ def test_batch_rows_split_over_threads(native, tune, threads, reset):
 
 
 @pytest.mark.parametrize("input_size", [1, 3, 17])
-@pytest.mark.parametrize("step_proj_max_input", [16, 0])
+@pytest.mark.parametrize("step_proj_max_input, step_proj_scratch", [(16, 1), (16, 0), (0, 1)])
 @pytest.mark.parametrize("reset", ["after", "before"])
-def test_input_projection_per_step_or_batched(native, tune, threads, reset, step_proj_max_input, input_size):
+def test_input_projection_per_step_or_batched(native, tune, threads, reset, step_proj_max_input,
+                                              step_proj_scratch, input_size):
     """Small inputs (I <= step_proj_max_input) get each step's input projection beside the gate
-    pass, larger ones one GEMM over the chunk's steps: both equal the equations, rows split over
-    threads or not, training and no-grad, in one chunk and in several."""
+    pass (into a reused buffer, or into the workspace with step_proj_scratch=0), larger ones one
+    GEMM over the chunk's steps: each equals the equations, rows split over threads or not,
+    training and no-grad, in one chunk and in several."""
     inputs = make_inputs(7, 6, input_size, 5, dtype=torch.float64)
     expected = run_with_grads(naive_gru, inputs, reset)
     tune("step_proj_max_input", step_proj_max_input)
+    tune("step_proj_scratch", step_proj_scratch)
     for n_threads, split_min_rows in ((1, 16), (3, 1)):
         threads(n_threads)
         tune("split_min_rows", split_min_rows)

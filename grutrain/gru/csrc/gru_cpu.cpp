@@ -96,6 +96,7 @@ struct Tuning {
                                     // (at::mm), 2 MKL's cblas_gemm_bf16bf16f32 where it is loaded
   int64_t step_proj_max_input = 16;  // float: up to this input size the forward computes each
                                     // step's input projection next to its gate pass (0: never)
+  int64_t step_proj_scratch = 1;    //   ... into a reused [B, 3H] buffer (0: into the workspace)
 };
 bool g_fast_math = true;  // the gate pass's AVX512 exp and reciprocal (see vsigmoid)
 std::atomic<int64_t> g_packed_count{0};  // StepMatmuls that packed W_hh (knob packed_count)
@@ -135,6 +136,7 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "split_max_hidden") slot = &t.split_max_hidden;
   else if (n == "bf16_gemm") slot = &t.bf16_gemm;
   else if (n == "step_proj_max_input") slot = &t.step_proj_max_input;
+  else if (n == "step_proj_scratch") slot = &t.step_proj_scratch;
   else if (n == "fast_math") {
     const int64_t old = g_fast_math ? 1 : 0;
     if (value >= 0) g_fast_math = value != 0;
@@ -645,7 +647,8 @@ void pass_fwd_after(int64_t b0, int64_t b1, int64_t H, const T* gin, int64_t ldi
 }
 
 // "before", first pass: gh [B, 2H] = h W_{hr,hz}^T. Writes r | z into gs [B, 3H], r*h (as M)
-// into rh, and z (as T) back into gin's z columns: the second pass reads it there, unrounded.
+// into rh, and (where gin is not gs) z as T back into gin's z columns: the second pass reads it
+// there, unrounded.
 template <typename T, typename M, typename P, typename S>
 void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* gin, int64_t ldi, S* gs, const P* gh,
                        const T* bias, const T* h, M* rh) {
@@ -661,7 +664,7 @@ void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* gin, int64_t ldi, S
       Vec z = vsigmoid(vload(gi + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
       vstore(gr + j, r, n);
       vstore(gr + H + j, z, n);
-      if constexpr (!std::is_same_v<S, T>) z.store(gi + H + j, n);
+      if (static_cast<const void*>(gin) != static_cast<const void*>(gs)) z.store(gi + H + j, n);
       vstore(rh + b * H + j, r * vload(h + b * H + j, n), n);
     }
   }
@@ -817,9 +820,14 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
     L = std::max<int64_t>(1, std::min<int64_t>(T, cap / (B * 3 * H * int64_t(sizeof(F)))));
     gin_buf = at::empty({L, B, 3 * H}, x.options());
   }
-  const int64_t ldi = kSplit ? 3 * H : W;  // row stride of the input projections
-  // Small inputs (float input products): each step's projection beside its gate pass.
+  // Small inputs (float input products): each step's projection beside its gate pass, into a
+  // [B, 3H] buffer reused every step (knob step_proj_scratch) rather than the workspace: the buffer
+  // stays in cache, and the workspace is first written by the gate pass, whose stores then overlap
+  // its arithmetic instead of stalling a loop of stores.
   const bool step_proj = !kSplit && !lowp_input && I <= tuning().step_proj_max_input;
+  const bool proj_scratch = step_proj && tuning().step_proj_scratch;
+  const int64_t ldi = kSplit || proj_scratch ? 3 * H : W;  // row stride of the input projections
+  Tensor proj_buf = proj_scratch ? at::empty({B, 3 * H}, x.options()) : Tensor();
   const Tensor w_ih_t = step_proj ? w_ih.t().contiguous() : Tensor();
   const F* wt = step_proj ? w_ih_t.data_ptr<F>() : nullptr;
   const F* xp = x.data_ptr<F>();
@@ -903,7 +911,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
       };
       for (int64_t i = 0; i < len; ++i) {
         const int64_t t = t0 + i;
-        F* gi = gi0 + i * B * ldi;
+        F* gi = proj_scratch ? proj_buf.data_ptr<F>() : gi0 + i * B * ldi;
         S* g = gs0 + i * B * W;
         const F* h = t == 0 ? h0.data_ptr<F>() : outp + (t - 1) * B * H;
         F* hout = outp + t * B * H;
