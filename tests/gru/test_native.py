@@ -294,21 +294,6 @@ def test_products_in_either_orientation(native, tune, reset, transposed):
     assert_matches_in_chunks(native, tune, inputs, expected, reset, 3 * 4 * 5 * 8, (1, 4, 100))
 
 
-@pytest.mark.parametrize("cols_outer", [True, False])
-def test_forward_pass_in_either_loop_order(native, tune, threads, cols_outer):
-    """The forward's "after" gate pass with columns outer (the default up to H=256) or rows outer
-    equals the equations: H=20 gives a vector and a tail, rows split over threads or not, training
-    and no-grad, the workspace written in place or from the projections' buffer."""
-    inputs = make_inputs(9, 7, 3, 20, dtype=torch.float64)
-    expected = run_with_grads(naive_gru, inputs, "after")
-    tune("fwd_cols_outer_max_hidden", 1 << 20 if cols_outer else 0)
-    for n_threads, split_min_rows, step_proj_max_input in ((1, 16, 16), (3, 1, 0)):
-        threads(n_threads)
-        tune("split_min_rows", split_min_rows)
-        tune("step_proj_max_input", step_proj_max_input)
-        assert_matches_in_chunks(native, tune, inputs, expected, "after", 7 * 4 * 20 * 8, (2, 100))
-
-
 def test_packing_follows_the_memory_caps(native, tune):
     """Training packs W_hh only where MKL's copy fits packed_train_percent of the saved workspace,
     the no-grad forward where it fits packed_infer_bytes, both only for products of packed_min_work

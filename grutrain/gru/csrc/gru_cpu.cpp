@@ -79,7 +79,6 @@ struct Tuning {
   // the no-grad forward, which keeps nothing, where it is at most infer bytes.
   int64_t packed_train_percent = 100;
   int64_t packed_infer_bytes = 64 << 20;
-  int64_t fwd_cols_outer_max_hidden = 256;  // forward "after" pass: columns outer up to this H
   int64_t small_gemm_max_elems = 3072;  // float32 backward: G W_hh by small_gemm, not MKL, up to this many
                                     // elements of W_hh (H <= 32; at H = 32 the training step -4-7%, at
                                     // H = 64 and 128 +8%; in the forward, h W_hh^T, it was 8% slower)
@@ -138,7 +137,6 @@ int64_t cpu_tune(c10::string_view name, int64_t value) {
   else if (n == "bf16_gemm") slot = &t.bf16_gemm;
   else if (n == "step_proj_max_input") slot = &t.step_proj_max_input;
   else if (n == "step_proj_scratch") slot = &t.step_proj_scratch;
-  else if (n == "fwd_cols_outer_max_hidden") slot = &t.fwd_cols_outer_max_hidden;
   else if (n == "fast_math") {
     const int64_t old = g_fast_math ? 1 : 0;
     if (value >= 0) g_fast_math = value != 0;
@@ -622,45 +620,28 @@ void pass_fwd_after(int64_t b0, int64_t b1, int64_t H, const T* gin, int64_t ldi
                     const T* bias, const T* h, T* hout, T* hlast, M* hlow) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  // Row b, columns [j, j + n), with the biases of those columns br | bz | bn | bhn.
-  auto cell = [&](int64_t b, int64_t j, int64_t n, const Vec& br, const Vec& bz, const Vec& bn, const Vec& bhn) {
-    const T* gi = gin + b * ldi + j;
-    const P* a = gh + b * 3 * H + j;
-    Vec r = vsigmoid(vload(gi, n) + vload(a, n) + br);
-    Vec z = vsigmoid(vload(gi + H, n) + vload(a + H, n) + bz);
-    Vec hn = vload(a + 2 * H, n) + bhn;
-    Vec nn = vtanh(vload(gi + 2 * H, n) + bn + r * hn);
-    Vec hnew = nn + z * (vload(h + b * H + j, n) - nn);
-    if (gs) {
-      S* gr = gs + b * 4 * H + j;
-      vstore(gr, r, n);
-      vstore(gr + H, z, n);
-      vstore(gr + 2 * H, nn, n);
-      vstore(gr + 3 * H, hn, n);
-    }
-    hnew.store(hout + b * H + j, n);
-    if (hlast) hnew.store(hlast + b * H + j, n);
-    if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hnew, n);
-  };
-  auto biases = [&](int64_t j, int64_t n) {
-    return std::array<Vec, 4>{vload(bias + j, n), vload(bias + H + j, n), vload(bias + 2 * H + j, n),
-                              vload(bias + 3 * H + j, n)};
-  };
-  if (H <= tuning().fwd_cols_outer_max_hidden) {
-    // Columns outer: the biases of a column block stay in registers over the rows (training step
-    // -6% at H = 32 and 256; at H = 512, 32 column blocks, rows outer was 7% faster).
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* gi = gin + b * ldi;
+    S* gr = gs ? gs + b * 4 * H : nullptr;
+    const P* a = gh + b * 3 * H;
+    const T* hp = h + b * H;
     for (int64_t j = 0; j < H; j += V) {
       const int64_t n = std::min(V, H - j);
-      const auto [br, bz, bn, bhn] = biases(j, n);
-      for (int64_t b = b0; b < b1; ++b) cell(b, j, n, br, bz, bn, bhn);
-    }
-  } else {
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t j = 0; j < H; j += V) {
-        const int64_t n = std::min(V, H - j);
-        const auto [br, bz, bn, bhn] = biases(j, n);
-        cell(b, j, n, br, bz, bn, bhn);
+      Vec r = vsigmoid(vload(gi + j, n) + vload(a + j, n) + vload(bias + j, n));
+      Vec z = vsigmoid(vload(gi + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
+      Vec hn = vload(a + 2 * H + j, n) + vload(bias + 3 * H + j, n);
+      Vec nn = vtanh(vload(gi + 2 * H + j, n) + vload(bias + 2 * H + j, n) + r * hn);
+      Vec hv = vload(hp + j, n);
+      Vec hnew = nn + z * (hv - nn);
+      if (gs) {
+        vstore(gr + j, r, n);
+        vstore(gr + H + j, z, n);
+        vstore(gr + 2 * H + j, nn, n);
+        vstore(gr + 3 * H + j, hn, n);
       }
+      hnew.store(hout + b * H + j, n);
+      if (hlast) hnew.store(hlast + b * H + j, n);
+      if constexpr (!std::is_same_v<M, T>) vstore(hlow + b * H + j, hnew, n);
     }
   }
 }
@@ -1005,28 +986,25 @@ void pass_bwd_after(int64_t b0, int64_t b1, int64_t H, const S* ws, const T* dh,
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Vec one(T(1));
-  // Columns outer, rows inner: the four bias sums of a column block stay in registers over the rows.
-  for (int64_t j = 0; j < H; j += V) {
-    const int64_t n = std::min(V, H - j);
-    Vec sum_an(T(0)), sum_ar(T(0)), sum_az(T(0)), sum_hn(T(0));
-    for (int64_t b = b0; b < b1; ++b) {
-      const S* s = ws + b * 4 * H + j;
-      M* gr = G + b * 4 * H + j;
-      Vec r = vload(s, n), z = vload(s + H, n), nn = vload(s + 2 * H, n), hn = vload(s + 3 * H, n);
+  for (int64_t b = b0; b < b1; ++b) {
+    const S* s = ws + b * 4 * H;
+    M* gr = G + b * 4 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      Vec r = vload(s + j, n), z = vload(s + H + j, n), nn = vload(s + 2 * H + j, n), hn = vload(s + 3 * H + j, n);
       const auto [dan, daz, hp] = bwd_common<T, M>(z, nn, b * H + j, n, dh, dprod, hprev,
                                                    gprev ? gprev + b * ldg + j : nullptr, dnext, hlow);
       Vec dhn = dan * r;
       Vec dar = dhn * hn * (one - r);
-      vstore(gr, dan, n);
-      vstore(gr + H, dar, n);
-      vstore(gr + 2 * H, daz, n);
-      vstore(gr + 3 * H, dhn, n);
-      sum_an = sum_an + dan, sum_ar = sum_ar + dar, sum_az = sum_az + daz, sum_hn = sum_hn + dhn;
+      vstore(gr + j, dan, n);
+      vstore(gr + H + j, dar, n);
+      vstore(gr + 2 * H + j, daz, n);
+      vstore(gr + 3 * H + j, dhn, n);
+      (vload(acc + j, n) + dan).store(acc + j, n);
+      (vload(acc + H + j, n) + dar).store(acc + H + j, n);
+      (vload(acc + 2 * H + j, n) + daz).store(acc + 2 * H + j, n);
+      (vload(acc + 3 * H + j, n) + dhn).store(acc + 3 * H + j, n);
     }
-    (vload(acc + j, n) + sum_an).store(acc + j, n);
-    (vload(acc + H + j, n) + sum_ar).store(acc + H + j, n);
-    (vload(acc + 2 * H + j, n) + sum_az).store(acc + 2 * H + j, n);
-    (vload(acc + 3 * H + j, n) + sum_hn).store(acc + 3 * H + j, n);
   }
 }
 
