@@ -654,6 +654,7 @@ void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* gin, int64_t ldi, S
                        const T* bias, const T* h, M* rh) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
+  const bool z_back = static_cast<const void*>(gin) != static_cast<const void*>(gs);
   for (int64_t b = b0; b < b1; ++b) {
     T* gi = gin + b * ldi;
     S* gr = gs + b * 3 * H;
@@ -664,7 +665,7 @@ void pass_fwd_before_a(int64_t b0, int64_t b1, int64_t H, T* gin, int64_t ldi, S
       Vec z = vsigmoid(vload(gi + H + j, n) + vload(a + H + j, n) + vload(bias + H + j, n));
       vstore(gr + j, r, n);
       vstore(gr + H + j, z, n);
-      if (static_cast<const void*>(gin) != static_cast<const void*>(gs)) z.store(gi + H + j, n);
+      if (z_back) z.store(gi + H + j, n);
       vstore(rh + b * H + j, r * vload(h + b * H + j, n), n);
     }
   }
@@ -779,9 +780,10 @@ inline int64_t grad_chunk_steps(int64_t T, int64_t rows, int64_t width) {
   return std::max<int64_t>(1, std::min<int64_t>(T, tuning().chunk_bytes / row_bytes));
 }
 
-// The most bytes a training step's packed W_hh may take: a share of its saved workspace.
-inline int64_t train_pack_cap(int64_t workspace_bytes) {
-  return workspace_bytes / 100 * tuning().packed_train_percent;
+// The most bytes each packed part of W_hh may take in a training step: a share of its saved
+// workspace, split between the parts ("after" packs W_hh whole, "before" in two parts).
+inline int64_t train_pack_cap(int64_t workspace_bytes, bool after) {
+  return workspace_bytes / 100 * tuning().packed_train_percent / (after ? 1 : 2);
 }
 
 // The whole forward. keep=true: the workspace holds every step's gates (returned), as S;
@@ -857,7 +859,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x_in, const Tensor
   M* ghn = after ? nullptr : ghn_t.template data_ptr<M>();
   // The packed W_hh^T's size cap (see packed_train_percent); "before" packs two parts of W_hh, in
   // training each within half of it.
-  const int64_t pack_cap = keep ? train_pack_cap(T * row_bytes) / (after ? 1 : 2) : tuning().packed_infer_bytes;
+  const int64_t pack_cap = keep ? train_pack_cap(T * row_bytes, after) : tuning().packed_infer_bytes;
   std::optional<StepMatmul<F, F>> mm_main, mm_n;
   std::optional<StepMatmulBf16> mk_main, mk_n;  // bfloat16 route through MKL: float products
   const bool mkl = kLow && mkl_bf16();
@@ -1134,7 +1136,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   std::optional<StepMatmul<F, F>> mm_chain, mm_rh;
   if constexpr (!kLow) {
     const int64_t pack_cap =
-        tuning().packed_backward ? train_pack_cap(T * B * W * int64_t(sizeof(F))) / (after ? 1 : 2) : 0;
+        tuning().packed_backward ? train_pack_cap(T * B * W * int64_t(sizeof(F)), after) : 0;
     mm_chain.emplace(whh, H, after ? 3 * H : 2 * H, B, T, pack_cap, false);
     if (!after) mm_rh.emplace(whh + 2 * H * H, H, H, B, T, pack_cap, false);
   }
