@@ -404,6 +404,66 @@ def test_matches_torch_nn_gru_at_a_standard_shape(native, tune):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
 
+# Every tuning knob that picks a code path (not only a size), with the values that switch it.
+RANDOM_KNOBS = {
+    "split_min_rows": [1, 16], "split_max_hidden": [0, 4096], "step_w_copy": [0, 1],
+    "dw_transposed_max_hidden": [0, 4096], "dw_ih_transposed": [0, 1], "step_proj_max_input": [0, 64],
+    "step_proj_scratch": [0, 1], "chunk_bytes": [1, 4096], "infer_chunk_bytes": [1, 1 << 20],
+    "packed_min_work": [0, 1 << 24], "packed_min_steps": [1, 16], "small_gemm_max_elems": [0, 3072],
+    "grain_elems": [1, 4096], "fast_math": [0, 1],
+}
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_configurations_match_the_references(native, tune, threads, seed):
+    """The module on the native path against torch.nn.GRU ("after") or the reference equations
+    ("before"), in configurations drawn at random: layers, directions, batch_first, bias, a
+    non-contiguous input, h0, packed sequences, float32/float64, 1 or 2 threads, and a random subset
+    of the knobs (their combinations are where a path's assumptions about another would show)."""
+    import random
+
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from grutrain.gru import GRU
+
+    rnd = random.Random(seed)
+    torch.manual_seed(seed)
+    for name, values in RANDOM_KNOBS.items():
+        if rnd.random() < 0.4:
+            tune(name, rnd.choice(values))
+    threads(rnd.choice([1, 2]))
+    T, B, I = rnd.choice([1, 3, 16, 33]), rnd.choice([1, 5, 17, 33]), rnd.choice([1, 3, 17, 40])
+    H, layers = rnd.choice([1, 5, 16, 17, 64, 100]), rnd.choice([1, 2, 3])
+    bidirectional, bias, batch_first = rnd.random() < 0.4, rnd.random() < 0.8, rnd.random() < 0.4
+    reset, dtype = rnd.choice(["after", "before"]), rnd.choice([torch.float32, torch.float64])
+    kwargs = dict(num_layers=layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, dtype=dtype)
+    model = GRU(I, H, reset=reset, impl="native", **kwargs)
+    ref = torch.nn.GRU(I, H, **kwargs) if reset == "after" else GRU(I, H, reset=reset, impl="reference", **kwargs)
+    ref.load_state_dict(model.state_dict())
+
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape[::-1], dtype=dtype).permute(2, 1, 0) if rnd.random() < 0.3 else torch.randn(shape, dtype=dtype)
+    h0 = torch.randn(layers * (2 if bidirectional else 1), B, H, dtype=dtype) if rnd.random() < 0.5 else None
+    lengths = sorted((rnd.randint(1, T) for _ in range(B)), reverse=True) if rnd.random() < 0.3 else None
+    weights = torch.randn(*shape[:2], H * (2 if bidirectional else 1), dtype=dtype)
+
+    results = []
+    for m in (model, ref):
+        xs = x.detach().clone().requires_grad_()
+        hs = h0.detach().clone().requires_grad_() if h0 is not None else None
+        if lengths is not None:
+            out, h_n = m(pack_padded_sequence(xs, torch.tensor(lengths), batch_first=batch_first), hs)
+            out = pad_packed_sequence(out, batch_first=batch_first, total_length=T)[0]
+        else:
+            out, h_n = m(xs, hs)
+        loss = (out * weights).sum() + h_n.pow(2).sum()
+        grads = torch.autograd.grad(loss, [xs] + ([hs] if hs is not None else []) + list(m.parameters()))
+        results.append([out, h_n, *grads])
+    tol = TOL[dtype] if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, **tol)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("reset", ["after", "before"])
 def test_gradcheck_float64(native, device, reset, bias):
