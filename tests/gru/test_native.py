@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from grutrain.gru import GRU
 from grutrain.gru import native as native_module
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -420,12 +423,6 @@ def test_random_configurations_match_the_references(native, tune, threads, seed)
     ("before"), in configurations drawn at random: layers, directions, batch_first, bias, a
     non-contiguous input, h0, packed sequences, float32/float64, 1 or 2 threads, and a random subset
     of the knobs (their combinations are where a path's assumptions about another would show)."""
-    import random
-
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    from grutrain.gru import GRU
-
     rnd = random.Random(seed)
     torch.manual_seed(seed)
     for name, values in RANDOM_KNOBS.items():
