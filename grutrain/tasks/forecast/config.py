@@ -49,6 +49,9 @@ class ForecastDataConfig(Section):
                         "it): the final fit before the test block; the validation metrics are then in-sample")
     theta_weight: float = Field(0.0, ge=0, le=1, description="combine the forecast with the Theta method's, per "
                                 "series on its rows before the origin: (1 - w) GRU + w Theta (0: off)")
+    mstl_weight: float = Field(0.0, ge=0, le=1, description="combine the forecast with MSTL's (every data.season, "
+                               "an exponential-smoothing level), per series on its rows before the origin: the GRU "
+                               "keeps 1 - data.theta_weight - data.mstl_weight (0: off)")
     loss: Literal["mse", "mae"] = Field("mse", description="training loss on the normalised targets "
                                        "(with data.quantiles: the pinball loss)")
     calendar: Literal["auto", "none", "epoch_seconds"] = Field(
@@ -70,6 +73,9 @@ class ForecastDataConfig(Section):
     def _has_targets(self) -> "ForecastDataConfig":
         if not self.target_columns:
             raise ValueError("data.target_columns must name at least one CSV column to forecast, e.g. [SUNACTIVITY]")
+        if self.theta_weight + self.mstl_weight > 1:
+            raise ValueError(f"data.theta_weight + data.mstl_weight is {self.theta_weight + self.mstl_weight:g}: the "
+                             "combination weights must sum to at most 1 (the GRU keeps the rest); lower one of them")
         seasons = self.seasons
         if any(s < 1 for s in seasons) or len(set(seasons)) != len(seasons):
             raise ValueError("data.season must be a positive whole number of rows or a list of distinct ones, e.g. [48, 336]")

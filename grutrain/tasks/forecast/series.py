@@ -18,7 +18,9 @@ import torch
 
 from grutrain.tasks.forecast import calendar as cal
 from grutrain.tasks.forecast.conformal import apply_offsets, cqr_scores
-from grutrain.tasks.forecast.theta import combine, theta_windows
+from grutrain.tasks.forecast.classical import classical_windows, combine
+from grutrain.tasks.forecast.mstl import mstl_forecast
+from grutrain.tasks.forecast.theta import theta_forecast
 from grutrain.tasks.forecast.windows import WindowLayout, add_anchor, make_inputs, seasonal_naive_baselines
 from grutrain.data.timeseries import forecast_errors, gather_windows
 from grutrain.errors import GrutrainError
@@ -69,6 +71,7 @@ class PreparedSeries:
         self.norm = normalise(transformed(self.values, self.layout.transform, self.layout.n_targets),
                               self.row_mean, self.row_std)
         self.calendar_t = torch.from_numpy(np.asarray(self.calendar, dtype=np.float32).reshape(len(self.values), -1))
+        self._classical_cache: dict = {}  # (method, origin) -> [horizon, T]: a fit scores the same windows often
 
     def inputs(self, starts: torch.Tensor):
         return make_inputs(self.norm, self.calendar_t, starts, self.layout)
@@ -90,22 +93,40 @@ class PreparedSeries:
         z = torch.cat(out).double().numpy()
         z = z * self.row_std[starts, None, :T, None] + self.row_mean[starts, None, :T, None]
         forecast = untransformed(z, self.layout.transform)
-        if self.layout.theta_weight > 0:
-            forecast = self.combined(forecast, starts, self.layout.theta_weight)
+        if self.layout.classical_weight > 0:
+            forecast = self.combined(forecast, starts)
         if conformal is not None:
             forecast = apply_offsets(forecast, conformal, self.row_scale[starts][:, None, :], self.layout.quantiles,
                                      self.layout.median_index)
         return forecast
 
     def theta(self, starts: np.ndarray) -> np.ndarray:
-        """[W, horizon, T] the Theta method's forecasts from the windows' origins (theta.py)."""
-        layout = self.layout
-        season = max(layout.seasons, default=1)  # the longest: a week holds the day's shape too (taylor)
-        return theta_windows(self.values, self.observed, np.asarray(starts), self.row_series, layout.horizon,
-                             layout.n_targets, season)
+        """[W, horizon, T] the Theta method's forecasts from the windows' origins (theta.py), on the longest
+        season: a week holds the day's shape too (taylor)."""
+        season = max(self.layout.seasons, default=1)
+        return self._classical("theta", lambda y, h: theta_forecast(y, h, season), starts)
 
-    def combined(self, forecast: np.ndarray, starts: np.ndarray, weight: float) -> np.ndarray:
-        return combine(forecast, self.theta(starts), weight, self.layout.median_index)
+    def mstl(self, starts: np.ndarray) -> np.ndarray:
+        """[W, horizon, T] MSTL's forecasts from the windows' origins, with every season (mstl.py)."""
+        seasons = list(self.layout.seasons)
+        return self._classical("mstl", lambda y, h: mstl_forecast(y, h, seasons), starts)
+
+    def _classical(self, name: str, method, starts: np.ndarray) -> np.ndarray:
+        starts = np.asarray(starts)
+        missing = np.array([s for s in dict.fromkeys(starts.tolist()) if (name, s) not in self._classical_cache],
+                           dtype=np.int64)
+        if len(missing):
+            fresh = classical_windows(method, self.values, self.observed, missing, self.row_series,
+                                      self.layout.horizon, self.layout.n_targets)
+            self._classical_cache.update({(name, int(s)): f for s, f in zip(missing, fresh)})
+        return np.stack([self._classical_cache[(name, int(s))] for s in starts]) if len(starts) else \
+            np.zeros((0, self.layout.horizon, self.layout.n_targets))
+
+    def combined(self, forecast: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The network's forecast combined with the classical ones that have a weight in the layout."""
+        layout = self.layout
+        parts = [(layout.theta_weight, self.theta), (layout.mstl_weight, self.mstl)]
+        return combine(forecast, [(w, method(starts)) for w, method in parts if w > 0], layout.median_index)
 
     def cqr_scores(self, model, starts: np.ndarray, device) -> np.ndarray:
         """[intervals, W, H, T] CQR scores of the model's intervals on the windows at `starts`."""

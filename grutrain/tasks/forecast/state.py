@@ -29,7 +29,7 @@ def base_layout(cfg, anchor_lag: int = 1, n_calendar: int = 0, scale: tuple = ()
                             "recent shape is added to the longer one's profile; set data.profile_recent=0")
     return WindowLayout(d.input_len, d.horizon, len(d.target_columns), len(d.input_columns), len(d.known_columns),
                         n_calendar, anchor_lag, tuple(d.seasons), tuple(d.quantiles), scale, profile, level,
-                        recent, d.transform, d.loss, d.theta_weight)
+                        recent, d.transform, d.loss, d.theta_weight, d.mstl_weight)
 
 
 def check_normalisation(task_state: dict, cfg) -> dict:

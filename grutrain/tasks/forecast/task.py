@@ -296,7 +296,7 @@ class ForecastTask:
 
     def _scores_of(self, path: str, device) -> np.ndarray:
         """The CQR scores of an earlier-origin checkpoint on its own validation block, with this model's
-        forecast method after the network (data.theta_weight), so that they score what is calibrated."""
+        forecast methods after the network (data.theta_weight, data.mstl_weight), so that they score what is calibrated."""
         payload = load_checkpoint(path, map_location=device)
         try:
             cfg = validate_as(ForecastConfig, payload["config"])
@@ -311,7 +311,7 @@ class ForecastTask:
                                                                                      mine.n_targets):
             raise GrutrainError(f"data.conformal_from: {path} forecasts other quantiles, horizon or targets "
                                 "than this model")
-        other.layout = replace(other.layout, theta_weight=mine.theta_weight)
+        other.layout = replace(other.layout, theta_weight=mine.theta_weight, mstl_weight=mine.mstl_weight)
         return other._validation_scores(model.to(device).eval(), device)
 
     def baselines(self) -> dict[str, float]:
@@ -336,8 +336,9 @@ class ForecastTask:
         if getattr(self, "data_record", None) is not None:  # fit: what it trained on, for --resume
             state[DATA_KEY] = self.data_record
         if self.several is None:
-            # Theta (data.theta_weight) reads the whole history before each origin: then every row travels
-            first = 0 if self.layout.theta_weight > 0 else max(0, self.blocks["val"].start - self.layout.history)
+            # Theta and MSTL (data.theta_weight, mstl_weight) read the whole history before each origin: then
+            # every row travels
+            first = 0 if self.layout.classical_weight > 0 else max(0, self.blocks["val"].start - self.layout.history)
             state["eval_series"] = {
                 "values": torch.from_numpy(self.values[first:].copy()),
                 "observed": torch.from_numpy(self.observed[first:].copy()),

@@ -73,26 +73,3 @@ def theta_forecast(y: np.ndarray, horizon: int, m: int = 1) -> np.ndarray:
         future = (n + h - 1) % m
         f = f * index[future] if multiplicative else f + index[future]
     return f
-
-
-def theta_windows(values: np.ndarray, observed: np.ndarray, starts: np.ndarray, row_series: np.ndarray | None,
-                  horizon: int, n_targets: int, season: int) -> np.ndarray:
-    """[W, horizon, T] Theta forecasts from each window's origin, on its own series' observed rows before it."""
-    out = np.zeros((len(starts), horizon, n_targets))
-    firsts = {}
-    if row_series is not None:
-        change = np.flatnonzero(np.r_[True, row_series[1:] != row_series[:-1]])
-        firsts = {int(row_series[i]): int(i) for i in change}
-    for w, start in enumerate(np.asarray(starts)):
-        first = firsts.get(int(row_series[start]), 0) if row_series is not None else 0
-        for j in range(n_targets):
-            keep = observed[first:start, j]
-            out[w, :, j] = theta_forecast(values[first:start, j][keep], horizon, season)
-    return out
-
-
-def combine(forecast: np.ndarray, classical: np.ndarray, weight: float, median_index: int | None) -> np.ndarray:
-    """forecast [W, H, T, Q] moved so that its point becomes (1 - weight) point + weight classical; every
-    quantile moves by the same amount, so the intervals keep their width around the new point."""
-    point = forecast[..., median_index or 0]
-    return forecast + (weight * (classical - point))[..., None]

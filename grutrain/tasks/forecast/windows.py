@@ -51,6 +51,12 @@ class WindowLayout:
     transform: str = "none"  # "log": targets are read and predicted as log(1 + y)
     loss: str = "mse"  # the training (and validation) loss without quantiles: mse | mae
     theta_weight: float = 0.0  # > 0: the forecast is combined with the Theta method's (theta.py)
+    mstl_weight: float = 0.0  # > 0: ... and with MSTL's (mstl.py); the GRU keeps 1 - both weights
+
+    @property
+    def classical_weight(self) -> float:
+        """The share of the forecast that comes from classical methods fitted on each window's history."""
+        return self.theta_weight + self.mstl_weight
 
     @property
     def reads_future(self) -> bool:

@@ -9,7 +9,8 @@ import torch
 
 from grutrain.tasks import validate_config
 from grutrain.tasks.forecast.task import ForecastTask
-from grutrain.tasks.forecast.theta import combine, ses, theta_forecast, theta_windows
+from grutrain.tasks.forecast.classical import classical_windows, combine
+from grutrain.tasks.forecast.theta import ses, theta_forecast
 from test_forecast_panel import config, panel_rows, write
 
 
@@ -39,15 +40,18 @@ def test_windows_read_only_their_own_series_before_the_origin():
     a, b = rng.uniform(1, 2, 20), rng.uniform(5, 9, 25)
     values = np.concatenate([a, b])[:, None]
     rows = np.repeat([0, 1], [20, 25])
-    got = theta_windows(values, np.ones_like(values, bool), np.array([15, 40]), rows, 3, 1, 4)
+    method = lambda y, h: theta_forecast(y, h, 4)  # noqa: E731
+    got = classical_windows(method, values, np.ones_like(values, bool), np.array([15, 40]), rows, 3, 1)
     np.testing.assert_allclose(got[0, :, 0], theta_forecast(a[:15], 3, 4))
     np.testing.assert_allclose(got[1, :, 0], theta_forecast(b[:20], 3, 4))
 
 
 def test_the_combination_moves_every_quantile_with_the_point():
     forecast = np.array([[[[1.0, 2.0, 4.0]]]])  # [W, H, T, Q]
-    got = combine(forecast, np.array([[[6.0]]]), 0.25, 1)
+    got = combine(forecast, [(0.25, np.array([[[6.0]]]))], 1)
     np.testing.assert_allclose(got, [[[[2.0, 3.0, 5.0]]]])  # point 0.75 * 2 + 0.25 * 6 = 3
+    got = combine(forecast, [(0.25, np.array([[[6.0]]])), (0.5, np.array([[[4.0]]]))], 1)
+    np.testing.assert_allclose(got, [[[[3.0, 4.0, 6.0]]]])  # point 0.25 * 2 + 0.25 * 6 + 0.5 * 4 = 4
 
 
 def test_theta_weight_combines_the_models_forecast_with_theta(tmp_path):

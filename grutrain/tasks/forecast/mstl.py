@@ -1,0 +1,143 @@
+"""MSTL (Bandara, Hyndman and Bergmeir 2021) with a simple exponential smoothing level, per series, for
+data.mstl_weight: a classical forecast of several seasons the GRU's is combined with.
+
+The decomposition is statsforecast's `MSTL` (which calls statsmodels' STL, Cleveland et al. 1990): seasons
+in increasing length, each extracted by STL with seasonal window 7 + 4i (11 for the shortest, 15 for the
+next, ...), a locally constant seasonal loess and locally linear trend and low-pass loess, five inner passes (statsmodels without robustness),
+no robustness weights, the whole set of seasons iterated twice. The forecast is the last cycle of every
+seasonal component repeated, plus the level of the seasonally adjusted series (trend + remainder) by simple
+exponential smoothing (statsforecast's AutoETS chose ETS(A,N,N) or ETS(M,N,N) on half-hourly demand).
+Loess at every point (no jumps), as statsmodels does by default.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from grutrain.tasks.forecast.theta import ses
+
+
+def _tricube(r: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """STL's neighbourhood weights: 1 within 0.001 h, (1 - (r/h)^3)^3 up to 0.999 h, then 0."""
+    u = np.clip(r / np.maximum(h, 1e-300), 0.0, 1.0)
+    return np.where(r <= 0.999 * h, np.where(r <= 0.001 * h, 1.0, (1 - u ** 3) ** 3), 0.0)
+
+
+def _loess_at(y: np.ndarray, q: int, degree: int, xs: np.ndarray) -> np.ndarray:
+    """Loess of y [..., n] (positions 1..n) at the positions xs [P], each from its q nearest points (all
+    when q >= n): [..., P]."""
+    n = y.shape[-1]
+    index, w, reached = _loess_weights(n, q, degree, tuple(float(x) for x in xs))
+    out = (w * y[..., index]).sum(axis=-1)
+    nearest = y[..., np.clip(np.asarray(xs).astype(np.int64), 1, n) - 1]  # no point in reach: STL keeps the value
+    return np.where(reached, out, nearest)
+
+
+@functools.lru_cache(maxsize=256)
+def _loess_weights(n: int, q: int, degree: int, xs: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices [P, width], weights [P, width], any point in reach [P]) of STL's loess at xs; they depend on
+    the positions only, and one decomposition asks for the same ones at every pass."""
+    xs = np.asarray(xs)
+    width = min(q, n)
+    left = np.ones(len(xs), dtype=np.int64) if q >= n else np.clip(xs.astype(np.int64) - (q + 1) // 2 + 1, 1, n - q + 1)
+    pos = (left[:, None] + np.arange(width)).astype(np.float64)  # [P, width], 1-based
+    h = np.maximum(xs - left, left + width - 1 - xs).astype(np.float64)
+    if q > n:
+        h += (q - n) // 2
+    w = _tricube(np.abs(pos - xs[:, None]), h[:, None])
+    total = w.sum(axis=1, keepdims=True)
+    w = w / np.where(total > 0, total, 1.0)
+    if degree == 1:
+        a = (w * pos).sum(axis=1)
+        c = (w * (pos - a[:, None]) ** 2).sum(axis=1)
+        tilt = (np.sqrt(c) > 0.001 * (n - 1)) & (h > 0)
+        b = np.where(tilt, (xs - a) / np.where(tilt, c, 1.0), 0.0)
+        w = w * (b[:, None] * (pos - a[:, None]) + 1.0)
+    return pos.astype(np.int64) - 1, w, total[:, 0] > 0
+
+
+def loess(y: np.ndarray, q: int, degree: int) -> np.ndarray:
+    """STL's loess of y at every position. Away from the ends the neighbourhood is symmetric, so the local
+    line adds nothing and the smooth is one convolution with the tricube kernel; the ends are fitted point by point."""
+    n = len(y)
+    if q >= n or n < 3:
+        return _loess_at(y, q, degree, np.arange(1, n + 1, dtype=np.float64))
+    half = (q - 1) // 2
+    kernel = _tricube(np.abs(np.arange(-half, half + 1, dtype=np.float64)), np.full(q, float(half)))
+    out = np.empty(n)
+    out[half: n - half] = np.convolve(y, kernel / kernel.sum(), mode="valid")
+    ends = np.r_[np.arange(1, half + 1), np.arange(n - half + 1, n + 1)].astype(np.float64)
+    out[ends.astype(np.int64) - 1] = _loess_at(y, q, degree, ends)
+    return out
+
+
+def _cycle_subseries(detrended: np.ndarray, period: int, window: int) -> np.ndarray:
+    """[n + 2 period] each phase's subseries smoothed by a locally constant loess and extended one cycle at
+    both ends (STL's step 2); the phases whose subseries have equal lengths in one batch."""
+    n = len(detrended)
+    lengths = (n - 1 - np.arange(period)) // period + 1
+    out = np.zeros(n + 2 * period)
+    for k in np.unique(lengths):
+        phases = np.flatnonzero(lengths == k)
+        sub = detrended[phases[:, None] + period * np.arange(k)]  # [phases, k]
+        smooth = np.empty((len(phases), k + 2))
+        smooth[:, 1:-1] = _loess_at(sub, window, 0, np.arange(1, k + 1, dtype=np.float64)) if k >= 2 else sub
+        # the cycles before the first and after the last: from the first / last min(window, k) points
+        smooth[:, 0] = _loess_at(sub[:, :min(window, k)], window, 0, np.zeros(1))[:, 0] if k >= 2 else sub[:, 0]
+        tail = sub[:, max(0, k - window):]
+        smooth[:, -1] = _loess_at(tail, window, 0, np.array([tail.shape[1] + 1.0]))[:, 0] if k >= 2 else sub[:, -1]
+        out[phases[:, None] + period * np.arange(k + 2)] = smooth
+    return out
+
+
+def _moving_average(v: np.ndarray, length: int) -> np.ndarray:
+    return np.convolve(v, np.full(length, 1.0 / length), mode="valid")
+
+
+def stl(y: np.ndarray, period: int, seasonal: int, inner: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(seasonal, trend) of y by STL: locally constant seasonal loess of window `seasonal`, trend window the
+    next odd integer from 1.5 period / (1 - 1.5 / seasonal), low-pass window the next odd from period + 1."""
+    n = len(y)
+    trend_window = int(np.ceil(1.5 * period / (1 - 1.5 / seasonal)))
+    trend_window += trend_window % 2 == 0
+    low_pass_window = period + 1 + (period % 2 == 1)
+    trend = np.zeros(n)
+    season = np.zeros(n)
+    for _ in range(inner):
+        cycles = _cycle_subseries(y - trend, period, seasonal)
+        low_pass = loess(_moving_average(_moving_average(_moving_average(cycles, period), period), 3),
+                         low_pass_window, 1)
+        season = cycles[period: period + n] - low_pass
+        trend = loess(y - season, trend_window, 1)
+    return season, trend
+
+
+def mstl(y: np.ndarray, periods: list[int], iterate: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([seasons, n] seasonal components in increasing period, trend, remainder) of y."""
+    periods = sorted(periods)
+    seasonal = np.zeros((len(periods), len(y)))
+    adjusted = np.asarray(y, dtype=np.float64).copy()
+    trend = np.zeros(len(y))
+    for _ in range(iterate if len(periods) > 1 else 1):
+        for i, period in enumerate(periods):
+            adjusted = adjusted + seasonal[i]
+            seasonal[i], trend = stl(adjusted, period, 7 + 4 * (i + 1))
+            adjusted = adjusted - seasonal[i]
+    return seasonal, trend, adjusted - trend
+
+
+def mstl_forecast(y: np.ndarray, horizon: int, periods: list[int]) -> np.ndarray:
+    """[horizon] forecast of the series y (1-d, no blanks): the last cycle of each season that two cycles
+    of y can estimate, plus the SES level of what remains."""
+    y = np.asarray(y, dtype=np.float64)
+    periods = sorted(p for p in set(periods) if 1 < p and 2 * p <= len(y))
+    if len(y) < 2:
+        return np.full(horizon, y[-1] if len(y) else 0.0)
+    if not periods:
+        return np.full(horizon, ses(y)[1])
+    seasonal, trend, remainder = mstl(y, periods)
+    steps = np.arange(horizon)
+    future = sum(seasonal[i][-p:][steps % p] for i, p in enumerate(periods))
+    return ses(trend + remainder)[1] + future
