@@ -101,6 +101,13 @@ def test_seasons_without_two_cycles_of_history_are_left_out():
     assert np.allclose(mstl_forecast(np.array([3.0]), 2, [2]), 3.0)
 
 
+def test_only_the_last_fifteen_longest_seasons_are_decomposed():
+    t = np.arange(400)
+    y = 10 + np.sin(2 * np.pi * t / 4) + 0.3 * np.cos(2 * np.pi * t / 12) + np.random.default_rng(0).standard_normal(400)
+    np.testing.assert_allclose(mstl_forecast(y, 5, [4, 12]), mstl_forecast(y[-180:], 5, [4, 12]))
+    assert np.abs(mstl_forecast(y, 5, [4, 12]) - mstl_forecast(y[-168:], 5, [4, 12])).max() > 1e-3  # 14 cycles differ
+
+
 def test_mstl_weight_combines_the_models_forecast_with_mstl_and_theta(tmp_path):
     path = write(tmp_path, panel_rows({"a": 60, "b": 50}))
     forecasts = []
