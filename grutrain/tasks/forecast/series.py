@@ -122,6 +122,19 @@ class PreparedSeries:
         return np.stack([self._classical_cache[(name, int(s))] for s in starts]) if len(starts) else \
             np.zeros((0, self.layout.horizon, self.layout.n_targets))
 
+    def known_classical(self, starts: np.ndarray) -> dict[str, np.ndarray]:
+        """{method: [W, horizon, T]} the classical forecasts already computed for every one of these windows
+        (a checkpoint keeps them: they depend on the rows only, and eval and predict need them again)."""
+        starts = [int(v) for v in np.asarray(starts)]
+        names = {name for name, _ in self._classical_cache}
+        return {name: np.stack([self._classical_cache[(name, v)] for v in starts]) for name in sorted(names)
+                if starts and all((name, v) in self._classical_cache for v in starts)}
+
+    def remember_classical(self, name: str, starts: np.ndarray, forecasts: np.ndarray) -> None:
+        shape = (len(starts), self.layout.horizon, self.layout.n_targets)
+        if forecasts.shape == shape and np.isfinite(forecasts).all():  # anything else is recomputed
+            self._classical_cache.update({(name, int(v)): f for v, f in zip(np.asarray(starts), forecasts)})
+
     def combined(self, forecast: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """The network's forecast combined with the classical ones that have a weight in the layout."""
         layout = self.layout

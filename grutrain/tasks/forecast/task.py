@@ -220,6 +220,10 @@ class ForecastTask:
         if split not in self._held:
             series, starts = stored_series(self._stored, self.several, self.layout, len(self.columns), split,
                                            self._numbers)
+            known = self._stored.get("classical") if isinstance(self._stored, dict) else None
+            for name, values in (known if isinstance(known, dict) else {}).items():
+                if name.startswith(f"{split}_") and isinstance(values, torch.Tensor):
+                    series.remember_classical(name[len(split) + 1:], starts, values.double().numpy())
             self._held[split] = HeldOut(series, starts, split)
         return self._held[split]
 
@@ -343,7 +347,8 @@ class ForecastTask:
                 "values": torch.from_numpy(self.values[first:].copy()),
                 "observed": torch.from_numpy(self.observed[first:].copy()),
                 "calendar": torch.from_numpy(np.ascontiguousarray(series.calendar[first:])),
-                **{split: [b.start - first, b.stop - first] for split, b in self.blocks.items()}}
+                **{split: [b.start - first, b.stop - first] for split, b in self.blocks.items()},
+                **self._known_classical()}
             return state
         # Several series: every row (they are small), and per series its normalisation and MASE scale.
         state["forecast_series"] = self.several
@@ -351,8 +356,16 @@ class ForecastTask:
             "values": torch.from_numpy(self.values.copy()), "observed": torch.from_numpy(self.observed.copy()),
             "calendar": torch.from_numpy(np.ascontiguousarray(series.calendar)),
             "row_series": torch.from_numpy(series.row_series.copy()),
-            **{f"{split}_starts": torch.from_numpy(self.eval_starts(split).copy()) for split in ("val", "test")}}
+            **{f"{split}_starts": torch.from_numpy(self.eval_starts(split).copy()) for split in ("val", "test")},
+            **self._known_classical()}
         return state
+
+    def _known_classical(self) -> dict:
+        """The held-out windows' Theta and MSTL forecasts computed so far ({} without them): eval and predict
+        read them instead of refitting at every origin (seconds to a minute on a long series)."""
+        known = {f"{split}_{name}": torch.from_numpy(values) for split, held in self._held.items()
+                 for name, values in held.series.known_classical(held.starts).items()}
+        return {"classical": known} if known else {}
 
     # ------------------------------------------------------------------ figures, extras, export, predict
 

@@ -25,9 +25,8 @@ def seasonal_indices(y: np.ndarray, m: int, multiplicative: bool) -> np.ndarray:
     trend = np.convolve(y, kernel, mode="valid")
     offset = (len(kernel) - 1) // 2
     ratio = y[offset: offset + len(trend)] / trend if multiplicative else y[offset: offset + len(trend)] - trend
-    index = np.zeros(m)
-    for i in range(m):
-        index[i] = ratio[(np.arange(len(ratio)) + offset) % m == i].mean()
+    phase = (np.arange(len(ratio)) + offset) % m
+    index = np.bincount(phase, weights=ratio, minlength=m) / np.bincount(phase, minlength=m)
     return index / index.mean() if multiplicative else index - index.mean()
 
 

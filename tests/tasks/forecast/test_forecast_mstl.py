@@ -126,6 +126,36 @@ def test_mstl_weight_combines_the_models_forecast_with_mstl_and_theta(tmp_path):
     np.testing.assert_allclose(task.series.mstl(np.array(again)), direct)
 
 
+def test_a_checkpoint_keeps_the_held_out_windows_classical_forecasts(tmp_path, capsys):
+    import json
+    from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
+    from test_forecast import HEADER, forecast_config, series_rows, write_config, write_csv
+    data = write_csv(tmp_path / "s.csv", HEADER, series_rows(120))
+    cfg = forecast_config(data, tmp_path / "run", mstl_weight=0.5, theta_weight=0.2)
+    assert cli(["fit", write_config(tmp_path, cfg)], capsys)[0] == 0
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = load_checkpoint(path)
+    task = ForecastTask.from_checkpoint(validate_config(cfg), payload["task_state"])
+    stored = payload["task_state"]["eval_series"]["classical"]
+    assert sorted(stored) == ["val_mstl", "val_theta"]  # the windows predict calibrates on (last.pt: before test)
+    held = task._split("val")
+    fresh = classical_windows(lambda y, h: mstl_forecast(y, h, [cfg["data"]["season"]]), held.series.values,
+                              held.series.observed, held.starts, None, cfg["data"]["horizon"], 1)
+    np.testing.assert_allclose(stored["val_mstl"].numpy(), fresh)  # what a fresh computation gives
+
+    def val_mae():
+        code, out, err = cli(["eval", path, "--split", "val", "--json"], capsys)
+        assert code == 0, err
+        return json.loads(out)["mae"]
+    before = val_mae()
+    payload["task_state"]["eval_series"]["classical"]["val_mstl"] = stored["val_mstl"] + 1000.0
+    save_checkpoint(payload, path)
+    assert val_mae() > before + 400  # eval read the stored MSTL forecasts: 0.5 x 1000 off
+    payload["task_state"]["eval_series"]["classical"]["val_mstl"] = stored["val_mstl"][:1]  # damaged: recomputed
+    save_checkpoint(payload, path)
+    assert val_mae() == pytest.approx(before, rel=1e-12)
+
+
 def test_weights_summing_to_more_than_one_are_refused(tmp_path, capsys):
     from test_forecast import HEADER, forecast_config, series_rows, write_config, write_csv
     data = write_csv(tmp_path / "s.csv", HEADER, series_rows(120))
