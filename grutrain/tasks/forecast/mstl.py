@@ -3,11 +3,11 @@ data.mstl_weight: a classical forecast of several seasons the GRU's is combined 
 
 The decomposition is statsforecast's `MSTL` (which calls statsmodels' STL, Cleveland et al. 1990): seasons
 in increasing length, each extracted by STL with seasonal window 7 + 4i (11 for the shortest, 15 for the
-next, ...), a locally constant seasonal loess and locally linear trend and low-pass loess, five inner passes (statsmodels without robustness),
-no robustness weights, the whole set of seasons iterated twice. The forecast is the last cycle of every
-seasonal component repeated, plus the level of the seasonally adjusted series (trend + remainder) by simple
-exponential smoothing (statsforecast's AutoETS chose ETS(A,N,N) or ETS(M,N,N) on half-hourly demand).
-Loess at every point (no jumps), as statsmodels does by default.
+next, ...), a locally constant seasonal loess and locally linear trend and low-pass loess, five inner passes
+and no robustness weights (statsmodels' default without `robust`), the whole set of seasons iterated twice.
+The forecast is the last cycle of every seasonal component repeated, plus the level of the seasonally
+adjusted series (trend + remainder) by simple exponential smoothing (statsforecast's AutoETS chose ETS(A,N,N)
+or ETS(M,N,N) on half-hourly demand). Loess at every point (no jumps), as statsmodels does by default.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ def _loess_at(y: np.ndarray, q: int, degree: int, xs: tuple | str) -> np.ndarray
     """Loess of y [..., n] (positions 1..n) at the positions xs (a tuple, or "all": 1..n), each from its q
     nearest points (all of them when q >= n): [..., P]."""
     n = y.shape[-1]
-    index, w, reached, nearest = _loess_weights(n, q, degree, xs)
+    small = min(q, n) * (n if xs == "all" else len(xs)) <= 4096  # kept: a decomposition asks again at every pass
+    index, w, reached, nearest = (_kept_loess_weights if small else _loess_weights)(n, q, degree, xs)
     out = (w * y[..., index]).sum(axis=-1)
     return out if reached.all() else np.where(reached, out, y[..., nearest])  # none in reach: STL keeps the value
 
 
-@functools.lru_cache(maxsize=512)
 def _loess_weights(n: int, q: int, degree: int, xs: tuple | str):
     """(indices [P, width], weights [P, width], any point in reach [P], nearest index [P]) of STL's loess
-    at xs; they depend on the positions only, and a decomposition asks for the same ones at every pass."""
+    at xs: they depend on the positions only."""
     xs = np.arange(1, n + 1, dtype=np.float64) if xs == "all" else np.asarray(xs, dtype=np.float64)
     width = min(q, n)
     left = np.ones(len(xs), dtype=np.int64) if q >= n else np.clip(xs.astype(np.int64) - (q + 1) // 2 + 1, 1, n - q + 1)
@@ -57,6 +57,9 @@ def _loess_weights(n: int, q: int, degree: int, xs: tuple | str):
         b = np.where(tilt, (xs - a) / np.where(tilt, c, 1.0), 0.0)
         w = w * (b[:, None] * (pos - a[:, None]) + 1.0)
     return pos.astype(np.int64) - 1, w, total[:, 0] > 0, np.clip(xs.astype(np.int64), 1, n) - 1
+
+
+_kept_loess_weights = functools.lru_cache(maxsize=512)(_loess_weights)  # small ones only: at most 32 MB
 
 
 @functools.lru_cache(maxsize=64)

@@ -300,7 +300,8 @@ class ForecastTask:
 
     def _scores_of(self, path: str, device) -> np.ndarray:
         """The CQR scores of an earlier-origin checkpoint on its own validation block, with this model's
-        forecast methods after the network (data.theta_weight, data.mstl_weight), so that they score what is calibrated."""
+        forecast methods after the network (data.theta_weight, data.mstl_weight), so that they score what is
+        calibrated."""
         payload = load_checkpoint(path, map_location=device)
         try:
             cfg = validate_as(ForecastConfig, payload["config"])
