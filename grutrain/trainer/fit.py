@@ -60,17 +60,24 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, amp_dtype, resume:
             return train(run, progress, interrupts, directory.commit)
         except (Interrupted, KeyboardInterrupt) as exc:  # before this command's first checkpoint: undone on leaving
             interrupts.disarm()
-            name = signal.Signals(signal_of(exc)).name
-            raise Interrupted(signal_of(exc), f"interrupted by {name} before this command wrote a checkpoint; "
-                                              f"{directory.undone_by_interrupt()}") from None
+            raise _undone_by(signal_of(exc), directory) from None
         except GrutrainError as exc:  # e.g. a full disk at the first save: undone on leaving, as for a signal
             interrupts.disarm()
+            if interrupts.raised is not None and not directory.committed and not isinstance(exc, TrainingInterrupted):
+                # the signal's Interrupted came back as another error: Python wraps an exception raised in a
+                # class body's __set_name__ (torch's imports), and a bad-input check then reads it as its own
+                raise _undone_by(interrupts.raised, directory) from None
             if directory.begun and not directory.committed:
                 exc.args = (f"{exc}; {directory.undone_by_failure()}",)
             raise
         except BaseException:
             interrupts.disarm()  # cleanup (summary, undo) runs to its end
             raise
+
+
+def _undone_by(signum: int, directory: RunDirectory) -> Interrupted:
+    return Interrupted(signum, f"interrupted by {signal.Signals(signum).name} before this command wrote a "
+                               f"checkpoint; {directory.undone_by_interrupt()}")
 
 
 def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: None) -> dict:

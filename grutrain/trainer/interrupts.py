@@ -26,6 +26,7 @@ class Interrupts:
         self.received: list[int] = []
         self.deferring = False
         self.armed = True  # False once a signal has raised (or cleanup began): then signals are only noted
+        self.raised: int | None = None  # the signal whose Interrupted was raised, if one was
         self._previous: dict = {}
 
     def __enter__(self) -> "Interrupts":
@@ -46,7 +47,7 @@ class Interrupts:
             return
         self.received.append(signum)
         if self.armed:
-            self.armed = False
+            self.armed, self.raised = False, signum
             raise Interrupted(signum)
 
     def disarm(self) -> None:
