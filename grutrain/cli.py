@@ -395,6 +395,36 @@ def _missing_cwd() -> str | None:
     return None
 
 
+def run() -> None:
+    """The `grutrain` process: main, then quiet signals while the interpreter shuts down. By then every
+    command has finished its work, but torch's exit hooks still run, and a Ctrl-C landing in one printed a
+    KeyboardInterrupt traceback ("Exception ignored in atexit callback"); now the process just ends, 128 + the
+    signal."""
+    try:
+        main()
+    finally:
+        _quiet_exit_on_signals()
+
+
+def _quiet_exit_on_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or broken: nothing more can be said
+                pass
+        os._exit(128 + signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, leave)
+
+
 def main(argv: list[str] | None = None) -> None:
     from grutrain import allocator
     from grutrain.files import streams
