@@ -63,16 +63,23 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, amp_dtype, resume:
             raise _undone_by(signal_of(exc), directory) from None
         except GrutrainError as exc:  # e.g. a full disk at the first save: undone on leaving, as for a signal
             interrupts.disarm()
-            if interrupts.raised is not None and not directory.committed and not isinstance(exc, TrainingInterrupted):
-                # the signal's Interrupted came back as another error: Python wraps an exception raised in a
-                # class body's __set_name__ (torch's imports), and a bad-input check then reads it as its own
+            if _came_from_a_signal(exc, interrupts) and not directory.committed:
                 raise _undone_by(interrupts.raised, directory) from None
             if directory.begun and not directory.committed:
                 exc.args = (f"{exc}; {directory.undone_by_failure()}",)
             raise
-        except BaseException:
+        except BaseException as exc:
             interrupts.disarm()  # cleanup (summary, undo) runs to its end
+            if _came_from_a_signal(exc, interrupts) and not directory.committed:
+                raise _undone_by(interrupts.raised, directory) from None
             raise
+
+
+def _came_from_a_signal(exc: BaseException, interrupts: Interrupts) -> bool:
+    """An error after the signal handler raised Interrupted is that signal's doing: Python wraps an exception
+    raised in a class body's __set_name__ (torch imports modules while a model is built) in a RuntimeError,
+    which a bad-input check then reads as its own."""
+    return interrupts.raised is not None and isinstance(exc, Exception) and not isinstance(exc, TrainingInterrupted)
 
 
 def _undone_by(signum: int, directory: RunDirectory) -> Interrupted:
@@ -133,6 +140,12 @@ def train(run: Run, progress: str, interrupts: Interrupts, on_commit=lambda: Non
         raise
     except Exception as exc:
         interrupts.disarm()
+        if _came_from_a_signal(exc, interrupts):
+            if not checkpointed:
+                raise Interrupted(interrupts.raised) from None  # put back as for the signal itself
+            stopped = TrainingInterrupted(interrupts.raised, run.run_dir, run.state.step, during=phase)
+            note_end(run, "interrupted", error=str(stopped))
+            raise stopped from None
         note_end(run, "failed", error=str(exc) or type(exc).__name__)
         raise
     finally:
