@@ -239,6 +239,32 @@ def test_a_signal_that_comes_back_as_another_error_still_ends_as_the_signal(worl
     assert snapshot_tree(root) == before
 
 
+def test_a_signal_that_comes_back_as_another_error_after_a_checkpoint_keeps_the_run(world, monkeypatch, capsys):
+    """The same in the final evaluation, after the checkpoints: exit 143, summary.json "interrupted", and
+    --resume finishes."""
+    import grutrain.trainer.fit as fit_module
+
+    root, config = world
+    real_finish = fit_module.finish
+
+    def interrupted(*args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except BaseException as exc:
+            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
+        raise AssertionError("the signal never arrived")
+
+    monkeypatch.setattr(fit_module, "finish", interrupted)
+    capsys.readouterr()
+    assert fit_in_process(config) == 128 + signal.SIGTERM
+    one_line(capsys.readouterr().err, "SIGTERM", "during the final evaluation")
+    assert summary(root / "run")["status"] == "interrupted"
+    monkeypatch.setattr(fit_module, "finish", real_finish)
+    assert fit_in_process(config, "--resume") == 0
+    assert summary(root / "run")["status"] == "finished"
+
+
 def test_a_signal_while_the_interpreter_shuts_down_ends_quietly():
     """After a command has ended, torch's exit hooks still run; a Ctrl-C landing in one printed a
     KeyboardInterrupt traceback (CI, seeds 0 and 5 of the randomized test). Here a slow exit hook stands in
