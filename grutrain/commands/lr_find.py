@@ -82,11 +82,14 @@ def run_range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 200
                 for path in made:
                     with contextlib.suppress(OSError):
                         path.rmdir()
-            if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-                name = signal.Signals(signal_of(exc)).name
+            signum = signal_of(exc) if isinstance(exc, (Interrupted, KeyboardInterrupt)) else None
+            if signum is None and interrupts.raised is not None and isinstance(exc, Exception):
+                signum = interrupts.raised  # the signal's exception came back as another error (trainer/fit.py)
+            if signum is not None:
+                name = signal.Signals(signum).name
                 left = (f"its results are written to {escaped(directory)}" if written else
                         "it wrote nothing (no results, no directory); start it again")
-                raise Interrupted(signal_of(exc), f"lr-find interrupted by {name}; {left}") from None
+                raise Interrupted(signum, f"lr-find interrupted by {name}; {left}") from None
             raise
 
 

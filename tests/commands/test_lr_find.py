@@ -154,3 +154,32 @@ def test_bad_sweep_is_a_one_line_error(write_config, tmp_path, run_cli, monkeypa
     code, _, err = run_cli(["lr-find", write_config(), "--start", "1", "--end", "0.1"])
     assert code == 1 and "start < end" in err
     assert not (tmp_path / "lr-find").exists() or not any((tmp_path / "lr-find").iterdir())
+
+
+def test_a_signal_that_comes_back_as_another_error_ends_as_the_signal(write_config, tmp_path, run_cli, monkeypatch,
+                                                                       snapshot):
+    """As for fit (tests/hostile/test_signals.py): a SIGTERM whose Interrupted Python wrapped in a RuntimeError
+    while the model was built ends lr-find with 143, one line, and no lr-find/ directory."""
+    import os
+    import signal
+    import time
+
+    import grutrain.capacity as capacity
+
+    def interrupted(build):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, in the main thread
+        except BaseException as exc:
+            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
+        raise AssertionError("the signal never arrived")
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(run_dir=tmp_path / "the-run")
+    monkeypatch.setattr(capacity, "parameter_count", interrupted)
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(["lr-find", config, "--steps", "10"])
+    assert code == 128 + signal.SIGTERM, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "lr-find interrupted by SIGTERM; it wrote nothing" in lines[0], err
+    assert snapshot(tmp_path) == before
