@@ -160,23 +160,14 @@ def test_a_signal_that_comes_back_as_another_error_ends_as_the_signal(write_conf
                                                                        snapshot):
     """As for fit (tests/hostile/test_signals.py): a SIGTERM whose Interrupted Python wrapped in a RuntimeError
     while the model was built ends lr-find with 143, one line, and no lr-find/ directory."""
-    import os
     import signal
-    import time
 
     import grutrain.capacity as capacity
-
-    def interrupted(build):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises here, in the main thread
-        except BaseException as exc:
-            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
-        raise AssertionError("the signal never arrived")
+    from hostile import interrupted_then_wrapped
 
     monkeypatch.chdir(tmp_path)
     config = write_config(run_dir=tmp_path / "the-run")
-    monkeypatch.setattr(capacity, "parameter_count", interrupted)
+    monkeypatch.setattr(capacity, "parameter_count", interrupted_then_wrapped)
     before = snapshot(tmp_path)
     code, out, err = run_cli(["lr-find", config, "--steps", "10"])
     assert code == 128 + signal.SIGTERM, err

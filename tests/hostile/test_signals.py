@@ -27,7 +27,7 @@ import yaml
 
 from cli_process import REPO
 from conftest import make_text
-from hostile import PAUSED_CLI, one_line, snapshot_tree, tiny_config, write_yaml
+from hostile import PAUSED_CLI, interrupted_then_wrapped, one_line, snapshot_tree, tiny_config, write_yaml
 
 
 class Fit:
@@ -223,15 +223,7 @@ def test_a_signal_that_comes_back_as_another_error_still_ends_as_the_signal(worl
 
     root, config = world
 
-    def interrupted(*args):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises here, in the main thread
-        except BaseException as exc:
-            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
-        raise AssertionError("the signal never arrived")
-
-    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted_then_wrapped)
     before = snapshot_tree(root)
     capsys.readouterr()
     assert fit_in_process(config) == 128 + signal.SIGTERM
@@ -247,15 +239,7 @@ def test_a_signal_that_comes_back_as_another_error_after_a_checkpoint_keeps_the_
     root, config = world
     real_finish = fit_module.finish
 
-    def interrupted(*args):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-        except BaseException as exc:
-            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
-        raise AssertionError("the signal never arrived")
-
-    monkeypatch.setattr(fit_module, "finish", interrupted)
+    monkeypatch.setattr(fit_module, "finish", interrupted_then_wrapped)
     capsys.readouterr()
     assert fit_in_process(config) == 128 + signal.SIGTERM
     one_line(capsys.readouterr().err, "SIGTERM", "during the final evaluation")
