@@ -333,8 +333,17 @@ def forecast_errors(forecast: np.ndarray, actual: np.ndarray, mask: np.ndarray |
     err = f - a
     denom = (np.abs(a) + np.abs(f)) / 2
     terms = np.divide(np.abs(err), denom, out=np.zeros_like(err), where=denom > 0)
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+    scale = power_of_two_scale(err)  # RMSE of errors near 1e300 (or 1e-300) without overflow (underflow)
+    return {"mae": float(np.abs(err).mean()), "rmse": float(scale * np.sqrt(((err / scale) ** 2).mean())),
             "smape": float(100 * terms.mean())}
+
+
+def power_of_two_scale(x: np.ndarray) -> float:
+    """The power of two just above max |x| (1 for none, zeros or blanks). Dividing by it is exact, so a
+    scale-equivariant computation on x / scale, times scale, is the same to the bit on ordinary data, and
+    its squares neither overflow near 1e300 nor vanish near 1e-300."""
+    top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    return float(np.ldexp(1.0, np.frexp(top)[1])) if 0 < top < np.inf else 1.0
 
 
 def naive_forecast(values: np.ndarray, starts: np.ndarray, horizon: int, n_targets: int) -> np.ndarray:

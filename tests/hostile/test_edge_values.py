@@ -102,3 +102,21 @@ def test_a_prompt_no_tokenizer_can_encode_is_refused_before_training(tmp_path, p
     code, out, err = run_grutrain(["fit", config, b"sample.prompt=" + prompt, "-q"], cwd=tmp_path)
     refused(code, out, err, "sample.prompt", named, "UTF-8")
     assert not (tmp_path / "run").exists()
+
+
+
+def test_values_near_the_float64_limit_with_the_log_transform_and_classical_partners(tmp_path):
+    # log(1 + y) keeps the network's numbers small; Theta, MSTL and the metrics work on y itself, whose
+    # squares overflow float64: finite metrics, no RuntimeWarning, the same relative errors as at scale 1
+    data = ["data.transform=log", "data.theta_weight=0.3", "data.mstl_weight=0.3", "data.quantiles=[0.1,0.5,0.9]"]
+    finals = {}
+    for scale in (1.0, 1e298):
+        root = tmp_path / str(scale)
+        root.mkdir()
+        code, out, err = grutrain("fit", forecast_config(root, series_rows(scale=scale)), *data, "-q")
+        assert code == 0 and "Warning" not in err, err
+        finals[scale] = json.loads((root / "run" / "summary.json").read_text())["final"]
+    huge = finals[1e298]
+    assert all(math.isfinite(v) for v in huge.values()), huge
+    assert huge["test/rmse"] > 1e298
+    assert huge["test/smape"] == pytest.approx(finals[1.0]["test/smape"], rel=0.2)

@@ -8,6 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from grutrain.data.timeseries import power_of_two_scale
+
 
 def classical_windows(method: Callable[[np.ndarray, int], np.ndarray], values: np.ndarray, observed: np.ndarray,
                       starts: np.ndarray, row_series: np.ndarray | None, horizon: int, n_targets: int) -> np.ndarray:
@@ -21,7 +23,9 @@ def classical_windows(method: Callable[[np.ndarray, int], np.ndarray], values: n
         first = firsts.get(int(row_series[start]), 0) if row_series is not None else 0
         for j in range(n_targets):
             keep = observed[first:start, j]
-            out[w, :, j] = method(values[first:start, j][keep], horizon)
+            history = values[first:start, j][keep]
+            scale = power_of_two_scale(history)
+            out[w, :, j] = method(history / scale, horizon) * scale
     return out
 
 

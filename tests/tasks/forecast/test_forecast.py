@@ -456,6 +456,9 @@ def test_errors_and_naive_forecasts_by_hand():
     assert got["mae"] == pytest.approx(7 / 4)
     assert got["rmse"] == pytest.approx(math.sqrt(21 / 4))
     assert got["smape"] == pytest.approx(100 * (1 / 1.5 + 0 + 1 + 2) / 4)
+    for factor in (1e300, 1e-300):  # the squares of such errors overflow (underflow) in float64
+        scaled = forecast_errors(forecast * factor, actual * factor)
+        assert scaled["rmse"] == pytest.approx(math.sqrt(21 / 4) * factor, rel=1e-12)
     mask = np.array([True, False, True, False])
     assert forecast_errors(forecast, actual, mask)["mae"] == pytest.approx(1.5)
     values = np.arange(30, dtype=float)[:, None] ** 2

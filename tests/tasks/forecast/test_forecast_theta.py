@@ -10,6 +10,7 @@ import torch
 from grutrain.tasks import validate_config
 from grutrain.tasks.forecast.task import ForecastTask
 from grutrain.tasks.forecast.classical import classical_windows, combine
+from grutrain.tasks.forecast.mstl import mstl_forecast
 from grutrain.tasks.forecast.theta import ses, theta_forecast
 from test_forecast_panel import config, panel_rows, write
 
@@ -44,6 +45,21 @@ def test_windows_read_only_their_own_series_before_the_origin():
     got = classical_windows(method, values, np.ones_like(values, bool), np.array([15, 40]), rows, 3, 1)
     np.testing.assert_allclose(got[0, :, 0], theta_forecast(a[:15], 3, 4))
     np.testing.assert_allclose(got[1, :, 0], theta_forecast(b[:20], 3, 4))
+
+
+@pytest.mark.parametrize("factor", [1e295, 1e-295])
+def test_classical_forecasts_of_huge_or_tiny_values_are_the_ordinary_ones_rescaled(factor):
+    # both methods are scale-equivariant; fitted on the raw values their squares overflow (underflow)
+    rng = np.random.default_rng(1)
+    y = 100 + 10 * np.sin(2 * np.pi * np.arange(120) / 12) + rng.normal(0, 1, 120)
+    methods = [lambda v, h: theta_forecast(v, h, 12), lambda v, h: mstl_forecast(v, h, [12])]
+    starts = np.array([60, 120])
+    for method in methods:
+        ordinary = classical_windows(method, y[:, None], np.ones((120, 1), bool), starts, None, 6, 1)
+        np.testing.assert_array_equal(ordinary[:, :, 0], [method(y[:60], 6), method(y[:120], 6)])  # unchanged
+        with np.errstate(all="raise"):
+            scaled = classical_windows(method, y[:, None] * factor, np.ones((120, 1), bool), starts, None, 6, 1)
+        np.testing.assert_allclose(scaled, ordinary * factor, rtol=1e-12)
 
 
 def test_the_combination_moves_every_quantile_with_the_point():
