@@ -80,11 +80,17 @@ def load_panel(cfg, path=None, role: str = "data.path", split: bool = True) -> P
         these = split_blocks(len(part), cfg.val_fraction, cfg.test_fraction, cfg.val_rows, cfg.test_rows) \
             if split else None
         part = fill_missing(part, cfg.missing, list(these) if these else None)
-        if these is not None and id_column is not None and (cfg.val_rows, cfg.test_rows) != (None, None):
+        if these is not None and pads_short_series(cfg):
             part, these = pad_front(part, these, _rows_needed(cfg), max([1, *cfg.seasons]))
         tables.append(part)
         blocks.append(these)
     return Panel([name for name, _ in parts], tables, blocks)
+
+
+def pads_short_series(cfg) -> bool:
+    """A panel on the competition protocol (data.val_rows / data.test_rows) pads its short series (pad_front);
+    predict then pads an --input series shorter than the model reads in the same way."""
+    return cfg.id_column is not None and (cfg.val_rows, cfg.test_rows) != (None, None)
 
 
 def _rows_needed(cfg) -> int:

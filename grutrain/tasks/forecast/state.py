@@ -9,6 +9,7 @@ import torch
 from grutrain.tasks.forecast.windows import WindowLayout
 from grutrain.data.timeseries import SeriesTable, window_starts
 from grutrain.errors import GrutrainError
+from grutrain.tasks.forecast.panel import pad_front, pads_short_series
 from grutrain.tasks.forecast.series import PreparedSeries, calendar_of
 
 
@@ -116,6 +117,9 @@ def predict_series(model, cfg, table, mean, std, scale, layout: WindowLayout, cy
                    device, conformal=None) -> list[dict]:
     """The rows `predict` writes for one series: one per step ahead after the end of `table`."""
     need = layout.history
+    if 0 < len(table) < need and pads_short_series(cfg.data):  # as its training block was at fit
+        n = len(table)
+        table, _ = pad_front(table, (slice(0, n), slice(n, n), slice(n, n)), need, max([1, *layout.seasons]))
     if len(table) < need:
         after = " after dropping rows with blanks" if cfg.data.missing == "drop" else ""
         which = f" (series {table.ids[0]!r})" if table.ids else ""
@@ -133,7 +137,8 @@ def predict_series(model, cfg, table, mean, std, scale, layout: WindowLayout, cy
         extended = SeriesTable(table.source, table.columns, padded, np.ones(padded.shape, bool), table.lines,
                                table.time_column, table.time_axis, list(table.times) + future)
         _, calendar = calendar_of(extended, cfg, cycles)
-    series = PreparedSeries(padded, np.ones(padded.shape, bool), calendar, mean, std, layout, scale)
+    observed = np.concatenate([table.observed, np.ones((layout.horizon, table.values.shape[1]), bool)])
+    series = PreparedSeries(padded, observed, calendar, mean, std, layout, scale)
     forecast = series.forecast(model, np.array([len(table)]), device, conformal=conformal)[0]  # [H, T, Q]
     rows = []
     for k in range(layout.horizon):

@@ -3,12 +3,16 @@ short series padded, MASE/sMAPE/MAPE averaged per series as the Tourism and M4 t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import yaml
 
 from grutrain.tasks import validate_config
 from grutrain.tasks.forecast.metrics import percentage_errors, series_average
 from grutrain.tasks.forecast.task import ForecastTask
+from test_forecast import cli
 from test_forecast_panel import config, panel_rows, write
 
 H = 2
@@ -46,6 +50,32 @@ def test_the_last_rows_of_every_series_are_held_out_and_never_reach_training_or_
     before_test = np.array([float(r[2]) for r in tiny[:12 - H]])
     assert task.several["mase_scale_test"][1][0] == pytest.approx(np.abs(before_test[4:] - before_test[:-4]).mean())
     assert task.several["mase_scale"][1][0] == pytest.approx(np.abs(real[4:] - real[:-4]).mean())
+
+
+@pytest.mark.parametrize("partners,blank", [({}, False), ({"theta_weight": 0.3, "mstl_weight": 0.3}, False),
+                                             ({"theta_weight": 0.3, "mstl_weight": 0.3, "missing": "interpolate"}, True)])
+def test_predict_pads_a_short_series_as_fit_did_and_forecasts_what_eval_scored(tmp_path, capsys, partners, blank):
+    # "tiny": 10 rows before its test block, fewer than the 12 the model reads (8 inputs + a season); a blank
+    # cell, interpolated for the network, is left out of the classical partners' history by both commands
+    rows = panel_rows({"a": 60, "tiny": 12})
+    if blank:
+        sorted((r for r in rows if r[0] == "a"), key=lambda r: r[1])[40][2] = ""
+    cfg = config(write(tmp_path, rows), val_rows=3, test_rows=H, quantiles=[0.1, 0.5, 0.9], **partners)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["fit", tmp_path / "p.yaml"], capsys)[0] == 0
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    code, out, err = cli(["eval", best, "--split", "test", "--json"], capsys)
+    assert code == 0, err
+    scored = json.loads(out)["per_series"]
+    by_series = {name: sorted((r for r in rows if r[0] == name), key=lambda r: r[1]) for name in ("a", "tiny")}
+    before_test = write(tmp_path, [r for series in by_series.values() for r in series[:-H]], "before.csv")
+    code, out, err = cli(["predict", best, "--input", before_test, "--format", "jsonl"], capsys)
+    assert code == 0, err
+    predicted = [json.loads(line) for line in out.splitlines()]
+    for name, series in by_series.items():
+        forecast = [p["value"] for p in predicted if p["id"] == name]
+        actual = [float(r[2]) for r in series[-H:]]
+        assert np.mean(np.abs(np.subtract(forecast, actual))) == pytest.approx(scored[name]["mae"], abs=1e-4)  # 7 digits
 
 
 def test_test_rows_zero_trains_on_everything_but_the_validation_block(tmp_path):
