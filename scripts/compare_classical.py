@@ -14,7 +14,8 @@ A panel (data.id_column, e.g. configs/tourism_quarterly.yaml) is compared under 
 protocol instead: from the last --origins forecast origins of every series in the test block (1:
 the official last-h block), grutrain's forecast next to statsforecast's Naive, SeasonalNaive,
 AutoETS and AutoTheta fitted on every row of the series before the origin, all scored by grutrain's
-own metrics (MASE at the origin's scale, sMAPE and MAPE averaged per series, then over series).
+own metrics (MASE at the origin's scale, sMAPE and MAPE averaged per series, then over series), with
+the coverage of each one's 80% interval (grutrain's: the 0.1-0.9 quantiles as `eval` reports them).
 
 statsforecast is an optional extra (pip install -e '.[classical]'), never a grutrain dependency.
 
@@ -99,6 +100,7 @@ def _panel(opened, n_origins: int, pd, StatsForecast) -> None:
     """The competition table: grutrain and statsforecast's models on the same windows of every series."""
     from statsforecast.models import AutoETS, AutoTheta, Naive, SeasonalNaive
 
+    from grutrain.tasks.forecast.metrics import interval_coverage
     from grutrain.tasks.forecast.windows import rolling_origins
 
     device = torch.device("cpu")
@@ -109,8 +111,12 @@ def _panel(opened, n_origins: int, pd, StatsForecast) -> None:
     actual, mask = series._actual(starts)
     rows = {}
     started = time.perf_counter()
-    forecast = series.forecast(opened.model, starts, device)[..., layout.median_index or 0]
-    rows["grutrain"] = (series.point_metrics(forecast, actual, mask, starts), time.perf_counter() - started)
+    conformal = opened.task._conformal(opened.model, "test", device)  # the intervals `eval` reports
+    quantiles = series.forecast(opened.model, starts, device, conformal=conformal)
+    forecast = quantiles[..., layout.median_index or 0]
+    covered = interval_coverage(quantiles[..., layout.quantiles.index(0.1)], quantiles[..., layout.quantiles.index(0.9)],
+                                actual, mask) if {0.1, 0.9} <= set(layout.quantiles) else float("nan")
+    rows["grutrain"] = (series.point_metrics(forecast, actual, mask, starts), covered, time.perf_counter() - started)
     frames = []
     for w, start in enumerate(starts):  # each window: the observed rows of its series before the origin
         k = series.row_series[start]
@@ -122,16 +128,18 @@ def _panel(opened, n_origins: int, pd, StatsForecast) -> None:
               "AutoETS": AutoETS(season_length=season), "AutoTheta": AutoTheta(season_length=season)}
     for name, classical in models.items():
         started = time.perf_counter()
-        out = StatsForecast(models=[classical], freq=1, n_jobs=1).forecast(df=df, h=horizon)
-        out = out.reset_index() if "unique_id" not in out.columns else out
-        predicted = out.sort_values(["unique_id", "ds"])[name].to_numpy().reshape(len(starts), horizon, 1)
-        rows[name] = (series.point_metrics(predicted, actual, mask, starts), time.perf_counter() - started)
+        out = StatsForecast(models=[classical], freq=1, n_jobs=1).forecast(df=df, h=horizon, level=[80])
+        out = (out.reset_index() if "unique_id" not in out.columns else out).sort_values(["unique_id", "ds"])
+        predicted, lower, upper = (out[column].to_numpy().reshape(len(starts), horizon, 1)
+                                   for column in (name, f"{name}-lo-80", f"{name}-hi-80"))
+        rows[name] = (series.point_metrics(predicted, actual, mask, starts), interval_coverage(lower, upper, actual, mask),
+                      time.perf_counter() - started)
     print(f"{opened.cfg.data.path}: {len(starts)} windows of {horizon} steps ({n_origins} origin(s) per series), "
           "test block")
-    print("| model | MASE | sMAPE | MAPE | wall s |")
-    print("|---|---|---|---|---|")
-    for name, (m, wall) in rows.items():
-        print(f"| {name} | {m['mase']:.3f} | {m['smape']:.2f} | {m['mape']:.2f} | {wall:.1f} |")
+    print("| model | MASE | sMAPE | MAPE | 80% interval coverage | wall s |")
+    print("|---|---|---|---|---|---|")
+    for name, (m, covered, wall) in rows.items():
+        print(f"| {name} | {m['mase']:.3f} | {m['smape']:.2f} | {m['mape']:.2f} | {100 * covered:.1f}% | {wall:.1f} |")
 
 
 def _baselines(series, starts) -> dict:
