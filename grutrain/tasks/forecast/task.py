@@ -39,6 +39,7 @@ from grutrain.tasks.forecast.windows import (WindowLayout, add_anchor, choose_an
 from grutrain.tasks.forecast import seasons
 from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.panel import Panel, load_panel
+from grutrain.progress import note
 from grutrain.data.timeseries import fit_normalisation
 from grutrain.data.digest import DATA_KEY, check_same_data, data_record, file_digest
 from grutrain.errors import GrutrainError
@@ -251,6 +252,11 @@ class ForecastTask:
                 raise GrutrainError(f"{split} has {rows_text(max(len(t) for t in panel.tables))}{longest}; evaluating "
                                     f"one window needs {layout.history + layout.horizon} ({describe_window(layout)} "
                                     f"and {layout.history} rows of history for the anchor and the seasonal baselines)")
+            need = layout.history + layout.horizon
+            short = [f"{name!r} ({len(table)})" for name, table in zip(panel.ids, panel.tables) if len(table) < need]
+            if short:  # the others are scored: say which series are not, rather than average over fewer silently
+                note(f"{split}: {len(short)} series shorter than one window ({need} rows) not scored: "
+                     f"{', '.join(short[:5])}{', ...' if len(short) > 5 else ''}", warning=True)
             return HeldOut(series, starts, str(split))
         held = self._split(split)
         if len(held.starts) == 0:

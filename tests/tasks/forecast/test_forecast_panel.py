@@ -102,6 +102,13 @@ def test_fit_eval_and_predict_per_series(tmp_path, capsys):
     last_b = max(r[1] for r in panel_rows() if r[0] == "b")
     assert predictions[2]["week"] == (date.fromisoformat(last_b) + timedelta(weeks=1)).isoformat()
     assert 150 < predictions[2]["value"] < 250
+    # eval --data on a file where one series is too short for a window: the others scored, one line says so
+    rows = panel_rows()
+    short = write(tmp_path, [r for r in rows if r[0] != "b"] + sorted(r for r in rows if r[0] == "b")[:5], "short.csv")
+    code, out, err = cli(["eval", best, "--data", short, "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["per_series"]) == {"a", "c"}
+    assert err.strip() == f"note: {short}: 1 series shorter than one window ({L + 4 + H} rows) not scored: 'b' (5)"
 
 
 def test_a_duplicated_id_and_time_is_refused(tmp_path, capsys):
