@@ -137,13 +137,9 @@ class PreparedSeries:
 
     def combined(self, forecast: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """The network's forecast combined with the classical ones that have a weight in the layout."""
-        return combine(forecast, self.classical_parts(starts), self.layout.median_index)
-
-    def classical_parts(self, starts: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        """[(weight, [W, horizon, T] forecasts)] of the classical methods with a weight in the layout."""
         layout = self.layout
         parts = [(layout.theta_weight, self.theta), (layout.mstl_weight, self.mstl)]
-        return [(w, method(starts)) for w, method in parts if w > 0]
+        return combine(forecast, [(w, method(starts)) for w, method in parts if w > 0], layout.median_index)
 
     def cqr_scores(self, model, starts: np.ndarray, device) -> np.ndarray:
         """[intervals, W, H, T] CQR scores of the model's intervals on the windows at `starts`."""

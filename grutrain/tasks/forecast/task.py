@@ -368,13 +368,8 @@ class ForecastTask:
         return state
 
     def _known_classical(self) -> dict:
-        """The held-out windows' Theta and MSTL forecasts ({} without them): eval and predict read them instead
-        of refitting at every origin (seconds to a minute on a long series). The test windows' are computed
-        here, at the first checkpoint, rather than at fit's final evaluation, which then reads them: the
-        checkpoint, written before that evaluation, keeps them too. They read only rows before each origin."""
-        if self.layout.classical_weight > 0 and self.has_split("test"):
-            held = self._split("test")
-            held.series.classical_parts(held.starts)
+        """The held-out windows' Theta and MSTL forecasts computed so far ({} without them): eval and predict
+        read them instead of refitting at every origin (seconds to a minute on a long series)."""
         known = {f"{split}_{name}": torch.from_numpy(values) for split, held in self._held.items()
                  for name, values in held.series.known_classical(held.starts).items()}
         return {"classical": known} if known else {}
