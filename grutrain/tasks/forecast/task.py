@@ -142,9 +142,7 @@ class ForecastTask:
         which = "train+val" if self.cfg.data.refit else "train"
         self.train_starts = torch.from_numpy(panel.starts(which, layout.input_len, layout.horizon, layout.history))
         if len(self.train_starts) == 0:
-            raise GrutrainError(f"the training block has {panel.blocks[0][0].stop} rows, too few for one window with "
-                                f"{layout.history} rows of history (data.input_len, and one anchor season before "
-                                "them); set data.anchor=naive, lower data.input_len or give a longer series")
+            raise _no_training_window(panel, layout, self.cfg.data)
         for split in ("val", "test"):
             starts = panel.starts(split, layout.input_len, layout.horizon, layout.history)
             self._held[split] = HeldOut(self.series, starts, split)
@@ -473,6 +471,26 @@ def _test_scales(panel: Panel, n_targets: int, season: int) -> list[list[float]]
             for t, b in zip(panel.tables, panel.blocks)]
 
 
+def _no_training_window(panel: Panel, layout: WindowLayout, d) -> GrutrainError:
+    """Why no series gives a training window, told on the longest training block (refit: through validation)."""
+    spans = [(b[1].stop if d.refit else b[0].stop) - b[0].start for b in panel.blocks]
+    k = int(np.argmax(spans))
+    where = (" (series " + repr(panel.ids[k]) + ")") if panel.ids[k] else ""
+    before = max(layout.input_len, layout.history)
+    anchor = ", set data.anchor=naive" if layout.history > layout.input_len and d.anchor != "naive" else ""
+    return GrutrainError(f"no training window: a window needs data.horizon={layout.horizon} target rows in the "
+                         f"training block after {before} rows of history (data.input_len, and one anchor season); the "
+                         f"{'longest ' if len(spans) > 1 else ''}training block{where} has {spans[k]} rows, "
+                         f"{panel.blocks[k][0].start} before it; lower data.horizon or data.input_len{anchor}, "
+                         "or give a longer series")
+
+
+def _split_keys(d) -> str:
+    """The keys that size the held-out blocks: the competition protocol's rows, or the fractions."""
+    return "data.val_rows/data.test_rows" if (d.val_rows, d.test_rows) != (None, None) else \
+        "data.val_fraction/data.test_fraction"
+
+
 def _check_lengths(panel: Panel, cfg) -> None:
     d = cfg.data
     layout = base_layout(cfg)
@@ -486,13 +504,13 @@ def _check_lengths(panel: Panel, cfg) -> None:
         if train_b.stop < needed:
             raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
                                 f"{train_b.stop} of {len(table)} rows, fewer than the {needed} one window needs "
-                                f"({describe_window(layout)}); lower data.val_fraction/data.test_fraction, "
+                                f"({describe_window(layout)}); lower {_split_keys(d)}, "
                                 "data.input_len or data.horizon")
         season = max([1, *d.seasons])
         if train_b.stop - train_b.start <= season:
             raise GrutrainError(f"the training block {'of series ' + repr(name) + ' ' if name else ''}has "
                                 f"{train_b.stop - train_b.start} rows; its MASE scale needs more than one season "
-                                f"({season}); lower data.val_rows/data.test_rows or give a longer series")
+                                f"({season}); lower {_split_keys(d)} or give a longer series")
 
 
 def _data_record(path, panel: Panel) -> dict:

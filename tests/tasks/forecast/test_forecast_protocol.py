@@ -86,8 +86,32 @@ def test_test_rows_zero_trains_on_everything_but_the_validation_block(tmp_path):
 
 
 def test_a_training_block_within_one_season_is_refused(tmp_path):
-    with pytest.raises(Exception, match="more than one season"):
+    with pytest.raises(Exception, match="more than one season.*lower data.val_rows/data.test_rows"):
         protocol_task(tmp_path, {"a": 40, "b": 8})  # 3 training rows, season 4
+
+
+@pytest.mark.parametrize("lengths,data,told", [
+    # padded at the front, but 15 real training rows cannot hold 20 targets
+    ({"a": 55, "b": 50}, {"horizon": 20, "val_rows": 20, "test_rows": 20},
+     "data.horizon=20 target rows in the training block after 12 rows of history (data.input_len, and one anchor "
+     "season); the longest training block (series 'a') has 15 rows, 17 before it; lower data.horizon"),
+    # 14 weeks of profile: 56 rows of history, more than any training block holds
+    ({"a": 60, "b": 60}, {"anchor": "profile", "profile_periods": 14},
+     "after 56 rows of history (data.input_len, and one anchor season); the longest training block (series 'a') has "
+     "55 rows, 0 before it; lower data.horizon or data.input_len, set data.anchor=naive"),
+])
+def test_no_training_window_says_what_a_window_needs_and_what_the_longest_block_has(tmp_path, lengths, data, told):
+    with pytest.raises(Exception, match="^no training window: a window needs") as raised:
+        protocol_task(tmp_path, lengths, **data)
+    assert told in str(raised.value)
+
+
+def test_a_training_block_shorter_than_a_window_names_the_keys_in_use(tmp_path):
+    with pytest.raises(Exception, match="lower data.val_rows/data.test_rows, data.input_len or data.horizon"):
+        protocol_task(tmp_path, {"a": 40, "b": 30}, test_rows=30)
+    cfg = config(write(tmp_path, panel_rows({"a": 40, "b": 12})), val_fraction=0.3, test_fraction=0.3)
+    with pytest.raises(Exception, match="lower data.val_fraction/data.test_fraction, data.input_len or data.horizon"):
+        ForecastTask.from_config(validate_config(cfg), rows_per_step=16)
 
 
 def test_metrics_are_averaged_per_series_then_over_series():
