@@ -45,7 +45,7 @@ from grutrain.data.digest import DATA_KEY, check_same_data, data_record, file_di
 from grutrain.errors import GrutrainError
 from grutrain.config.schema import validate_as
 from grutrain.files.checkpoint import load_checkpoint
-from grutrain.tasks.forecast.conformal import offsets_from_scores
+from grutrain.tasks.forecast.conformal import interval_pairs, offsets_from_scores
 from grutrain.tasks.forecast.config import ForecastConfig
 from grutrain.tasks.forecast.metrics import pinball_loss, seasonal_scale
 from grutrain.model import SequenceModel
@@ -127,6 +127,11 @@ class ForecastTask:
         task = cls(cfg, panel.tables[0].columns, mean, std, layout, cycles, scales[0], several)
         task._prepare(panel, calendar, series_norm, scales, rows_per_step, rank, world_size)
         task.data_record = record
+        # data.conformal_from's scores, read now: a bad path stops the fit before training, and the checkpoint
+        # keeps them, so eval and predict need neither those files nor the directory the paths are relative to
+        task._scores = stored_scores(saved["task_state"], layout) if saved is not None else None
+        if task._scores is None and d.conformal_from and d.conformal and layout.quantiles:
+            task._scores = [task._scores_of(path, torch.device("cpu")) for path in d.conformal_from]
         return task
 
     def _prepare(self, panel: Panel, calendar, series_norm, scales, rows_per_step, rank, world_size) -> None:
@@ -180,6 +185,7 @@ class ForecastTask:
         task = cls(cfg, norm["columns"], norm["mean"], norm["std"], layout, cycles, scale,
                    task_state.get("forecast_series"))
         task._stored = task_state.get("eval_series")
+        task._scores = stored_scores(task_state, layout)  # None: read data.conformal_from's files on first use
         return task
 
     # ------------------------------------------------------------------ the model
@@ -306,7 +312,10 @@ class ForecastTask:
         """The CQR scores of an earlier-origin checkpoint on its own validation block, with this model's
         forecast methods after the network (data.theta_weight, data.mstl_weight), so that they score what is
         calibrated."""
-        payload = load_checkpoint(path, map_location=device)
+        try:
+            payload = load_checkpoint(path, map_location=device)
+        except GrutrainError as exc:
+            raise GrutrainError(f"data.conformal_from: {exc}") from None
         try:
             cfg = validate_as(ForecastConfig, payload["config"])
             other = ForecastTask.from_checkpoint(cfg, payload["task_state"])
@@ -344,6 +353,8 @@ class ForecastTask:
         }
         if getattr(self, "data_record", None) is not None:  # fit: what it trained on, for --resume
             state[DATA_KEY] = self.data_record
+        if self._scores:
+            state[CONFORMAL_KEY] = [torch.from_numpy(np.ascontiguousarray(scores)) for scores in self._scores]
         if self.several is None:
             # Theta and MSTL (data.theta_weight, mstl_weight) read the whole history before each origin: then
             # every row travels
@@ -469,6 +480,21 @@ def _test_scales(panel: Panel, n_targets: int, season: int) -> list[list[float]]
     """Per series, the MASE scale of the rows before its test block (padding left out)."""
     return [[float(x) for x in seasonal_scale(t.values[b[0].start:b[2].start, :n_targets], season)]
             for t, b in zip(panel.tables, panel.blocks)]
+
+
+CONFORMAL_KEY = "conformal_from_scores"  # task state: data.conformal_from's CQR scores, one array per checkpoint
+
+
+def stored_scores(task_state: dict, layout: WindowLayout) -> list[np.ndarray] | None:
+    """The data.conformal_from scores a checkpoint keeps ([intervals, W, horizon, targets] each), or None when it
+    keeps none or they do not fit this model (then the files are read again)."""
+    stored = task_state.get(CONFORMAL_KEY)
+    if not isinstance(stored, list) or not stored:
+        return None
+    shape = (len(interval_pairs(layout.quantiles)), layout.horizon, layout.n_targets)
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 4 and (t.shape[0], *t.shape[2:]) == shape for t in stored):
+        return None
+    return [t.double().numpy() for t in stored]
 
 
 def _no_training_window(panel: Panel, layout: WindowLayout, d) -> GrutrainError:

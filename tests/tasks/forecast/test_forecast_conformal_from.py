@@ -3,17 +3,20 @@ known distribution, and a refit model calibrated by the scores of a checkpoint f
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from grutrain.errors import GrutrainError
+from grutrain.files.checkpoint import load_checkpoint, save_checkpoint
 from grutrain.tasks import validate_config
 from grutrain.tasks.forecast.conformal import apply_offsets, cqr_scores, offsets_from_scores
 from grutrain.tasks.forecast.task import ForecastTask
 from test_forecast import cli
-from test_forecast_panel import config, panel_rows, write
+from test_forecast_panel import H, config, panel_rows, write
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -78,6 +81,38 @@ def test_a_refit_model_is_calibrated_by_an_earlier_origins_checkpoint(tmp_path, 
     np.testing.assert_allclose(task._conformal(model, "test", torch.device("cpu")),
                                offsets_from_scores(other, QUANTILES))
     cfg["data"]["conformal_from"] = [str(tmp_path / "missing.pt")]
-    wrong = ForecastTask.from_config(validate_config(cfg), rows_per_step=16)
-    with pytest.raises(GrutrainError, match="missing.pt"):
-        wrong.report(model, "test", torch.device("cpu"))
+    with pytest.raises(GrutrainError, match="^data.conformal_from: .*missing.pt"):  # at once, before any training
+        ForecastTask.from_config(validate_config(cfg), rows_per_step=16)
+
+
+def test_the_checkpoint_keeps_the_earlier_scores_so_eval_and_predict_need_not_find_those_files(tmp_path, capsys):
+    path = write(tmp_path, panel_rows())
+    earlier = config(path, tmp_path / "earlier", quantiles=list(QUANTILES), val_rows=2, test_rows=4)
+    (tmp_path / "earlier.yaml").write_text(yaml.safe_dump(earlier))
+    assert cli(["fit", tmp_path / "earlier.yaml"], capsys)[0] == 0
+    cfg = config(path, quantiles=list(QUANTILES), val_rows=2, test_rows=2, refit=True,
+                 conformal_from=["earlier/checkpoints/last.pt"])  # relative to the directory fit runs in
+    (tmp_path / "final.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert cli(["fit", "final.yaml"], capsys)[0] == 0
+    final = tmp_path / "run" / "checkpoints" / "last.pt"
+
+    def commands():
+        code, out, err = cli(["eval", final, "--split", "test", "--json"], capsys)
+        assert code == 0, err
+        predicted = cli(["predict", final, "--input", path, "--format", "jsonl"], capsys)
+        assert predicted[0] == 0, predicted[2]
+        return json.loads(out)["coverage_80"], predicted[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        in_place = commands()
+    (tmp_path / "earlier").rename(tmp_path / "moved")  # and run from elsewhere: the relative path leads nowhere
+    assert commands() == in_place
+    payload = load_checkpoint(final)
+    stored = payload["task_state"]["conformal_from_scores"]
+    assert len(stored) == 1 and stored[0].shape[0] == 1 and stored[0].shape[2:] == (H, 1)
+    payload["task_state"]["conformal_from_scores"] = [stored[0][:, :, :1]]  # damaged: the files are read again
+    save_checkpoint(payload, final)
+    code, out, err = cli(["eval", final, "--split", "test"], capsys)
+    assert code == 1 and "data.conformal_from: checkpoint 'earlier/checkpoints/last.pt' not found" in err
