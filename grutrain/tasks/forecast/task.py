@@ -243,6 +243,7 @@ class ForecastTask:
         layout = self.layout
         if isinstance(split, Path):
             panel = load_panel(self.cfg.data, path=split, role="--data", split=False)
+            _check_log_targets(panel, self.cfg.data, f"--data {split}")
             series_norm, scales = self._numbers(panel.ids)
             _, calendar = calendar_of_panel(panel, self.cfg, self.cycles)
             rows = panel.row_series()
@@ -446,6 +447,7 @@ class ForecastTask:
             raise GrutrainError("predict does not yet take the future values of data.known_columns; "
                                 "evaluate this model with `grutrain eval --data` instead")
         panel = load_panel(cfg.data, path=input_path, role="--input", split=False)
+        _check_log_targets(panel, cfg.data, f"--input {input_path}")
         series_norm, scales = self._numbers(panel.ids)
         conformal = self._conformal(model, input_path, device)
         rows = []
@@ -495,6 +497,15 @@ def stored_scores(task_state: dict, layout: WindowLayout) -> list[np.ndarray] | 
     if not all(isinstance(t, torch.Tensor) and t.ndim == 4 and (t.shape[0], *t.shape[2:]) == shape for t in stored):
         return None
     return [t.double().numpy() for t in stored]
+
+
+def _check_log_targets(panel: Panel, d, source: str) -> None:
+    """fit refuses negative training targets under data.transform=log; a file given to eval or predict too, rather
+    than forecasting the log of values clipped to 0."""
+    T = len(d.target_columns)
+    if d.transform == "log" and any((t.values[:, :T][t.observed[:, :T]] < 0).any() for t in panel.tables):
+        raise GrutrainError(f"{source}: a target column holds negative values, and this model reads log(1 + y) "
+                            "(data.transform=log), for non-negative series only; give non-negative values")
 
 
 def _no_training_window(panel: Panel, layout: WindowLayout, d) -> GrutrainError:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from grutrain.errors import GrutrainError
 from grutrain.tasks import validate_config
 from grutrain.tasks.forecast.ensemble import MedianEnsemble, per_member
 from grutrain.tasks.forecast.task import ForecastTask
@@ -50,6 +51,19 @@ def test_negative_targets_are_refused_under_the_log_transform(tmp_path):
     cfg = config(write(tmp_path, rows), transform="log", val_rows=4, test_rows=H)
     with pytest.raises(Exception, match="non-negative"):
         ForecastTask.from_config(validate_config(cfg), rows_per_step=16)
+
+
+def test_eval_and_predict_refuse_negative_targets_under_the_log_transform(tmp_path):
+    rows = panel_rows({"a": 60, "b": 50})
+    task = ForecastTask.from_config(validate_config(config(write(tmp_path, rows), transform="log", val_rows=4,
+                                                           test_rows=H)), rows_per_step=16)
+    model = task.build_model()
+    rows[7][2] = "-5"  # a blank would be fine; a negative value cannot be read as log(1 + y)
+    negative = write(tmp_path, rows, "negative.csv")
+    for call in (lambda: task.evaluate(model, negative, torch.device("cpu")),
+                 lambda: task.predict(model, negative, torch.device("cpu"))):
+        with pytest.raises(GrutrainError, match="negative.csv: a target column holds negative values.*transform=log"):
+            call()
 
 
 def test_the_ensemble_forecasts_the_median_and_trains_every_member():
