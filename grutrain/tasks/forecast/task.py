@@ -283,6 +283,9 @@ class ForecastTask:
         `origins`: only the last N forecast origins of each series, `horizon` rows apart (rolling origin)."""
         held = self.held_out(split)
         starts = held.starts
+        if split == "val" and self.cfg.data.refit:
+            note("this model was trained through the validation block (data.refit=true): its validation figures "
+                 "are in-sample; judge it on the test block or on a checkpoint fitted without refit", warning=True)
         if origins is not None:
             groups = held.series.row_series[starts] if held.series.row_series is not None else None
             starts = rolling_origins(starts, groups, self.layout.horizon, origins)

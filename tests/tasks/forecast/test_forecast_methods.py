@@ -109,6 +109,20 @@ def test_refit_trains_through_the_validation_block_but_never_the_test_block(tmp_
         assert mine(after).max() + H == val_b.stop == test_b.start
 
 
+def test_eval_of_a_refit_model_on_its_validation_block_says_the_figures_are_in_sample(tmp_path, capsys):
+    import yaml
+    from test_forecast import cli
+    for refit in (False, True):
+        cfg = config(write(tmp_path, panel_rows({"a": 60, "b": 50})), tmp_path / f"run{refit}", refit=refit,
+                     val_rows=4, test_rows=H)
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        assert cli(["fit", tmp_path / "c.yaml", "-q"], capsys)[0] == 0
+        last = tmp_path / f"run{refit}" / "checkpoints" / "last.pt"
+        code, out, err = cli(["eval", last, "--split", "val"], capsys)
+        assert code == 0 and ("in-sample" in err) == refit, err
+        assert "in-sample" not in cli(["eval", last, "--split", "test"], capsys)[2]
+
+
 def _two_season_config(tmp_path, n=240, **data):
     """One series with a 'day' of 4 rows and a 'week' of 12, noise and a drifting level."""
     rng = np.random.default_rng(3)
