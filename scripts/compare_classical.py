@@ -8,7 +8,8 @@ forecast of data.horizon steps from each origin, all targets inside the test blo
 models are refitted at every origin on all rows before it (the train and validation blocks and the
 test rows already seen), as statsforecast's cross_validation does; grutrain was trained once on the
 training block and reads only its input window. MASE uses the scale grutrain reports (the in-sample seasonal-naive MAE of the
-training rows with the first season).
+training rows with the first season). The coverage of each model's 80% interval comes with them (grutrain's
+0.1-0.9 quantiles as `eval` calibrates them; statsforecast's level=[80]).
 
 A panel (data.id_column, e.g. configs/tourism_quarterly.yaml) is compared under the competition
 protocol instead: from the last --origins forecast origins of every series in the test block (1:
@@ -61,10 +62,11 @@ def main() -> None:
     step = args.origin_step or horizon
     starts = starts[::-1][::step][::-1].copy()  # the last window and every step-th before it
     started = time.perf_counter()
-    ours = series.score(model, starts, device)
-    rows = {"grutrain": (ours["mae"], ours["rmse"], ours["mase"], time.perf_counter() - started)}
+    ours = series.score(model, starts, device, conformal=opened.task._conformal(model, "test", device))
+    rows = {"grutrain": (ours["mae"], ours["rmse"], ours["mase"], ours.get("coverage_80", float("nan")),
+                         time.perf_counter() - started)}
     for name, metrics in _baselines(series, starts).items():
-        rows[name] = metrics + (0.0,)
+        rows[name] = metrics + (float("nan"), 0.0)
 
     table, (train_b, val_b, test_b) = load_series(d)
     y = table.values[:, 0]
@@ -82,18 +84,22 @@ def main() -> None:
         started = time.perf_counter()
         sf = StatsForecast(models=[classical], freq=1, n_jobs=1)
         cv = sf.cross_validation(h=horizon, df=df, n_windows=n_windows, step_size=step,
-                                 test_size=test_b.stop - first_origin, refit=True)
-        predicted = cv[classical.alias if hasattr(classical, "alias") else name].to_numpy().reshape(n_windows, horizon)
+                                 test_size=test_b.stop - first_origin, refit=True, level=[80])
+        alias = classical.alias if hasattr(classical, "alias") else name
+        predicted, lower, upper = (cv[column].to_numpy().reshape(n_windows, horizon)
+                                   for column in (alias, f"{alias}-lo-80", f"{alias}-hi-80"))
         err = predicted - actual
         rows[name] = (float(np.abs(err).mean()), float(np.sqrt((err ** 2).mean())),
-                      float(np.abs(err).mean() / scale), time.perf_counter() - started)
+                      float(np.abs(err).mean() / scale), float(((actual >= lower) & (actual <= upper)).mean()),
+                      time.perf_counter() - started)
 
     best = min(v[0] for k, v in rows.items() if k.startswith("seasonal") or k == "naive")
     print(f"{d.path}: {n_windows} windows of {horizon} steps, origins {step} rows apart, in the test block")
-    print("| model | test MAE | RMSE | MASE | MAE / best seasonal naive | wall s |")
-    print("|---|---|---|---|---|---|")
-    for name, (mae, rmse, mase, wall) in rows.items():
-        print(f"| {name} | {mae:.4g} | {rmse:.4g} | {mase:.3f} | {mae / best:.3f} | {wall:.1f} |")
+    print("| model | test MAE | RMSE | MASE | MAE / best seasonal naive | 80% interval coverage | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (mae, rmse, mase, covered, wall) in rows.items():
+        coverage = "-" if np.isnan(covered) else f"{100 * covered:.1f}%"
+        print(f"| {name} | {mae:.4g} | {rmse:.4g} | {mase:.3f} | {mae / best:.3f} | {coverage} | {wall:.1f} |")
 
 
 def _panel(opened, n_origins: int, pd, StatsForecast) -> None:
