@@ -274,6 +274,14 @@ def test_metadata_of_other_tasks_from_their_checkpoint_state():
     meta = task_class("forecast").from_checkpoint(validate_config(config), forecast).usage()
     assert meta["normalisation"]["mean"] == [3.0] and meta["horizon"] == 2 and "std" in meta["postprocessing"]
     assert json_task_state(forecast) == {"normalisation": forecast["normalisation"]}
+    # the log transform and classical partners happen after the network: the plain rule would be wrong
+    for data, told in (({"transform": "log"}, "expm1"), ({"theta_weight": 0.2, "mstl_weight": 0.5}, "0.3 x that")):
+        layout = {"input_len": 4, "horizon": 2, "n_targets": 1, **data}
+        state = {**forecast, "forecast_layout": {**layout, "calendar_cycles": [], "mase_scale": [1.0]}}
+        cfg = validate_config({"task": "forecast", "data": {"target_columns": ["y"], "input_len": 4, "horizon": 2,
+                                                            **data}})
+        meta = task_class("forecast").from_checkpoint(cfg, state).usage()
+        assert "forecast_layout" in meta and told in meta["postprocessing"], meta["postprocessing"]
 
     encoder = {"kind": "text", "labels": ["female", "male"], "vocab": ["<unk>", "a"], "train_counts": [2, 1],
                "max_len": None, "channels": 0}

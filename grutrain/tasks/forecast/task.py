@@ -418,15 +418,28 @@ class ForecastTask:
     def usage(self) -> dict:
         data, layout, n_targets = self.cfg.data, self.layout, self.layout.n_targets
         norm = {"columns": list(self.columns), "n_targets": n_targets, "mean": list(self.mean), "std": list(self.std)}
-        if layout.anchor_lag > 1 or self.cycles or layout.quantiles or self.several is not None:
-            # Seasonal anchoring, calendar inputs, quantiles or several series: the inputs and outputs are
-            # those of grutrain/tasks/forecast/windows.py (make_inputs, add_anchor), described in docs/forecasting.md.
+        plain = (layout.anchor_lag <= 1 and not self.cycles and not layout.reads_future and not layout.quantiles
+                 and self.several is None and layout.transform == "none" and layout.classical_weight == 0)
+        if not plain:
+            # Seasonal anchoring, calendar or known inputs, quantiles, several series, the log transform or a
+            # classical partner: the inputs and outputs are those of grutrain/tasks/forecast/windows.py
+            # (make_inputs, add_anchor), described in docs/forecasting.md; what follows the network, in words.
+            after = ["add_anchor"]
+            if layout.transform == "log":
+                after.append("then expm1 (data.transform=log: the model predicts log(1 + y))")
+            if layout.classical_weight > 0:
+                after.append(f"then the combination {1 - layout.classical_weight:g} x that + {layout.theta_weight:g} x "
+                             f"the Theta method's + {layout.mstl_weight:g} x MSTL's forecast, each fitted on the "
+                             "series' rows before the origin (theta.py, mstl.py; the exported network is the GRU's part)")
+            if layout.quantiles and data.conformal:
+                after.append("then the intervals widened by the CQR offsets of the validation block (conformal.py)")
             return {"normalisation": norm,
                     "forecast_layout": {**layout.to_dict(), "calendar_cycles": list(self.cycles),
                                         "mase_scale": list(self.mase_scale)},
                     "forecast_series": self.several, "target_columns": list(data.target_columns),
                     "preprocessing": "see docs/forecasting.md, 'What the model reads' (make_inputs)",
-                    "postprocessing": "see docs/forecasting.md, 'What the model reads' (add_anchor)"}
+                    "postprocessing": f"see docs/forecasting.md, 'What the model reads' ({'; '.join(after)}); "
+                                      "grutrain predict does all of it"}
         return {"normalisation": norm,
                 "input_len": data.input_len, "horizon": data.horizon, "target_columns": list(data.target_columns),
                 "input_columns": list(data.input_columns),
