@@ -129,7 +129,7 @@ class ForecastTask:
         task.data_record = record
         # data.conformal_from's scores, read now: a bad path stops the fit before training, and the checkpoint
         # keeps them, so eval and predict need neither those files nor the directory the paths are relative to
-        task._scores = stored_scores(saved["task_state"], layout) if saved is not None else None
+        task._scores = _stored_scores(saved["task_state"], layout) if saved is not None else None
         if task._scores is None and d.conformal_from and d.conformal and layout.quantiles:
             task._scores = [task._scores_of(path, torch.device("cpu")) for path in d.conformal_from]
         return task
@@ -185,7 +185,7 @@ class ForecastTask:
         task = cls(cfg, norm["columns"], norm["mean"], norm["std"], layout, cycles, scale,
                    task_state.get("forecast_series"))
         task._stored = task_state.get("eval_series")
-        task._scores = stored_scores(task_state, layout)  # None: read data.conformal_from's files on first use
+        task._scores = _stored_scores(task_state, layout)  # None: read data.conformal_from's files on first use
         return task
 
     # ------------------------------------------------------------------ the model
@@ -503,7 +503,7 @@ def _test_scales(panel: Panel, n_targets: int, season: int) -> list[list[float]]
 CONFORMAL_KEY = "conformal_from_scores"  # task state: data.conformal_from's CQR scores, one array per checkpoint
 
 
-def stored_scores(task_state: dict, layout: WindowLayout) -> list[np.ndarray] | None:
+def _stored_scores(task_state: dict, layout: WindowLayout) -> list[np.ndarray] | None:
     """The data.conformal_from scores a checkpoint keeps ([intervals, W, horizon, targets] each), or None when it
     keeps none or they do not fit this model (then the files are read again)."""
     stored = task_state.get(CONFORMAL_KEY)
