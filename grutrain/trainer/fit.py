@@ -58,20 +58,15 @@ def _fit_on_this_rank(cfg: Config, dist: Distributed, device, amp_dtype, resume:
             run = start_run(training, directory.path, dist, saved)
             directory.begin()
             return train(run, progress, interrupts, directory.commit)
-        except (Interrupted, KeyboardInterrupt) as exc:  # before this command's first checkpoint: undone on leaving
-            interrupts.disarm()
-            raise _undone_by(signal_of(exc), directory) from None
-        except GrutrainError as exc:  # e.g. a full disk at the first save: undone on leaving, as for a signal
-            interrupts.disarm()
-            if _came_from_a_signal(exc, interrupts) and not directory.committed:
-                raise _undone_by(interrupts.raised, directory) from None
-            if directory.begun and not directory.committed:
-                exc.args = (f"{exc}; {directory.undone_by_failure()}",)
-            raise
         except BaseException as exc:
             interrupts.disarm()  # cleanup (summary, undo) runs to its end
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)):  # before this command's first checkpoint
+                raise _undone_by(signal_of(exc), directory) from None
             if _came_from_a_signal(exc, interrupts) and not directory.committed:
                 raise _undone_by(interrupts.raised, directory) from None
+            if isinstance(exc, GrutrainError) and directory.begun and not directory.committed:
+                # e.g. a full disk at the first save: undone on leaving, as for a signal
+                exc.args = (f"{exc}; {directory.undone_by_failure()}",)
             raise
 
 
